@@ -1,0 +1,77 @@
+"""Settings are read from the environment; production mode refuses unsafe defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
+    )
+
+
+def _database_url() -> str:
+    db = settings.DATABASES["default"]
+    host = db["HOST"]
+    if host.startswith("/"):
+        return f"postgresql://{db['USER']}:@/{db['NAME']}?host={host}"
+    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def test_it_refuses_to_start_in_production_without_secret_key() -> None:
+    result = _run(
+        ["manage.py", "check"],
+        DEBUG="false",
+        ALLOWED_HOSTS="billing.example.com",
+        DATABASE_URL=_database_url(),
+    )
+    assert result.returncode != 0
+    assert "SECRET_KEY is required when DEBUG is false" in result.stderr
+
+
+def test_it_refuses_to_start_in_production_without_allowed_hosts() -> None:
+    result = _run(
+        ["manage.py", "check"],
+        DEBUG="false",
+        SECRET_KEY="x" * 60,
+        ALLOWED_HOSTS="",
+        DATABASE_URL=_database_url(),
+    )
+    assert result.returncode != 0
+    assert "ALLOWED_HOSTS is required" in result.stderr
+
+
+def test_it_passes_check_deploy_with_production_settings() -> None:
+    result = _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        DEBUG="false",
+        SECRET_KEY="k" + "3Zq9-fT7_wLm2Pa8Rk1Vx5Nc0Hd4Gj6Ys" * 2,
+        ALLOWED_HOSTS="billing.example.com",
+        DATABASE_URL=_database_url(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_it_refuses_a_database_that_is_not_postgresql() -> None:
+    result = _run(["manage.py", "check"], DATABASE_URL="sqlite:///tmp/x.db", DEBUG="true")
+    assert result.returncode != 0
+    assert "DATABASE_URL must point at PostgreSQL" in result.stderr
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2"])
+def test_it_refuses_a_boolean_it_cannot_read(raw: str) -> None:
+    result = _run(["manage.py", "check"], DEBUG=raw)
+    assert result.returncode != 0
+    assert "DEBUG must be true or false" in result.stderr

@@ -16,5 +16,7 @@ app = Celery("billing_portal")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# Filled in as the apps grow their periodic jobs (see each app's tasks.py).
-app.conf.beat_schedule = {}
+app.conf.beat_schedule = {
+    "expire-credit-grants": {"task": "ledger.tasks.credit_grants_expire_due", "schedule": 60.0},
+    "expire-holds": {"task": "ledger.tasks.holds_expire", "schedule": 15.0},
+}

@@ -1,0 +1,280 @@
+"""Credit accounts, grants, holds and the append-only ledger.
+
+Credits are ``Decimal`` with 6 places everywhere. The ledger knows nothing of customers,
+plans or events: an :class:`Account` is what a customer holds, and an entry names its
+cause as ``(cause_type, cause_id)``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import F, Q
+from djmoney.models.fields import MoneyField
+
+CREDIT_DIGITS = 20
+CREDIT_PLACES = 6
+CREDIT_QUANTUM = Decimal("0.000001")
+ZERO = Decimal("0")
+
+
+def CreditField(**kwargs: object) -> models.DecimalField:
+    return models.DecimalField(max_digits=CREDIT_DIGITS, decimal_places=CREDIT_PLACES, **kwargs)  # type: ignore[arg-type]
+
+
+class Account(models.Model):
+    """One per customer: the row every balance change locks first.
+
+    ``held`` is the sum of open holds. Posted credits are the ``remaining`` of usable
+    grants, read from the grants themselves: whether a grant is usable depends on the
+    clock (effective_at, expires_at), so a stored total would be stale between ticks.
+    """
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    held = CreditField(default=ZERO)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(held__gte=0), name="ledger_account_held_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"account {self.pk}"
+
+
+class GrantCategory(models.TextChoices):
+    INCLUDED = "included"
+    PROMOTIONAL = "promotional"
+    PAID = "paid"
+    ROLLOVER = "rollover"
+
+
+# Draw-down order puts free credits before paid ones (Stripe: promotional before paid).
+CATEGORY_RANK = {
+    GrantCategory.INCLUDED: 0,
+    GrantCategory.ROLLOVER: 0,
+    GrantCategory.PROMOTIONAL: 0,
+    GrantCategory.PAID: 1,
+}
+
+
+class GrantStatus(models.TextChoices):
+    ACTIVE = "active"
+    DEPLETED = "depleted"
+    EXPIRED = "expired"
+    VOIDED = "voided"
+
+
+class CreditGrant(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="grants")
+    amount = CreditField()
+    remaining = CreditField()
+    category = models.CharField(max_length=16, choices=GrantCategory.choices)
+    category_rank = models.PositiveSmallIntegerField()
+    priority = models.PositiveSmallIntegerField(default=50)
+    effective_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Empty: usable for every meter. Otherwise only for these meter codes.
+    applies_to = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    # Null: pooled across the customer. Otherwise only for usage in this workspace.
+    workspace = models.CharField(max_length=64, null=True, blank=True)
+    cost_basis = MoneyField(max_digits=19, decimal_places=8, default_currency="USD", default=0)
+    status = models.CharField(
+        max_length=16, choices=GrantStatus.choices, default=GrantStatus.ACTIVE
+    )
+    reason = models.CharField(max_length=64, blank=True)
+    memo = models.TextField(blank=True)
+    actor = models.CharField(max_length=128)
+    # Where the grant came from, e.g. ("subscription_period", "42") or ("payment", "pi_...").
+    source_type = models.CharField(max_length=32, blank=True)
+    source_id = models.CharField(max_length=128, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    # Declared so type checkers see it; django-money wraps it to understand Money lookups.
+    objects = models.Manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_grant_amount_gt_0"),
+            models.CheckConstraint(
+                condition=Q(remaining__gte=0), name="ledger_grant_remaining_gte_0"
+            ),
+            models.CheckConstraint(
+                condition=Q(remaining__lte=F("amount")), name="ledger_grant_remaining_lte_amount"
+            ),
+            models.CheckConstraint(
+                condition=Q(priority__gte=0, priority__lte=100),
+                name="ledger_grant_priority_0_100",
+            ),
+            models.CheckConstraint(
+                condition=Q(expires_at__isnull=True) | Q(expires_at__gt=F("effective_at")),
+                name="ledger_grant_expires_after_effective",
+            ),
+            models.UniqueConstraint(
+                fields=["account", "idempotency_key"], name="ledger_grant_idempotency_key"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["account", "priority", "expires_at"],
+                condition=Q(status="active"),
+                name="ledger_grant_active_order",
+            ),
+            models.Index(
+                fields=["expires_at"], condition=Q(status="active"), name="ledger_grant_expiring"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"grant {self.pk}: {self.remaining}/{self.amount} {self.category}"
+
+
+class HoldStatus(models.TextChoices):
+    OPEN = "open"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class Hold(models.Model):
+    """A reservation: reduces available at once, resolves exactly once."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="holds")
+    credits = CreditField()
+    captured_credits = CreditField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=HoldStatus.choices, default=HoldStatus.OPEN)
+    meter = models.CharField(max_length=64, blank=True)
+    workspace = models.CharField(max_length=64, null=True, blank=True)
+    expires_at = models.DateTimeField()
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(credits__gte=0), name="ledger_hold_credits_gte_0"),
+            models.CheckConstraint(
+                condition=Q(status="open", resolved_at__isnull=True)
+                | (~Q(status="open") & Q(resolved_at__isnull=False)),
+                name="ledger_hold_resolved_once",
+            ),
+            models.UniqueConstraint(
+                fields=["account", "idempotency_key"], name="ledger_hold_idempotency_key"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["expires_at"], condition=Q(status="open"), name="ledger_hold_open_expiry"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.pk}: {self.credits} {self.status}"
+
+
+class OperationKind(models.TextChoices):
+    GRANT = "grant"
+    CONSUME = "consume"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    EXPIRE = "expire"
+    VOID = "void"
+    ADJUSTMENT = "adjustment"
+    REVERSAL = "reversal"
+
+
+class LedgerOperation(models.Model):
+    """The header of one service call: who did it, why, and its idempotency key."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="operations")
+    kind = models.CharField(max_length=16, choices=OperationKind.choices)
+    actor = models.CharField(max_length=128)
+    reason = models.CharField(max_length=64, blank=True)
+    memo = models.TextField(blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "idempotency_key"], name="ledger_operation_idempotency_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.pk}"
+
+
+class EntryKind(models.TextChoices):
+    GRANT = "grant"
+    CONSUME = "consume"
+    HOLD = "hold"
+    CAPTURE = "capture"
+    RELEASE = "release"
+    EXPIRE = "expire"
+    VOID = "void"
+    OVERAGE = "overage"
+    ADJUSTMENT = "adjustment"
+    REVERSAL = "reversal"
+
+
+class CauseType(models.TextChoices):
+    EVENT = "event"
+    HOLD = "hold"
+    INVOICE_LINE = "invoice_line"
+    STAFF_ACTION = "staff_action"
+    SUBSCRIPTION = "subscription"
+    PAYMENT = "payment"
+    SYSTEM = "system"
+
+
+class LedgerEntry(models.Model):
+    """One movement, never updated or deleted (a database trigger refuses both).
+
+    ``credits`` is the signed effect on the grant's remaining credits; ``overage``
+    entries have no grant and record the part of a debit no grant covered. ``held`` is
+    the signed effect on the account's held credits (hold, capture, release).
+    """
+
+    operation = models.ForeignKey(LedgerOperation, on_delete=models.PROTECT, related_name="entries")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=16, choices=EntryKind.choices)
+    grant = models.ForeignKey(
+        CreditGrant, on_delete=models.PROTECT, null=True, blank=True, related_name="entries"
+    )
+    hold = models.ForeignKey(
+        Hold, on_delete=models.PROTECT, null=True, blank=True, related_name="entries"
+    )
+    credits = CreditField(default=ZERO)
+    held = CreditField(default=ZERO)
+    cause_type = models.CharField(max_length=16, choices=CauseType.choices)
+    cause_id = models.CharField(max_length=128, blank=True)
+    meter = models.CharField(max_length=64, blank=True)
+    workspace = models.CharField(max_length=64, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(kind="overage") | (Q(grant__isnull=True) & Q(credits__lte=0)),
+                name="ledger_entry_overage_has_no_grant",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["overage", "hold", "capture", "release", "reversal"])
+                | Q(grant__isnull=False),
+                name="ledger_entry_names_its_grant",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["account", "created_at"], name="ledger_entry_account_time"),
+            models.Index(fields=["cause_type", "cause_id"], name="ledger_entry_cause"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.credits} (entry {self.pk})"

@@ -1,0 +1,71 @@
+"""Reads of credits: balances and usable grants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db.models import Q, QuerySet, Sum
+from django.utils import timezone
+
+from ledger.models import ZERO, Account, CreditGrant, GrantStatus
+
+
+def grants_usable(
+    *, account: Account, meter: str | None, workspace: str | None, at: datetime
+) -> QuerySet[CreditGrant]:
+    """Grants that may pay for usage of ``meter`` in ``workspace`` at ``at``.
+
+    ``meter=None`` means any meter (the account-wide view); ``workspace=None`` usage
+    may use only pooled grants.
+    """
+    grants = CreditGrant.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=at),
+        account=account,
+        status=GrantStatus.ACTIVE,
+        remaining__gt=0,
+        effective_at__lte=at,
+    )
+    if meter is not None:
+        grants = grants.filter(Q(applies_to=[]) | Q(applies_to__contains=[meter]))
+    if workspace is None:
+        return grants.filter(workspace__isnull=True)
+    return grants.filter(Q(workspace__isnull=True) | Q(workspace=workspace))
+
+
+def posted_in_scope(
+    *, account: Account, meter: str | None, workspace: str | None, at: datetime
+) -> Decimal:
+    total = grants_usable(account=account, meter=meter, workspace=workspace, at=at).aggregate(
+        total=Sum("remaining")
+    )["total"]
+    return total or ZERO
+
+
+@dataclass(frozen=True)
+class Balance:
+    posted: Decimal
+    held: Decimal
+    available: Decimal
+    grants: list[CreditGrant]
+    as_of: datetime
+
+
+def account_balance(*, account: Account, at: datetime | None = None) -> Balance:
+    """The number the customer sees and the number authorizations enforce.
+
+    Two indexed reads (the account row and its active grants), whatever the history.
+    """
+    at = at or timezone.now()
+    held = Account.objects.values_list("held", flat=True).get(pk=account.pk)
+    grants = list(
+        CreditGrant.objects.filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=at),
+            account=account,
+            status=GrantStatus.ACTIVE,
+            effective_at__lte=at,
+        ).order_by("priority", "expires_at", "category_rank", "effective_at", "pk")
+    )
+    posted = sum((g.remaining for g in grants), ZERO)
+    return Balance(posted=posted, held=held, available=posted - held, grants=grants, as_of=at)

@@ -16,7 +16,13 @@ from django.db import transaction
 from django.utils import timezone
 from djmoney.money import Money
 
-from ledger.errors import GrantNotActive, HoldNotOpen, IdempotencyConflict, InvalidAmount
+from ledger.errors import (  # re-exported: callers catch them from here
+    GrantNotActive,
+    HoldNotOpen,
+    IdempotencyConflict,
+    InvalidAmount,
+    LedgerError,
+)
 from ledger.models import (
     CATEGORY_RANK,
     CREDIT_QUANTUM,
@@ -653,3 +659,28 @@ def holds_expire(*, now: datetime | None = None, limit: int = 1000) -> int:
 
 def account_create() -> Account:
     return Account.objects.create()
+
+
+__all__ = [
+    "Cause",
+    "Debit",
+    "GrantNotActive",
+    "HoldDecision",
+    "HoldNotOpen",
+    "IdempotencyConflict",
+    "InvalidAmount",
+    "LedgerError",
+    "account_create",
+    "credit_grant_create",
+    "credit_grant_expire",
+    "credit_grant_void",
+    "credit_grants_expire_due",
+    "credits",
+    "credits_consume",
+    "credits_reverse",
+    "draw_down_key",
+    "hold_capture",
+    "hold_create",
+    "hold_release",
+    "holds_expire",
+]

@@ -1,0 +1,143 @@
+"""What must never happen is refused by PostgreSQL itself, whatever code issues it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from ledger import services
+from ledger.models import Account, CreditGrant, Hold, LedgerEntry, LedgerOperation
+from tests.ledger import factories as f
+
+pytestmark = pytest.mark.django_db
+
+
+def _sql(statement: str, params: list[int]) -> None:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(statement, params)
+
+
+def test_it_refuses_an_update_of_a_ledger_entry() -> None:
+    entry = LedgerEntry.objects.get(grant=f.grant(f.account(), "10"))
+    with pytest.raises(match="append-only"):
+        _sql("UPDATE ledger_ledgerentry SET credits = 99 WHERE id = %s", [entry.pk])
+    entry.refresh_from_db()
+    assert entry.credits == Decimal("10")
+
+
+def test_it_refuses_a_delete_of_a_ledger_entry() -> None:
+    entry = LedgerEntry.objects.get(grant=f.grant(f.account(), "10"))
+    with pytest.raises(match="append-only"):
+        _sql("DELETE FROM ledger_ledgerentry WHERE id = %s", [entry.pk])
+    assert LedgerEntry.objects.filter(pk=entry.pk).exists()
+
+
+def test_it_refuses_the_orm_deleting_or_editing_entries_and_operations() -> None:
+    f.grant(f.account(), "10")
+    with pytest.raises(IntegrityError, match="append-only"), transaction.atomic():
+        LedgerEntry.objects.all().update(credits=0)
+    with pytest.raises(IntegrityError, match="append-only"), transaction.atomic():
+        LedgerOperation.objects.all().update(actor="someone else")
+    with pytest.raises(IntegrityError, match="append-only"):
+        _sql("DELETE FROM ledger_ledgeroperation", [])
+    assert LedgerEntry.objects.get().credits == Decimal("10")
+
+
+def test_it_refuses_negative_remaining_on_a_grant() -> None:
+    grant = f.grant(f.account(), "10")
+    with pytest.raises(IntegrityError, match="ledger_grant_remaining_gte_0"):
+        _sql("UPDATE ledger_creditgrant SET remaining = -1 WHERE id = %s", [grant.pk])
+    grant.refresh_from_db()
+    assert grant.remaining == Decimal("10")
+
+
+def test_it_refuses_remaining_above_the_amount() -> None:
+    grant = f.grant(f.account(), "10")
+    with pytest.raises(IntegrityError, match="ledger_grant_remaining_lte_amount"):
+        _sql("UPDATE ledger_creditgrant SET remaining = 11 WHERE id = %s", [grant.pk])
+
+
+def test_it_refuses_negative_held_on_an_account() -> None:
+    account = f.account()
+    with pytest.raises(IntegrityError, match="ledger_account_held_gte_0"):
+        _sql("UPDATE ledger_account SET held = -0.000001 WHERE id = %s", [account.pk])
+    account.refresh_from_db()
+    assert account.held == 0
+
+
+def test_it_refuses_a_second_grant_row_with_the_same_idempotency_key() -> None:
+    grant = f.grant(f.account(), "10", idempotency_key="grant-1")
+    with pytest.raises(IntegrityError, match="ledger_grant_idempotency_key"), transaction.atomic():
+        CreditGrant.objects.create(
+            account=grant.account,
+            amount=5,
+            remaining=5,
+            category="paid",
+            category_rank=1,
+            effective_at=timezone.now(),
+            actor="raw",
+            idempotency_key="grant-1",
+        )
+
+
+def test_a_retried_grant_returns_the_first_result_and_writes_nothing() -> None:
+    account = f.account()
+    first = f.grant(account, "10", idempotency_key="grant-1")
+    again = f.grant(account, "10", idempotency_key="grant-1")
+    assert again.pk == first.pk
+    assert CreditGrant.objects.filter(account=account).count() == 1
+    assert LedgerEntry.objects.filter(account=account).count() == 1
+
+
+def test_a_retried_grant_with_another_amount_is_a_conflict() -> None:
+    account = f.account()
+    f.grant(account, "10", idempotency_key="grant-1")
+    with pytest.raises(services.IdempotencyConflict, match="already used"):
+        f.grant(account, "11", idempotency_key="grant-1")
+    assert CreditGrant.objects.get(account=account).amount == Decimal("10")
+
+
+def test_a_retried_consume_returns_the_first_debit() -> None:
+    account = f.account()
+    f.grant(account, "10")
+    kwargs = {
+        "account": account,
+        "amount": "4",
+        "cause": services.Cause("event", "e1"),
+        "actor": "test",
+        "idempotency_key": "consume-e1",
+    }
+    first = services.credits_consume(**kwargs)  # type: ignore[arg-type]
+    again = services.credits_consume(**kwargs)  # type: ignore[arg-type]
+    assert again.operation.pk == first.operation.pk
+    assert again.consumed == first.consumed == Decimal("4")
+    assert CreditGrant.objects.get(account=account).remaining == Decimal("6")
+
+
+def test_a_retried_hold_returns_the_first_hold() -> None:
+    account = f.account()
+    f.grant(account, "10")
+    expires_at = timezone.now() + timedelta(minutes=5)
+    first = services.hold_create(
+        account=account, amount="6", expires_at=expires_at, actor="t", idempotency_key="h1"
+    )
+    again = services.hold_create(
+        account=account, amount="6", expires_at=expires_at, actor="t", idempotency_key="h1"
+    )
+    assert first.hold is not None and again.hold is not None
+    assert again.hold.pk == first.hold.pk
+    assert Hold.objects.count() == 1
+    assert Account.objects.get(pk=account.pk).held == Decimal("6")
+
+
+def test_a_second_hold_row_with_the_same_key_is_refused() -> None:
+    account = f.account()
+    Hold.objects.create(account=account, credits=1, expires_at=timezone.now(), idempotency_key="h1")
+    with pytest.raises(IntegrityError, match="ledger_hold_idempotency_key"), transaction.atomic():
+        Hold.objects.create(
+            account=account, credits=1, expires_at=timezone.now(), idempotency_key="h1"
+        )

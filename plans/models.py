@@ -1,0 +1,348 @@
+"""The catalog (meters, rate cards, plans, credit packs), customers and subscriptions,
+and the API keys that operators call with.
+
+Rate cards and plans in use are versioned, never edited in place: rated events and
+subscriptions keep pointing at the version they had.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+from djmoney.models.fields import MoneyField
+
+from ledger.models import CreditField
+
+
+class Aggregation(models.TextChoices):
+    SUM = "sum"
+    COUNT = "count"
+    MAX = "max"
+
+
+class Meter(models.Model):
+    code = models.SlugField(max_length=64, unique=True)
+    event_name = models.CharField(max_length=128, unique=True)
+    aggregation = models.CharField(max_length=8, choices=Aggregation.choices)
+    unit = models.CharField(max_length=32)
+    dimensions = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class RateCard(models.Model):
+    code = models.SlugField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class RateCardVersion(models.Model):
+    """The rates of a card from ``effective_from`` until the next version starts."""
+
+    rate_card = models.ForeignKey(RateCard, on_delete=models.PROTECT, related_name="versions")
+    version = models.PositiveIntegerField()
+    effective_from = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["rate_card", "version"], name="plans_ratecard_version"),
+            models.UniqueConstraint(
+                fields=["rate_card", "effective_from"], name="plans_ratecard_effective_from"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rate_card.code} v{self.version} from {self.effective_from:%Y-%m-%d}"
+
+
+class Rate(models.Model):
+    """``credits`` per ``per`` units of a meter, for events whose dimensions include ``match``."""
+
+    version = models.ForeignKey(RateCardVersion, on_delete=models.PROTECT, related_name="rates")
+    meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="rates")
+    match = models.JSONField(default=dict, blank=True)
+    credits = CreditField()
+    per = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(credits__gte=0), name="plans_rate_credits_gte_0"),
+            models.CheckConstraint(condition=Q(per__gt=0), name="plans_rate_per_gt_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.meter.code} {self.match} {self.credits}/{self.per}"
+
+
+class Plan(models.Model):
+    code = models.SlugField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Interval(models.TextChoices):
+    MONTH = "month"
+    YEAR = "year"
+
+
+class OveragePolicy(models.TextChoices):
+    HARD_STOP = "hard_stop"
+    SOFT_LIMIT = "soft_limit"
+    POSTPAID = "postpaid"
+
+
+class PlanVersion(models.Model):
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="versions")
+    version = models.PositiveIntegerField()
+    name = models.CharField(max_length=128)
+    interval = models.CharField(max_length=8, choices=Interval.choices)
+    base_fee = MoneyField(max_digits=14, decimal_places=2, default_currency="USD")
+    included_credits = CreditField(default=Decimal(0))
+    rate_card = models.ForeignKey(RateCard, on_delete=models.PROTECT, related_name="plan_versions")
+    overage_policy = models.CharField(max_length=16, choices=OveragePolicy.choices)
+    soft_limit_percent = models.DecimalField(max_digits=7, decimal_places=2, null=True, blank=True)
+    overage_price_per_credit = MoneyField(
+        max_digits=19, decimal_places=8, default_currency="USD", null=True, blank=True
+    )
+    rollover_max_credits = CreditField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = models.Manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "version"], name="plans_plan_version"),
+            models.CheckConstraint(
+                condition=~Q(overage_policy="soft_limit") | Q(soft_limit_percent__isnull=False),
+                name="plans_soft_limit_has_percent",
+            ),
+            models.CheckConstraint(
+                condition=Q(included_credits__gte=0), name="plans_included_credits_gte_0"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan.code} v{self.version}"
+
+
+class CreditPack(models.Model):
+    code = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=128)
+    credits = CreditField()
+    price = MoneyField(max_digits=14, decimal_places=2, default_currency="USD")
+    expires_after_days = models.PositiveIntegerField(null=True, blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = models.Manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(credits__gt=0), name="plans_pack_credits_gt_0"),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Customer(models.Model):
+    external_id = models.CharField(max_length=128, unique=True)
+    name = models.CharField(max_length=200)
+    email = models.EmailField()
+    currency = models.CharField(max_length=3, default="USD")
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    account = models.OneToOneField(
+        "ledger.Account", on_delete=models.PROTECT, related_name="customer"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.external_id
+
+
+class Workspace(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="workspaces")
+    key = models.SlugField(max_length=64)
+    name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["customer", "key"], name="plans_workspace_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer.external_id}/{self.key}"
+
+
+class SubscriptionStatus(models.TextChoices):
+    ACTIVE = "active"
+    CANCELED = "canceled"
+
+
+class Subscription(models.Model):
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="subscriptions")
+    plan_version = models.ForeignKey(
+        PlanVersion, on_delete=models.PROTECT, related_name="subscriptions"
+    )
+    status = models.CharField(
+        max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE
+    )
+    # Periods follow calendar months (or years) from the anchor's day and time.
+    anchor = models.DateTimeField()
+    current_period_start = models.DateTimeField()
+    current_period_end = models.DateTimeField()
+    pending_plan_version = models.ForeignKey(
+        PlanVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    cancel_at_period_end = models.BooleanField(default=False)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # One live subscription per customer: the balance has one set of rules.
+            models.UniqueConstraint(
+                fields=["customer"],
+                condition=Q(status="active"),
+                name="plans_one_active_subscription",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["current_period_end"],
+                condition=Q(status="active"),
+                name="plans_subscription_renewal",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"subscription {self.pk} ({self.customer.external_id})"
+
+
+class PeriodStatus(models.TextChoices):
+    OPEN = "open"
+    CLOSED = "closed"  # ended; open for late events until the grace window passes
+    INVOICING = "invoicing"  # handed to invoicing
+
+
+class SubscriptionPeriod(models.Model):
+    subscription = models.ForeignKey(Subscription, on_delete=models.PROTECT, related_name="periods")
+    plan_version = models.ForeignKey(PlanVersion, on_delete=models.PROTECT, related_name="+")
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    status = models.CharField(
+        max_length=16, choices=PeriodStatus.choices, default=PeriodStatus.OPEN
+    )
+    included_credits = CreditField(default=Decimal(0))
+    closed_at = models.DateTimeField(null=True, blank=True)
+    handed_to_invoicing_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subscription", "start"], name="plans_period_start"),
+            models.CheckConstraint(
+                condition=Q(end__gt=models.F("start")), name="plans_period_order"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "end"], name="plans_period_status_end"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id}: {self.start:%Y-%m-%d} - {self.end:%Y-%m-%d}"
+
+
+class ChangeKind(models.TextChoices):
+    START = "start"
+    PLAN_CHANGE = "plan_change"
+    PLAN_CHANGE_SCHEDULED = "plan_change_scheduled"
+    CANCEL = "cancel"
+    CANCEL_SCHEDULED = "cancel_scheduled"
+    RENEWAL = "renewal"
+
+
+class SubscriptionChange(models.Model):
+    """What happened to a subscription, and what invoicing must charge for it."""
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.PROTECT, related_name="changes")
+    period = models.ForeignKey(
+        SubscriptionPeriod, on_delete=models.PROTECT, null=True, blank=True, related_name="changes"
+    )
+    kind = models.CharField(max_length=32, choices=ChangeKind.choices)
+    from_version = models.ForeignKey(
+        PlanVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    to_version = models.ForeignKey(
+        PlanVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    effective_at = models.DateTimeField()
+    # Prorated base-fee difference for a change mid-period; negative is a credit.
+    proration = MoneyField(
+        max_digits=14, decimal_places=2, default_currency="USD", null=True, blank=True
+    )
+    extra_included_credits = CreditField(default=Decimal(0))
+    actor = models.CharField(max_length=128)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = models.Manager()
+
+    def __str__(self) -> str:
+        return f"{self.kind} of subscription {self.subscription_id}"
+
+
+class ApiScope(models.TextChoices):
+    INGEST = "ingest"
+    READ = "read"
+    WRITE = "write"
+
+
+class ApiKey(models.Model):
+    """An operator's secret key. Only its SHA-256 is stored; the key is shown once."""
+
+    name = models.CharField(max_length=128)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64, unique=True)
+    scopes = ArrayField(models.CharField(max_length=16, choices=ApiScope.choices))
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}...)"
+
+
+class IdempotencyRecord(models.Model):
+    """The first response to a POST with an ``Idempotency-Key``, replayed on retries."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=8)
+    path = models.CharField(max_length=512)
+    request_hash = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "key"], name="plans_idempotency_key"),
+        ]
+        indexes = [models.Index(fields=["created_at"], name="plans_idempotency_created")]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} [{self.key}]"

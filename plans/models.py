@@ -49,6 +49,10 @@ class RateCardVersion(models.Model):
     rate_card = models.ForeignKey(RateCard, on_delete=models.PROTECT, related_name="versions")
     version = models.PositiveIntegerField()
     effective_from = models.DateTimeField()
+    # The effective_from the catalog file gave. A change to a version already in effect
+    # becomes a new version effective at load time; this remembers which entry it came
+    # from, so loading the same file again changes nothing.
+    source_effective_from = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

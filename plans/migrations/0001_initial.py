@@ -116,6 +116,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('version', models.PositiveIntegerField()),
                 ('effective_from', models.DateTimeField()),
+                ('source_effective_from', models.DateTimeField()),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('rate_card', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='versions', to='plans.ratecard')),
             ],

@@ -227,6 +227,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# --- billing rules --------------------------------------------------------------------
+# How long a period stays open for late events after it ends before it is invoiced.
+BILLING_GRACE_PERIOD_SECONDS = int(env("BILLING_GRACE_PERIOD_SECONDS", "3600"))
+
 # --- Stripe ---------------------------------------------------------------------------
 STRIPE_API_KEY = env("STRIPE_API_KEY")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")

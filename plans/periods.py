@@ -27,7 +27,9 @@ def period_bounds(anchor: datetime, interval: str, index: int) -> tuple[datetime
     return add_months(anchor, step * index), add_months(anchor, step * (index + 1))
 
 
-def period_containing(anchor: datetime, interval: str, moment: datetime) -> tuple[int, datetime, datetime]:
+def period_containing(
+    anchor: datetime, interval: str, moment: datetime
+) -> tuple[int, datetime, datetime]:
     """The index and bounds of the period that contains ``moment`` (>= anchor)."""
     if moment < anchor:
         raise ValueError("moment is before the anchor")

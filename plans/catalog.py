@@ -1,0 +1,635 @@
+"""Pricing as code: load and dump the catalog file (meters, rate cards, plans, packs).
+
+Loading is all or nothing: the whole file is checked first and every problem is
+reported with the entry and field it concerns; only a clean file is applied, in one
+transaction. Loading the same file twice changes nothing. A plan or rate card version
+that is in use is never edited: the change becomes a new version.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import msgspec
+import yaml
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from djmoney.money import Money
+from moneyed import CURRENCIES
+
+from plans.models import (
+    CreditPack,
+    Meter,
+    Plan,
+    PlanVersion,
+    Rate,
+    RateCard,
+    RateCardVersion,
+    SubscriptionPeriod,
+)
+from plans.money import as_money
+
+Number = str | int
+
+
+class MeterSpec(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+    event_name: str
+    aggregation: Literal["sum", "count", "max"]
+    unit: str
+    dimensions: list[str] = []
+
+
+class RateSpec(msgspec.Struct, forbid_unknown_fields=True):
+    meter: str
+    credits: Number
+    per: int = 1
+    match: dict[str, str] = {}
+
+
+class RateCardSpec(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+    effective_from: Any  # YAML gives a datetime for an unquoted timestamp, else a string
+    rates: list[RateSpec]
+
+
+class OverageSpec(msgspec.Struct, forbid_unknown_fields=True):
+    policy: Literal["hard_stop", "soft_limit", "postpaid"]
+    price_per_credit: Number | None = None
+    soft_limit_percent: Number | None = None
+
+
+class RolloverSpec(msgspec.Struct, forbid_unknown_fields=True):
+    max_credits: Number
+
+
+class PlanSpec(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+    name: str
+    interval: Literal["month", "year"]
+    base_fee: Number
+    rate_card: str
+    overage: OverageSpec
+    included_credits: Number = "0"
+    rollover: RolloverSpec | None = None
+
+
+class PackSpec(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+    name: str
+    credits: Number
+    price: Number
+    expires_after_days: int | None = None
+
+
+class CatalogSpec(msgspec.Struct, forbid_unknown_fields=True):
+    currency: str = "USD"
+    meters: list[MeterSpec] = []
+    rate_cards: list[RateCardSpec] = []
+    plans: list[PlanSpec] = []
+    credit_packs: list[PackSpec] = []
+
+
+class CatalogError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
+
+
+# --- parsing and checking -------------------------------------------------------------
+
+
+def parse(text: str) -> CatalogSpec:
+    """Parse and check a catalog file; raise CatalogError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError([f"the file is not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise CatalogError(
+            ["the file must be a mapping with meters, rate_cards, plans, credit_packs"]
+        )
+    _refuse_floats(raw, "")
+    try:
+        spec = msgspec.convert(raw, CatalogSpec)
+    except msgspec.ValidationError as exc:
+        raise CatalogError([_readable_path(str(exc), raw)]) from exc
+    problems = list(_check(spec))
+    if problems:
+        raise CatalogError(problems)
+    return spec
+
+
+def _refuse_floats(node: Any, path: str) -> None:
+    # YAML reads 2.5 as a binary float; credits and money must be exact, so decimals are
+    # written as strings, as in the documented example.
+    if isinstance(node, float):
+        raise CatalogError([f'{path}: write decimals as quoted strings, e.g. "{node}"'])
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_floats(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            _refuse_floats(value, f"{path}[{index}]")
+
+
+def _readable_path(message: str, raw: dict[str, Any]) -> str:
+    """Turn msgspec's ``$.plans[0].name`` into ``plans[0] (pro).name``."""
+    match = re.search(r"at `\$\.(\w+)\[(\d+)\](.*)`", message)
+    if not match:
+        return message.replace("`$.", "`")
+    section, index, rest = match.group(1), int(match.group(2)), match.group(3)
+    entries = raw.get(section) or []
+    code = (
+        entries[index].get("code")
+        if index < len(entries) and isinstance(entries[index], dict)
+        else None
+    )
+    label = f"{section}[{index}]" + (f" ({code})" if code else "")
+    reason = message.split(" - at ")[0]
+    return f"{label}{rest}: {reason}"
+
+
+@dataclass
+class _Checker:
+    spec: CatalogSpec
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def decimal(
+        self, where: str, value: Number | None, *, places: int, positive: bool = False
+    ) -> Decimal | None:
+        if value is None:
+            return None
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation:
+            self.add(where, f"must be a number, not {value!r}")
+            return None
+        if not number.is_finite() or number < 0 or (positive and number == 0):
+            self.add(
+                where, f"must be {'greater than 0' if positive else 'zero or more'}, not {value}"
+            )
+            return None
+        if number != number.quantize(Decimal(1).scaleb(-places)):
+            self.add(where, f"has more than {places} decimal places: {value}")
+            return None
+        return number
+
+
+def _check(spec: CatalogSpec) -> Iterator[str]:
+    checker = _Checker(spec)
+    if spec.currency not in CURRENCIES:
+        checker.add(
+            "currency", f"unknown currency {spec.currency!r}; use an ISO 4217 code like USD"
+        )
+    meters = _check_meters(checker)
+    card_codes = _check_rate_cards(checker, meters)
+    _check_plans(checker, card_codes)
+    _check_packs(checker)
+    yield from checker.problems
+
+
+def _label(section: str, index: int, code: str) -> str:
+    return f"{section}[{index}] ({code})"
+
+
+def _unique(checker: _Checker, section: str, values: list[tuple[int, str]], what: str) -> None:
+    seen: dict[str, int] = {}
+    for index, value in values:
+        if value in seen:
+            checker.add(
+                f"{section}[{index}]",
+                f"{what} {value!r} is already used by {section}[{seen[value]}]",
+            )
+        seen[value] = index
+
+
+def _check_meters(checker: _Checker) -> dict[str, list[str]]:
+    meters = {m.code: list(m.dimensions) for m in Meter.objects.all()}
+    specs = checker.spec.meters
+    _unique(checker, "meters", [(i, m.code) for i, m in enumerate(specs)], "code")
+    _unique(checker, "meters", [(i, m.event_name) for i, m in enumerate(specs)], "event_name")
+    for index, meter in enumerate(specs):
+        where = _label("meters", index, meter.code)
+        if not CODE.match(meter.code):
+            checker.add(f"{where}.code", "use lower-case letters, digits, _ and - (at most 64)")
+        if not NAME.match(meter.event_name):
+            checker.add(f"{where}.event_name", "use letters, digits, and . _ : - (at most 128)")
+        for dimension in meter.dimensions:
+            if not CODE.match(dimension):
+                checker.add(
+                    f"{where}.dimensions", f"{dimension!r}: use lower-case letters, digits, _ and -"
+                )
+        if len(set(meter.dimensions)) != len(meter.dimensions):
+            checker.add(f"{where}.dimensions", "lists a dimension twice")
+        meters[meter.code] = list(meter.dimensions)
+    taken = dict(Meter.objects.values_list("event_name", "code"))
+    for index, meter in enumerate(specs):
+        owner = taken.get(meter.event_name)
+        if owner is not None and owner != meter.code:
+            checker.add(
+                f"{_label('meters', index, meter.code)}.event_name",
+                f"{meter.event_name!r} already feeds meter {owner!r}",
+            )
+    return meters
+
+
+def _check_rate_cards(checker: _Checker, meters: dict[str, list[str]]) -> set[str]:
+    seen: dict[tuple[str, datetime], int] = {}
+    for index, card in enumerate(checker.spec.rate_cards):
+        where = _label("rate_cards", index, card.code)
+        if not CODE.match(card.code):
+            checker.add(f"{where}.code", "use lower-case letters, digits, _ and - (at most 64)")
+        effective = _timestamp(card.effective_from)
+        if effective is None:
+            checker.add(
+                f"{where}.effective_from",
+                f"must be an RFC 3339 time like 2026-01-01T00:00:00Z, not {card.effective_from!r}",
+            )
+        elif (card.code, effective) in seen:
+            checker.add(
+                where,
+                f"repeats rate_cards[{seen[(card.code, effective)]}] "
+                "(same code and effective_from)",
+            )
+        else:
+            seen[(card.code, effective)] = index
+        if not card.rates:
+            checker.add(f"{where}.rates", "needs at least one rate")
+        for rate_index, rate in enumerate(card.rates):
+            _check_rate(checker, f"{where}.rates[{rate_index}]", rate, meters)
+        _check_ambiguous_rates(checker, where, card.rates)
+    return {card.code for card in checker.spec.rate_cards} | set(
+        RateCard.objects.values_list("code", flat=True)
+    )
+
+
+def _check_rate(
+    checker: _Checker, where: str, rate: RateSpec, meters: dict[str, list[str]]
+) -> None:
+    if rate.meter not in meters:
+        checker.add(f"{where}.meter", f"unknown meter {rate.meter!r}; define it under meters")
+    else:
+        unknown = set(rate.match) - set(meters[rate.meter])
+        if unknown:
+            checker.add(
+                f"{where}.match",
+                f"{', '.join(sorted(unknown))} is not a dimension of meter {rate.meter!r} "
+                f"(its dimensions: {', '.join(meters[rate.meter]) or 'none'})",
+            )
+    checker.decimal(f"{where}.credits", rate.credits, places=6)
+    if rate.per < 1:
+        checker.add(f"{where}.per", f"must be 1 or more, not {rate.per}")
+
+
+def _check_ambiguous_rates(checker: _Checker, where: str, rates: list[RateSpec]) -> None:
+    """Two rates of one meter, equally specific, that can both match one event."""
+    for i, first in enumerate(rates):
+        for j in range(i + 1, len(rates)):
+            second = rates[j]
+            if first.meter != second.meter or len(first.match) != len(second.match):
+                continue
+            shared = set(first.match) & set(second.match)
+            if all(first.match[key] == second.match[key] for key in shared):
+                combined = {**first.match, **second.match}
+                checker.add(
+                    f"{where}.rates[{j}]",
+                    f"an event with {combined or 'any dimensions'} would match both rates[{i}] "
+                    "and this rate equally; make one more specific or remove one",
+                )
+
+
+def _check_plans(checker: _Checker, card_codes: set[str]) -> None:
+    _unique(checker, "plans", [(i, p.code) for i, p in enumerate(checker.spec.plans)], "code")
+    for index, plan in enumerate(checker.spec.plans):
+        where = _label("plans", index, plan.code)
+        if not CODE.match(plan.code):
+            checker.add(f"{where}.code", "use lower-case letters, digits, _ and - (at most 64)")
+        checker.decimal(f"{where}.base_fee", plan.base_fee, places=2)
+        checker.decimal(f"{where}.included_credits", plan.included_credits, places=6)
+        if plan.rate_card not in card_codes:
+            checker.add(
+                f"{where}.rate_card",
+                f"unknown rate card {plan.rate_card!r}; define it under rate_cards",
+            )
+        overage = plan.overage
+        if overage.policy == "postpaid" and overage.price_per_credit is None:
+            checker.add(f"{where}.overage.price_per_credit", "is required for the postpaid policy")
+        checker.decimal(f"{where}.overage.price_per_credit", overage.price_per_credit, places=8)
+        if overage.policy == "soft_limit" and overage.soft_limit_percent is None:
+            checker.add(
+                f"{where}.overage.soft_limit_percent", "is required for the soft_limit policy"
+            )
+        if overage.policy != "soft_limit" and overage.soft_limit_percent is not None:
+            checker.add(
+                f"{where}.overage.soft_limit_percent", "applies only to the soft_limit policy"
+            )
+        checker.decimal(f"{where}.overage.soft_limit_percent", overage.soft_limit_percent, places=2)
+        if plan.rollover is not None:
+            checker.decimal(f"{where}.rollover.max_credits", plan.rollover.max_credits, places=6)
+
+
+def _check_packs(checker: _Checker) -> None:
+    packs = checker.spec.credit_packs
+    _unique(checker, "credit_packs", [(i, p.code) for i, p in enumerate(packs)], "code")
+    for index, pack in enumerate(packs):
+        where = _label("credit_packs", index, pack.code)
+        if not CODE.match(pack.code):
+            checker.add(f"{where}.code", "use lower-case letters, digits, _ and - (at most 64)")
+        checker.decimal(f"{where}.credits", pack.credits, places=6, positive=True)
+        checker.decimal(f"{where}.price", pack.price, places=2)
+        if pack.expires_after_days is not None and pack.expires_after_days < 1:
+            checker.add(
+                f"{where}.expires_after_days",
+                "must be 1 or more; omit it for credits that never expire",
+            )
+
+
+def _timestamp(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        moment: datetime | None = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        moment = parse_datetime(value.strip())
+    else:
+        return None
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --- applying -------------------------------------------------------------------------
+
+
+def load(text: str, *, now: datetime | None = None) -> list[str]:
+    """Apply a catalog file; return one line per change (none when nothing changed)."""
+    spec = parse(text)
+    now = now or timezone.now()
+    with transaction.atomic():
+        changes: list[str] = []
+        meters = {m.code: _apply_meter(m, changes) for m in spec.meters}
+        meters.update({m.code: m for m in Meter.objects.exclude(code__in=meters)})
+        for card in spec.rate_cards:
+            _apply_rate_card(card, meters, now, changes)
+        for plan in spec.plans:
+            _apply_plan(plan, spec.currency, changes)
+        for pack in spec.credit_packs:
+            _apply_pack(pack, spec.currency, changes)
+    return changes
+
+
+def _apply_meter(spec: MeterSpec, changes: list[str]) -> Meter:
+    values = {
+        "event_name": spec.event_name,
+        "aggregation": spec.aggregation,
+        "unit": spec.unit,
+        "dimensions": list(spec.dimensions),
+    }
+    meter, created = Meter.objects.get_or_create(code=spec.code, defaults=values)
+    if created:
+        changes.append(f"meter {spec.code}: created")
+    elif any(getattr(meter, key) != value for key, value in values.items()):
+        Meter.objects.filter(pk=meter.pk).update(**values)
+        changes.append(f"meter {spec.code}: updated")
+    return meter
+
+
+def _rate_rows(spec: RateCardSpec) -> list[tuple[str, tuple[tuple[str, str], ...], Decimal, int]]:
+    return sorted(
+        (r.meter, tuple(sorted(r.match.items())), Decimal(str(r.credits)), r.per)
+        for r in spec.rates
+    )
+
+
+def _version_rows(
+    version: RateCardVersion,
+) -> list[tuple[str, tuple[tuple[str, str], ...], Decimal, int]]:
+    return sorted(
+        (r.meter.code, tuple(sorted(r.match.items())), r.credits, r.per)
+        for r in version.rates.select_related("meter")
+    )
+
+
+def _apply_rate_card(
+    spec: RateCardSpec, meters: dict[str, Meter], now: datetime, changes: list[str]
+) -> None:
+    card, _ = RateCard.objects.get_or_create(code=spec.code)
+    effective = _timestamp(spec.effective_from)
+    assert effective is not None  # checked by parse()
+    wanted = _rate_rows(spec)
+    exact = card.versions.filter(effective_from=effective).first()
+    if exact is not None and _version_rows(exact) == wanted:
+        return
+    derived = card.versions.filter(source_effective_from=effective).order_by("-effective_from")
+    if any(_version_rows(v) == wanted for v in derived[:1]):
+        return
+    card_in_use = _rate_card_in_use(card)
+    if exact is not None and not (card_in_use and exact.effective_from <= now):
+        exact.rates.all().delete()
+        _create_rates(exact, spec, meters)
+        changes.append(f"rate card {spec.code} from {effective:%Y-%m-%d}: updated (not yet in use)")
+        return
+    # Events already rated keep their rates: a change to a card in use starts now at the
+    # earliest, never in the past.
+    starts = effective if not card_in_use or effective > now else now
+    version = RateCardVersion.objects.create(
+        rate_card=card,
+        version=(card.versions.aggregate(v=Max("version"))["v"] or 0) + 1,
+        effective_from=starts,
+        source_effective_from=effective,
+    )
+    _create_rates(version, spec, meters)
+    suffix = " (the card is in use, so it starts now)" if starts != effective else ""
+    changes.append(
+        f"rate card {spec.code}: version {version.version} effective "
+        f"{starts:%Y-%m-%dT%H:%M:%SZ}{suffix}"
+    )
+
+
+def _rate_card_in_use(card: RateCard) -> bool:
+    return SubscriptionPeriod.objects.filter(plan_version__rate_card=card).exists()
+
+
+def _create_rates(version: RateCardVersion, spec: RateCardSpec, meters: dict[str, Meter]) -> None:
+    Rate.objects.bulk_create(
+        Rate(
+            version=version,
+            meter=meters[rate.meter],
+            match=dict(rate.match),
+            credits=Decimal(str(rate.credits)),
+            per=rate.per,
+        )
+        for rate in spec.rates
+    )
+
+
+def _plan_values(spec: PlanSpec, currency: str) -> dict[str, Any]:
+    overage = spec.overage
+    price = overage.price_per_credit
+    percent = overage.soft_limit_percent
+    return {
+        "name": spec.name,
+        "interval": spec.interval,
+        "base_fee": Money(Decimal(str(spec.base_fee)), currency),
+        "included_credits": Decimal(str(spec.included_credits)),
+        "rate_card": RateCard.objects.get(code=spec.rate_card),
+        "overage_policy": overage.policy,
+        "soft_limit_percent": Decimal(str(percent)) if percent is not None else None,
+        "overage_price_per_credit": Money(Decimal(str(price)), currency)
+        if price is not None
+        else None,
+        "rollover_max_credits": Decimal(str(spec.rollover.max_credits)) if spec.rollover else None,
+    }
+
+
+def _apply_plan(spec: PlanSpec, currency: str, changes: list[str]) -> None:
+    plan, _ = Plan.objects.get_or_create(code=spec.code)
+    values = _plan_values(spec, currency)
+    latest = plan.versions.order_by("-version").first()
+    if latest is not None and all(getattr(latest, key) == value for key, value in values.items()):
+        return
+    if latest is not None and not _plan_version_in_use(latest):
+        for key, value in values.items():
+            setattr(latest, key, value)
+        latest.save()
+        changes.append(f"plan {spec.code}: version {latest.version} updated (not yet in use)")
+        return
+    version = PlanVersion.objects.create(
+        plan=plan, version=(latest.version + 1) if latest else 1, **values
+    )
+    suffix = " (subscriptions stay on the version they have)" if latest else ""
+    changes.append(f"plan {spec.code}: version {version.version} created{suffix}")
+
+
+def _plan_version_in_use(version: PlanVersion) -> bool:
+    return (
+        version.subscriptions.exists()
+        or SubscriptionPeriod.objects.filter(plan_version=version).exists()
+    )
+
+
+def _apply_pack(spec: PackSpec, currency: str, changes: list[str]) -> None:
+    # Purchases copy the price and credits they were sold at, so packs are edited in place.
+    values = {
+        "name": spec.name,
+        "credits": Decimal(str(spec.credits)),
+        "price": Money(Decimal(str(spec.price)), currency),
+        "expires_after_days": spec.expires_after_days,
+        "active": True,
+    }
+    pack, created = CreditPack.objects.get_or_create(code=spec.code, defaults=values)
+    if created:
+        changes.append(f"credit pack {spec.code}: created")
+    elif any(getattr(pack, key) != value for key, value in values.items()):
+        for key, value in values.items():
+            setattr(pack, key, value)
+        pack.save()
+        changes.append(f"credit pack {spec.code}: updated")
+
+
+# --- dumping --------------------------------------------------------------------------
+
+
+def _number(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def dump() -> str:
+    """The current catalog in the load format: every rate card version, each plan's latest."""
+    plans = [
+        p.versions.select_related("rate_card").order_by("-version").first()
+        for p in Plan.objects.order_by("code")
+    ]
+    currency = next((str(as_money(v.base_fee).currency) for v in plans if v is not None), "USD")
+    document: dict[str, Any] = {
+        "currency": currency,
+        "meters": [_dump_meter(m) for m in Meter.objects.order_by("code")],
+        "rate_cards": [
+            _dump_rate_card(v)
+            for v in RateCardVersion.objects.select_related("rate_card").order_by(
+                "rate_card__code", "effective_from"
+            )
+        ],
+        "plans": [_dump_plan(v) for v in plans if v is not None],
+        "credit_packs": [
+            _dump_pack(p) for p in CreditPack.objects.filter(active=True).order_by("code")
+        ],
+    }
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+
+def _dump_meter(meter: Meter) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "code": meter.code,
+        "event_name": meter.event_name,
+        "aggregation": meter.aggregation,
+        "unit": meter.unit,
+    }
+    if meter.dimensions:
+        out["dimensions"] = list(meter.dimensions)
+    return out
+
+
+def _dump_rate_card(version: RateCardVersion) -> dict[str, Any]:
+    rates = []
+    for rate in version.rates.select_related("meter").order_by("pk"):
+        row: dict[str, Any] = {"meter": rate.meter.code}
+        if rate.match:
+            row["match"] = dict(rate.match)
+        row["credits"] = _number(rate.credits)
+        row["per"] = rate.per
+        rates.append(row)
+    return {
+        "code": version.rate_card.code,
+        "effective_from": version.effective_from.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if version.effective_from.microsecond
+        else version.effective_from.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "rates": rates,
+    }
+
+
+def _dump_plan(version: PlanVersion) -> dict[str, Any]:
+    overage: dict[str, Any] = {"policy": version.overage_policy}
+    if version.overage_price_per_credit is not None:
+        overage["price_per_credit"] = _number(as_money(version.overage_price_per_credit).amount)
+    if version.soft_limit_percent is not None:
+        overage["soft_limit_percent"] = _number(version.soft_limit_percent)
+    out: dict[str, Any] = {
+        "code": version.plan.code,
+        "name": version.name,
+        "interval": version.interval,
+        "base_fee": f"{as_money(version.base_fee).amount:.2f}",
+        "included_credits": _number(version.included_credits),
+        "rate_card": version.rate_card.code,
+        "overage": overage,
+    }
+    if version.rollover_max_credits is not None:
+        out["rollover"] = {"max_credits": _number(version.rollover_max_credits)}
+    return out
+
+
+def _dump_pack(pack: CreditPack) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "code": pack.code,
+        "name": pack.name,
+        "credits": _number(pack.credits),
+        "price": f"{as_money(pack.price).amount:.2f}",
+    }
+    if pack.expires_after_days is not None:
+        out["expires_after_days"] = pack.expires_after_days
+    return out

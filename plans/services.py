@@ -1,0 +1,428 @@
+"""Customers and the subscription lifecycle.
+
+Lock order, extending the ledger's: the subscription row first, then (inside the ledger
+services) the account, its grants and holds. Every step is safe to run twice: renewal
+checks the period under the subscription lock, grants carry idempotency keys derived
+from the period or change they belong to.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from djmoney.money import Money
+
+from ledger import services as ledger
+from ledger.models import CREDIT_QUANTUM, CreditGrant, EntryKind, GrantCategory, GrantStatus
+from plans import signals
+from plans.models import (
+    ChangeKind,
+    Customer,
+    PeriodStatus,
+    Plan,
+    PlanVersion,
+    Subscription,
+    SubscriptionChange,
+    SubscriptionPeriod,
+    SubscriptionStatus,
+)
+from plans.money import as_money
+from plans.periods import period_bounds, period_containing
+
+When = Literal["now", "period_end"]
+PERIOD_SOURCE = "subscription_period"
+
+
+class SubscriptionError(Exception):
+    def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+# --- customers ------------------------------------------------------------------------
+
+
+def customer_create(*, external_id: str, name: str, email: str, currency: str = "USD") -> Customer:
+    try:
+        with transaction.atomic():
+            return Customer.objects.create(
+                external_id=external_id,
+                name=name,
+                email=email,
+                currency=currency.upper(),
+                account=ledger.account_create(),
+            )
+    except IntegrityError as exc:
+        # The unique constraint, not a prior lookup, decides: two racing creates get one row.
+        raise SubscriptionError(
+            "customer_exists",
+            f"a customer with external_id {external_id!r} already exists; "
+            "use another external_id or fetch the existing customer",
+            param="external_id",
+        ) from exc
+
+
+def plan_version_current(plan: Plan) -> PlanVersion:
+    version = plan.versions.order_by("-version").first()
+    if version is None:
+        raise SubscriptionError("plan_has_no_version", f"plan {plan.code!r} has no version yet")
+    return version
+
+
+# --- start ----------------------------------------------------------------------------
+
+
+def subscription_start(
+    *, customer: Customer, plan: Plan, actor: str, start_at: datetime | None = None
+) -> Subscription:
+    version = plan_version_current(plan)
+    anchor = start_at or timezone.now()
+    start, end = period_bounds(anchor, version.interval, 0)
+    try:
+        with transaction.atomic():
+            subscription = Subscription.objects.create(
+                customer=customer,
+                plan_version=version,
+                anchor=anchor,
+                current_period_start=start,
+                current_period_end=end,
+            )
+            period = _period_open(subscription, version, start, end)
+            _change(subscription, period, ChangeKind.START, None, version, start, actor)
+    except IntegrityError as exc:
+        raise SubscriptionError(
+            "subscription_exists",
+            f"customer {customer.external_id!r} already has an active subscription; "
+            "change its plan instead of starting another",
+            param="customer",
+        ) from exc
+    return subscription
+
+
+def _period_open(
+    subscription: Subscription, version: PlanVersion, start: datetime, end: datetime
+) -> SubscriptionPeriod:
+    period = SubscriptionPeriod.objects.create(
+        subscription=subscription,
+        plan_version=version,
+        start=start,
+        end=end,
+        included_credits=version.included_credits,
+    )
+    if version.included_credits > 0:
+        _grant_included(subscription, period, version.included_credits, key=f"included:{period.pk}")
+    return period
+
+
+def _grant_included(
+    subscription: Subscription, period: SubscriptionPeriod, amount: Decimal, *, key: str
+) -> CreditGrant:
+    return ledger.credit_grant_create(
+        account=subscription.customer.account,
+        amount=amount,
+        category=GrantCategory.INCLUDED,
+        actor="system:subscriptions",
+        effective_at=period.start,
+        expires_at=period.end,
+        reason="plan_included",
+        source_type=PERIOD_SOURCE,
+        source_id=str(period.pk),
+        idempotency_key=key,
+    )
+
+
+def _change(
+    subscription: Subscription,
+    period: SubscriptionPeriod | None,
+    kind: str,
+    from_version: PlanVersion | None,
+    to_version: PlanVersion | None,
+    effective_at: datetime,
+    actor: str,
+    **values: object,
+) -> SubscriptionChange:
+    return SubscriptionChange.objects.create(
+        subscription=subscription,
+        period=period,
+        kind=kind,
+        from_version=from_version,
+        to_version=to_version,
+        effective_at=effective_at,
+        actor=actor,
+        **values,
+    )
+
+
+def _current_period(subscription: Subscription) -> SubscriptionPeriod:
+    return subscription.periods.get(start=subscription.current_period_start)
+
+
+def _lock(subscription: Subscription) -> Subscription:
+    return (
+        Subscription.objects.select_for_update()
+        .select_related("customer__account")
+        .get(pk=subscription.pk)
+    )
+
+
+# --- renewal --------------------------------------------------------------------------
+
+
+def subscriptions_renew_due(*, now: datetime | None = None) -> int:
+    """Renew every subscription whose period has ended; catches up missed periods."""
+    now = now or timezone.now()
+    due = Subscription.objects.filter(
+        status=SubscriptionStatus.ACTIVE, current_period_end__lte=now
+    ).values_list("pk", flat=True)
+    renewed = 0
+    for pk in list(due):
+        subscription = Subscription.objects.get(pk=pk)
+        while (
+            subscription.status == SubscriptionStatus.ACTIVE
+            and subscription.current_period_end <= now
+        ):
+            subscription = subscription_renew(subscription=subscription, now=now)
+            renewed += 1
+    return renewed
+
+
+def subscription_renew(*, subscription: Subscription, now: datetime | None = None) -> Subscription:
+    """Close the ended period (rollover, expiry) and open the next one."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = _lock(subscription)
+        if locked.status != SubscriptionStatus.ACTIVE or locked.current_period_end > now:
+            return locked  # renewed (or cancelled) by someone else already
+        ended = _current_period(locked)
+        unused = _period_close(ended, at=ended.end)
+        if locked.cancel_at_period_end:
+            return _finish(locked, ended.end, "system:subscriptions")
+        version = locked.pending_plan_version or locked.plan_version
+        if version.interval != ended.plan_version.interval:
+            locked.anchor = ended.end  # a new interval counts from its first period
+        _, start, end = period_containing(locked.anchor, version.interval, ended.end)
+        locked.plan_version = version
+        locked.pending_plan_version = None
+        locked.current_period_start, locked.current_period_end = start, end
+        locked.save()
+        period = _period_open(locked, version, start, end)
+        _change(locked, period, ChangeKind.RENEWAL, ended.plan_version, version, start, "system")
+        _rollover(locked, ended, period, unused)
+    return locked
+
+
+def _period_close(period: SubscriptionPeriod, *, at: datetime) -> Decimal:
+    """Expire the period's included credits; return how many were left unused."""
+    grants = CreditGrant.objects.filter(
+        source_type=PERIOD_SOURCE, source_id=str(period.pk), category=GrantCategory.INCLUDED
+    ).order_by("pk")
+    unused = Decimal(0)
+    for grant in grants:
+        if grant.status in (GrantStatus.ACTIVE, GrantStatus.DEPLETED):
+            ledger.credit_grant_expire(
+                grant=grant, actor="system:subscriptions", reason="period_end"
+            )
+        # Read what the expiry wrote off, whoever expired it (this or the expiry sweep).
+        unused -= sum((e.credits for e in grant.entries.filter(kind=EntryKind.EXPIRE)), Decimal(0))
+    period.status = PeriodStatus.CLOSED
+    period.end = min(period.end, max(at, period.start + timedelta(seconds=1)))
+    period.closed_at = timezone.now()
+    period.save(update_fields=["status", "end", "closed_at"])
+    return unused
+
+
+def _rollover(
+    subscription: Subscription,
+    ended: SubscriptionPeriod,
+    period: SubscriptionPeriod,
+    unused: Decimal,
+) -> None:
+    limit = ended.plan_version.rollover_max_credits
+    amount = min(unused, limit) if limit is not None else Decimal(0)
+    if amount <= 0:
+        return
+    ledger.credit_grant_create(
+        account=subscription.customer.account,
+        amount=amount,
+        category=GrantCategory.ROLLOVER,
+        actor="system:subscriptions",
+        effective_at=period.start,
+        expires_at=period.end,
+        reason="rollover",
+        source_type=PERIOD_SOURCE,
+        source_id=str(period.pk),
+        idempotency_key=f"rollover:{ended.pk}",
+    )
+
+
+def _finish(subscription: Subscription, at: datetime, actor: str) -> Subscription:
+    subscription.status = SubscriptionStatus.CANCELED
+    subscription.canceled_at = at
+    subscription.current_period_end = min(subscription.current_period_end, at)
+    subscription.save()
+    _change(subscription, None, ChangeKind.CANCEL, subscription.plan_version, None, at, actor)
+    return subscription
+
+
+# --- plan changes and cancellation ------------------------------------------------------
+
+
+def subscription_change_plan(
+    *,
+    subscription: Subscription,
+    plan: Plan,
+    actor: str,
+    when: When | None = None,
+    now: datetime | None = None,
+) -> Subscription:
+    """Upgrades apply now by default (prorated), downgrades at period end."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = _lock(subscription)
+        _require_active(locked)
+        new = plan_version_current(plan)
+        old = locked.plan_version
+        if new.pk == old.pk and locked.pending_plan_version is None:
+            return locked
+        when = when or ("now" if _is_upgrade(old, new) else "period_end")
+        if when == "period_end":
+            locked.pending_plan_version = None if new.pk == old.pk else new
+            locked.save(update_fields=["pending_plan_version"])
+            _change(
+                locked,
+                None,
+                ChangeKind.PLAN_CHANGE_SCHEDULED,
+                old,
+                new,
+                locked.current_period_end,
+                actor,
+            )
+            return locked
+        if new.interval != old.interval:
+            raise SubscriptionError(
+                "interval_change_at_period_end",
+                f"moving from a {old.interval}ly to a {new.interval}ly plan takes effect at "
+                "period end; send when=period_end",
+                param="when",
+            )
+        _switch_now(locked, old, new, now, actor)
+    return locked
+
+
+def _is_upgrade(old: PlanVersion, new: PlanVersion) -> bool:
+    old_fee, new_fee = as_money(old.base_fee).amount, as_money(new.base_fee).amount
+    return (new_fee, new.included_credits) > (old_fee, old.included_credits)
+
+
+def _switch_now(
+    subscription: Subscription, old: PlanVersion, new: PlanVersion, now: datetime, actor: str
+) -> None:
+    period = _current_period(subscription)
+    left = _fraction_left(period, now)
+    fee_delta = as_money(new.base_fee).amount - as_money(old.base_fee).amount
+    proration = Money(
+        (fee_delta * left).quantize(Decimal("0.01"), ROUND_HALF_UP), as_money(new.base_fee).currency
+    )
+    extra = max(Decimal(0), (new.included_credits - old.included_credits) * left).quantize(
+        CREDIT_QUANTUM
+    )
+    change = _change(
+        subscription,
+        period,
+        ChangeKind.PLAN_CHANGE,
+        old,
+        new,
+        now,
+        actor,
+        proration=proration,
+        extra_included_credits=extra,
+    )
+    if extra > 0:
+        _grant_included(subscription, period, extra, key=f"included:change:{change.pk}")
+    subscription.plan_version = new
+    subscription.pending_plan_version = None
+    subscription.save(update_fields=["plan_version", "pending_plan_version"])
+    period.plan_version = new
+    period.included_credits += extra
+    period.save(update_fields=["plan_version", "included_credits"])
+
+
+def _fraction_left(period: SubscriptionPeriod, now: datetime) -> Decimal:
+    total = Decimal((period.end - period.start).total_seconds())
+    left = Decimal(max(0.0, (period.end - max(now, period.start)).total_seconds()))
+    return min(Decimal(1), left / total)
+
+
+def subscription_cancel(
+    *,
+    subscription: Subscription,
+    actor: str,
+    when: When = "period_end",
+    now: datetime | None = None,
+) -> Subscription:
+    now = now or timezone.now()
+    with transaction.atomic():
+        locked = _lock(subscription)
+        _require_active(locked)
+        if when == "period_end":
+            locked.cancel_at_period_end = True
+            locked.save(update_fields=["cancel_at_period_end"])
+            _change(
+                locked,
+                None,
+                ChangeKind.CANCEL_SCHEDULED,
+                locked.plan_version,
+                None,
+                locked.current_period_end,
+                actor,
+            )
+            return locked
+        period = _current_period(locked)
+        _period_close(period, at=now)
+        return _finish(locked, period.end, actor)
+
+
+def _require_active(subscription: Subscription) -> None:
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        raise SubscriptionError(
+            "subscription_canceled", f"subscription {subscription.pk} is canceled; start a new one"
+        )
+
+
+# --- hand-off to invoicing --------------------------------------------------------------
+
+
+def grace_period() -> timedelta:
+    return timedelta(seconds=settings.BILLING_GRACE_PERIOD_SECONDS)
+
+
+def periods_hand_to_invoicing(*, now: datetime | None = None) -> int:
+    """Closed periods past the grace window go to invoicing, once each."""
+    now = now or timezone.now()
+    due = SubscriptionPeriod.objects.filter(
+        status=PeriodStatus.CLOSED, end__lte=now - grace_period()
+    ).values_list("pk", flat=True)
+    handed = 0
+    for pk in list(due):
+        with transaction.atomic():
+            period = (
+                SubscriptionPeriod.objects.select_for_update(skip_locked=True)
+                .filter(pk=pk, status=PeriodStatus.CLOSED)
+                .first()
+            )
+            if period is None:
+                continue  # another worker has it
+            period.status = PeriodStatus.INVOICING
+            period.handed_to_invoicing_at = now
+            period.save(update_fields=["status", "handed_to_invoicing_at"])
+            # Receivers enqueue their work on commit; they see the period handed over once.
+            signals.period_ready_for_invoicing.send(sender=SubscriptionPeriod, period=period)
+            handed += 1
+    return handed

@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from io import StringIO
+from pathlib import Path
+
+import pytest
+import time_machine
+from django.core.management import CommandError, call_command
+
+from plans import catalog
+from plans.models import CreditPack, Meter, Plan, PlanVersion, Rate, RateCardVersion
+from plans.services import subscription_start
+from tests.plans.factories import DEMO_CATALOG, customer, load_demo_catalog, plan
+
+pytestmark = pytest.mark.django_db
+
+DEMO = DEMO_CATALOG.read_text()
+
+
+def _snapshot() -> dict[str, object]:
+    return {
+        "meters": sorted(
+            Meter.objects.values_list("code", "event_name", "aggregation", "unit", "dimensions")
+        ),
+        "versions": sorted(
+            RateCardVersion.objects.values_list("rate_card__code", "version", "effective_from")
+        ),
+        "rates": sorted(
+            (
+                r.version.rate_card.code,
+                r.version.version,
+                r.meter.code,
+                sorted(r.match.items()),
+                r.credits,
+                r.per,
+            )
+            for r in Rate.objects.select_related("version__rate_card", "meter")
+        ),
+        "plans": sorted(
+            PlanVersion.objects.values_list(
+                "plan__code",
+                "version",
+                "name",
+                "interval",
+                "base_fee",
+                "base_fee_currency",
+                "included_credits",
+                "rate_card__code",
+                "overage_policy",
+                "soft_limit_percent",
+                "overage_price_per_credit",
+                "rollover_max_credits",
+            )
+        ),
+        "packs": sorted(
+            CreditPack.objects.values_list("code", "name", "credits", "price", "expires_after_days")
+        ),
+    }
+
+
+def _command(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=out)
+    return out.getvalue()
+
+
+def test_it_loads_the_demo_catalog_and_a_second_load_changes_nothing() -> None:
+    first = _command("load_catalog", str(DEMO_CATALOG))
+    assert "plan pro: version 1 created" in first
+    before = _snapshot()
+    second = _command("load_catalog", str(DEMO_CATALOG))
+    assert second.strip().endswith("no change(s)")
+    assert _snapshot() == before
+
+
+def test_a_dump_loads_back_to_the_same_catalog() -> None:
+    load_demo_catalog()
+    dumped = _command("dump_catalog")
+    before = _snapshot()
+    assert catalog.load(dumped) == []  # into the same database: nothing to change
+    # Into an empty catalog: the same rows again.
+    for model in (Rate, RateCardVersion, PlanVersion, Plan, CreditPack, Meter):
+        model.objects.all().delete()
+    catalog.load(dumped)
+    assert _snapshot() == before
+    assert _command("dump_catalog") == dumped
+
+
+def test_a_plan_in_use_gets_a_new_version_and_subscriptions_keep_theirs() -> None:
+    load_demo_catalog()
+    subscription = subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+    out = catalog.load(DEMO.replace('base_fee: "49.00"', 'base_fee: "59.00"'))
+    assert out == ["plan pro: version 2 created (subscriptions stay on the version they have)"]
+    subscription.refresh_from_db()
+    assert subscription.plan_version.version == 1
+    assert str(subscription.plan_version.base_fee.amount) == "49.00"
+    assert str(PlanVersion.objects.get(plan__code="pro", version=2).base_fee.amount) == "59.00"
+
+
+def test_a_plan_not_in_use_is_updated_in_place() -> None:
+    load_demo_catalog()
+    out = catalog.load(DEMO.replace('base_fee: "49.00"', 'base_fee: "59.00"'))
+    assert out == ["plan pro: version 1 updated (not yet in use)"]
+    assert PlanVersion.objects.filter(plan__code="pro").count() == 1
+
+
+def test_a_rate_change_on_a_card_in_use_starts_now_and_reloading_changes_nothing() -> None:
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    with time_machine.travel(now, tick=False):
+        load_demo_catalog()
+        subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+        changed = DEMO.replace('credits: "15",  per: 1000', 'credits: "18",  per: 1000')
+        out = catalog.load(changed)
+        assert out == [
+            "rate card standard: version 2 effective 2026-11-20T12:00:00Z "
+            "(the card is in use, so it starts now)"
+        ]
+        assert catalog.load(changed) == []
+        assert catalog.load(DEMO) == []  # the original entry still describes version 1
+    versions = list(
+        RateCardVersion.objects.order_by("version").values_list("effective_from", flat=True)
+    )
+    assert versions == [datetime(2026, 1, 1, tzinfo=UTC), now]
+
+
+BAD = [
+    ("not: [valid", "the file is not valid YAML"),
+    ("- just a list", "the file must be a mapping"),
+    (
+        DEMO.replace('credits: "2.5"', "credits: 2.5"),
+        'write decimals as quoted strings, e.g. "2.5"',
+    ),
+    (
+        DEMO.replace("aggregation: sum", "aggregation: avg"),
+        "meters[0] (llm_tokens).aggregation: Invalid enum value 'avg'",
+    ),
+    (
+        DEMO.replace("interval: month", "interval: week", 1),
+        "plans[0] (starter).interval: Invalid enum value 'week'",
+    ),
+    (DEMO.replace("    name: Pro\n", ""), "plans[1] (pro): Object missing required field `name`"),
+    (
+        DEMO.replace("    unit: summaries", "    unit: summaries\n    colour: red"),
+        "meters[1] (doc_summaries): Object contains unknown field `colour`",
+    ),
+    (
+        DEMO.replace("rate_card: standard", "rate_card: premium", 1),
+        "plans[0] (starter).rate_card: unknown rate card 'premium'; define it under rate_cards",
+    ),
+    (
+        DEMO.replace("{meter: doc_summaries,", "{meter: docs,"),
+        "rate_cards[0] (standard).rates[3].meter: unknown meter 'docs'; define it under meters",
+    ),
+    (
+        DEMO.replace("match: {model: small}", "match: {colour: small}"),
+        "rate_cards[0] (standard).rates[2].match: colour is not a dimension of meter 'llm_tokens'",
+    ),
+    (
+        DEMO.replace('credits: "0.5"', 'credits: "0.0000001"'),
+        "rate_cards[0] (standard).rates[2].credits: has more than 6 decimal places",
+    ),
+    (
+        DEMO.replace('credits: "0.5"', 'credits: "-1"'),
+        "rate_cards[0] (standard).rates[2].credits: must be zero or more, not -1",
+    ),
+    (
+        DEMO.replace("per: 1}", "per: 0}"),
+        "rate_cards[0] (standard).rates[3].per: must be 1 or more, not 0",
+    ),
+    (
+        DEMO.replace(
+            "      - {meter: llm_tokens, match: {model: small},",
+            '      - {meter: llm_tokens, match: {token_type: output}, credits: "1", per: 1000}\n'
+            "      - {meter: llm_tokens, match: {model: small},",
+        ),
+        "rate_cards[0] (standard).rates[3]: an event with {'token_type': 'output', 'model': 'small'}",
+    ),
+    (
+        DEMO.replace('"2026-01-01T00:00:00Z"', '"first of january"'),
+        "rate_cards[0] (standard).effective_from: must be an RFC 3339 time",
+    ),
+    (
+        DEMO.replace('base_fee: "49.00"', 'base_fee: "49.001"'),
+        "plans[1] (pro).base_fee: has more than 2 decimal places",
+    ),
+    (
+        DEMO.replace(', price_per_credit: "0.004"', ""),
+        "plans[1] (pro).overage.price_per_credit: is required for the postpaid policy",
+    ),
+    (
+        DEMO.replace(', soft_limit_percent: "10"', ""),
+        "plans[2] (team).overage.soft_limit_percent: is required for the soft_limit policy",
+    ),
+    (DEMO.replace("code: team", "code: pro"), "plans[2]: code 'pro' is already used by plans[1]"),
+    (
+        DEMO.replace('credits: "10000"', 'credits: "0"'),
+        "credit_packs[0] (pack_10k).credits: must be greater than 0",
+    ),
+    (
+        DEMO.replace("expires_after_days: 365}", "expires_after_days: 0}", 1),
+        "credit_packs[0] (pack_10k).expires_after_days: must be 1 or more",
+    ),
+    (DEMO.replace("currency: USD", "currency: XYZ"), "currency: unknown currency 'XYZ'"),
+    (
+        DEMO.replace("event_name: doc.summary", "event_name: llm.tokens"),
+        "meters[1]: event_name 'llm.tokens' is already used by meters[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), BAD, ids=[m.split(":")[0][:40] + str(i) for i, (_, m) in enumerate(BAD)]
+)
+def test_a_bad_file_is_refused_whole_with_a_message_naming_entry_and_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(text)
+    out = StringIO()
+    with pytest.raises(CommandError, match="refused, nothing was changed"):
+        call_command("load_catalog", str(path), stdout=out, stderr=out)
+    assert message in out.getvalue()
+    assert not Meter.objects.exists() and not Plan.objects.exists()
+
+
+def test_a_bad_file_leaves_an_existing_catalog_untouched() -> None:
+    load_demo_catalog()
+    before = _snapshot()
+    broken = DEMO.replace('base_fee: "49.00"', 'base_fee: "59.00"').replace(
+        "rate_card: standard", "rate_card: nope", 1
+    )
+    with pytest.raises(catalog.CatalogError) as error:
+        catalog.load(broken)
+    assert error.value.problems == [
+        "plans[0] (starter).rate_card: unknown rate card 'nope'; define it under rate_cards"
+    ]
+    assert _snapshot() == before
+
+
+def test_it_reports_every_problem_at_once() -> None:
+    broken = DEMO.replace('credits: "0.5"', 'credits: "-1"').replace("per: 1}", "per: 0}")
+    with pytest.raises(catalog.CatalogError) as error:
+        catalog.load(broken)
+    assert len(error.value.problems) == 2

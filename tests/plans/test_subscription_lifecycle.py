@@ -44,7 +44,7 @@ ANCHOR = datetime(2024, 1, 31, 10, tzinfo=UTC)
 
 
 @pytest.fixture
-def clock() -> Iterator[time_machine.Coordinates]:
+def clock() -> Iterator[time_machine.Traveller]:
     with time_machine.travel(ANCHOR, tick=False) as traveller:
         yield traveller
 
@@ -55,7 +55,7 @@ def _use(who: Customer, credits: str, n: int) -> None:
     )
 
 
-def _renew(clock: time_machine.Coordinates, at: datetime) -> None:
+def _renew(clock: time_machine.Traveller, at: datetime) -> None:
     clock.move_to(at)
     assert subscriptions_renew_due() == 1
     assert subscriptions_renew_due() == 0  # running twice does nothing more
@@ -75,7 +75,7 @@ def _assert_clean() -> None:
 
 
 def test_fourteen_months_with_upgrade_downgrade_rollover_and_cancel(
-    clock: time_machine.Coordinates,
+    clock: time_machine.Traveller,
 ) -> None:
     load_demo_catalog()
     acme = customer()
@@ -173,7 +173,7 @@ def test_fourteen_months_with_upgrade_downgrade_rollover_and_cancel(
 
 
 def test_periods_go_to_invoicing_once_after_the_grace_window(
-    clock: time_machine.Coordinates,
+    clock: time_machine.Traveller,
 ) -> None:
     load_demo_catalog()
     sub = subscription_start(customer=customer(), plan=plan("pro"), actor="t")
@@ -197,7 +197,7 @@ def test_periods_go_to_invoicing_once_after_the_grace_window(
 
 
 def test_cancel_now_ends_the_period_and_expires_included_credits(
-    clock: time_machine.Coordinates,
+    clock: time_machine.Traveller,
 ) -> None:
     load_demo_catalog()
     acme = customer()
@@ -216,7 +216,7 @@ def test_cancel_now_ends_the_period_and_expires_included_credits(
     _assert_clean()
 
 
-def test_one_active_subscription_per_customer(clock: time_machine.Coordinates) -> None:
+def test_one_active_subscription_per_customer(clock: time_machine.Traveller) -> None:
     load_demo_catalog()
     acme = customer()
     subscription_start(customer=acme, plan=plan("pro"), actor="t")
@@ -225,7 +225,7 @@ def test_one_active_subscription_per_customer(clock: time_machine.Coordinates) -
     assert Subscription.objects.count() == 1
 
 
-def test_a_missed_renewal_catches_up_every_period(clock: time_machine.Coordinates) -> None:
+def test_a_missed_renewal_catches_up_every_period(clock: time_machine.Traveller) -> None:
     load_demo_catalog()
     sub = subscription_start(customer=customer(), plan=plan("starter"), actor="t")
     clock.move_to(ANCHOR + timedelta(days=95))  # three period ends passed while beat was down
@@ -235,7 +235,7 @@ def test_a_missed_renewal_catches_up_every_period(clock: time_machine.Coordinate
     assert SubscriptionPeriod.objects.filter(subscription=sub).count() == 4
 
 
-def test_switching_interval_now_is_refused_with_a_fix(clock: time_machine.Coordinates) -> None:
+def test_switching_interval_now_is_refused_with_a_fix(clock: time_machine.Traveller) -> None:
     load_demo_catalog()
     from plans import catalog
     from tests.plans.factories import DEMO_CATALOG

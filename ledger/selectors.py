@@ -34,6 +34,19 @@ def grants_usable(
     return grants.filter(Q(workspace__isnull=True) | Q(workspace=workspace))
 
 
+def grant_is_usable(
+    grant: CreditGrant, meter: str | None, workspace: str | None, at: datetime
+) -> bool:
+    """The same rule as :func:`grants_usable`, for grants already in memory."""
+    return (
+        grant.status == GrantStatus.ACTIVE
+        and grant.effective_at <= at
+        and (grant.expires_at is None or grant.expires_at > at)
+        and (meter is None or not grant.applies_to or meter in grant.applies_to)
+        and (grant.workspace is None or grant.workspace == workspace)
+    )
+
+
 def posted_in_scope(
     *, account: Account, meter: str | None, workspace: str | None, at: datetime
 ) -> Decimal:

@@ -165,6 +165,9 @@ class Customer(models.Model):
     email = models.EmailField()
     currency = models.CharField(max_length=3, default="USD")
     stripe_customer_id = models.CharField(max_length=64, blank=True)
+    # The customer's own cap on credits used per billing period (portal setting);
+    # authorizations deny beyond it whatever the plan's overage policy.
+    spend_limit_credits = CreditField(null=True, blank=True)
     account = models.OneToOneField(
         "ledger.Account", on_delete=models.PROTECT, related_name="customer"
     )

@@ -1,0 +1,56 @@
+"""Invariant 3 for `manage.py reconcile`: every accepted event is rated exactly once, and
+its credits equal the consume and overage entries that name it."""
+
+from __future__ import annotations
+
+from django.db import connection
+
+from ledger.reconcile import register
+
+
+def _rows(sql: str) -> list[tuple[object, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return list(cursor.fetchall())
+
+
+@register("event_rated_exactly_once")
+def events_rated_once() -> list[str]:
+    rows = _rows(
+        """
+        SELECT e.id, e.identifier, r.event_id IS NOT NULL, q.event_id IS NOT NULL
+        FROM metering_meterevent e
+        LEFT JOIN metering_eventrating r ON r.event_id = e.id
+        LEFT JOIN metering_ratingqueue q ON q.event_id = e.id
+        WHERE (r.event_id IS NULL) = (q.event_id IS NULL)
+        ORDER BY e.id
+        """
+    )
+    return [
+        f"event {pk} ({identifier}): "
+        + ("rated and still queued" if rated else "neither rated nor queued")
+        for pk, identifier, rated, _queued in rows
+    ]
+
+
+@register("event_credits_equal_its_entries")
+def events_charged_as_rated() -> list[str]:
+    rows = _rows(
+        """
+        WITH charged AS (
+            SELECT cause_id, -SUM(credits) AS credits
+            FROM ledger_ledgerentry
+            WHERE cause_type = 'event' AND kind IN ('consume', 'overage')
+            GROUP BY cause_id
+        )
+        SELECT r.event_id, r.credits, COALESCE(c.credits, 0)
+        FROM metering_eventrating r
+        LEFT JOIN charged c ON c.cause_id = r.event_id::text
+        WHERE r.credits <> COALESCE(c.credits, 0)
+        ORDER BY r.event_id
+        """
+    )
+    return [
+        f"event {pk}: rated at {credits} credits, ledger entries charge {charged}"
+        for pk, credits, charged in rows
+    ]

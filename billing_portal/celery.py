@@ -19,6 +19,8 @@ app.autodiscover_tasks()
 app.conf.beat_schedule = {
     "expire-credit-grants": {"task": "ledger.tasks.credit_grants_expire_due", "schedule": 60.0},
     "expire-holds": {"task": "ledger.tasks.holds_expire", "schedule": 15.0},
+    # Ingest enqueues rating on every batch; this sweep catches anything a lost message left.
+    "rate-pending-events": {"task": "metering.tasks.events_rate_pending", "schedule": 2.0},
     "renew-subscriptions": {"task": "plans.tasks.subscriptions_renew_due", "schedule": 60.0},
     "hand-periods-to-invoicing": {
         "task": "plans.tasks.periods_hand_to_invoicing",

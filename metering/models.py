@@ -88,6 +88,20 @@ class EventRating(models.Model):
         return f"{self.event_id}: {self.credits}"
 
 
+class EventCancellation(models.Model):
+    """A meter-event adjustment: the event stays as it arrived, its debit is reversed."""
+
+    event = models.OneToOneField(
+        MeterEvent, on_delete=models.PROTECT, primary_key=True, related_name="cancellation"
+    )
+    reason = models.CharField(max_length=64)
+    actor = models.CharField(max_length=128)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"cancel {self.event_id}: {self.reason}"
+
+
 class RejectedEvent(models.Model):
     """An event refused at ingest, kept for the unmatched-events report."""
 

@@ -147,7 +147,7 @@ class _Rater:
 
     def _max_delta(self, event: MeterEvent, period: SubscriptionPeriod, rated: Rated) -> Decimal:
         """A max meter charges only for a new peak within the period."""
-        key = (period.pk, rated.meter.pk, _dimensions_key(event.dimensions))
+        key = (period.pk, rated.meter.pk, dimensions_key(event.dimensions))
         if key not in self.max_so_far:
             self.max_so_far[key] = _period_max(self.customer.pk, rated.meter.pk, key[2], period)
         previous = self.max_so_far[key]
@@ -191,7 +191,7 @@ class _Rater:
         )
 
 
-def _dimensions_key(dimensions: dict[str, str]) -> str:
+def dimensions_key(dimensions: dict[str, str]) -> str:
     return json.dumps(dimensions, sort_keys=True, separators=(",", ":"))
 
 
@@ -217,7 +217,7 @@ def _rollups_add(customer_id: int, items: list[_Priced]) -> None:
     for item in items:
         assert item.rated is not None
         hour = item.event.timestamp.replace(minute=0, second=0, microsecond=0)
-        buckets[(item.rated.meter.pk, hour, _dimensions_key(item.event.dimensions))].append(item)
+        buckets[(item.rated.meter.pk, hour, dimensions_key(item.event.dimensions))].append(item)
     if not buckets:
         return
     keys = list(buckets)

@@ -20,7 +20,7 @@ from metering import ingest, services, tasks
 from metering.models import Authorization, PeriodUsage, UsageRollup
 from plans import selectors as plan_selectors
 from plans.api import TimestampField, actor, credits_field, customer_or_404, rfc3339
-from plans.api_support import ApiError, BaseApiView, error_responses
+from plans.api_support import ApiError, BaseApiView, FastJSONRenderer, error_responses
 from plans.models import Customer, OveragePolicy
 
 # --- events ---------------------------------------------------------------------------
@@ -71,6 +71,7 @@ class EventsApi(BaseApiView):
     """Accepts one event or up to 1000; answers 202 once the accepted ones are durable."""
 
     required_scope = "ingest"
+    renderer_classes = [FastJSONRenderer]
 
     @extend_schema(
         request=EventBatchInSerializer,

@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -33,6 +34,8 @@ REQUIRED = ("identifier", "event_name", "customer", "timestamp", "value")
 KNOWN_FIELDS = {*REQUIRED, "dimensions", "workspace", "authorization"}
 
 _decoder = msgspec.json.Decoder(float_hook=Decimal)
+# Sorted keys: the same dimensions in another order are the same content.
+_encoder = msgspec.json.Encoder(order="sorted")
 
 
 class BatchError(Exception):
@@ -299,6 +302,18 @@ def _dimensions(raw: Any, meter: Meter) -> dict[str, str] | Rejection:
     return dict(raw)
 
 
+def _parse_rfc3339(raw: str) -> datetime | None:
+    # datetime.fromisoformat (C, and it takes "Z" since 3.11) covers RFC 3339 and is many
+    # times faster than a regex; Django's parser catches the rest.
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        try:
+            return parse_datetime(raw)
+        except ValueError:
+            return None
+
+
 def _timestamp(raw: Any, now: datetime) -> datetime | Rejection:
     moment: datetime | None
     if isinstance(raw, (int, Decimal)) and not isinstance(raw, bool):
@@ -307,10 +322,7 @@ def _timestamp(raw: Any, now: datetime) -> datetime | Rejection:
         except (OverflowError, OSError, ValueError):
             moment = None
     elif isinstance(raw, str):
-        try:
-            moment = parse_datetime(raw)
-        except ValueError:
-            moment = None
+        moment = _parse_rfc3339(raw)
         if moment is not None and moment.tzinfo is None:
             return _reject(
                 "invalid_timestamp",
@@ -349,18 +361,17 @@ def _content_hash(
     workspace: str | None,
     authorization_id: int | None,
 ) -> str:
-    canonical = json.dumps(
-        [
+    canonical = _encoder.encode(
+        (
             event_name,
             timestamp.astimezone(UTC).isoformat(),
             str(value),
-            sorted(dimensions.items()),
+            dimensions,
             workspace,
             authorization_id,
-        ],
-        separators=(",", ":"),
+        )
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 # --- storing --------------------------------------------------------------------------
@@ -368,8 +379,8 @@ def _content_hash(
 _INSERT = """
 WITH rows AS (
     SELECT * FROM unnest(
-        %s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::timestamptz[],
-        %s::numeric[], %s::text[], %s::text[], %s::bigint[], %s::text[]
+        %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::timestamptz[],
+        %b::numeric[], %b::text[], %b::text[], %b::bigint[], %b::text[]
     ) AS t(customer_id, identifier, event_name, meter_id, ts, value, dimensions, workspace,
            authorization_id, content_hash)
 ), inserted AS (
@@ -378,13 +389,13 @@ WITH rows AS (
         workspace, authorization_id, content_hash, received_at
     )
     SELECT customer_id, identifier, event_name, meter_id, ts, value, dimensions::jsonb,
-           workspace, authorization_id, content_hash, %s
+           workspace, authorization_id, content_hash, %b
     FROM rows
     ON CONFLICT (customer_id, identifier) DO NOTHING
     RETURNING id, customer_id, identifier
 ), queued AS (
     INSERT INTO metering_ratingqueue (event_id, customer_id, enqueued_at)
-    SELECT id, customer_id, %s FROM inserted
+    SELECT id, customer_id, %b FROM inserted
 )
 SELECT customer_id, identifier FROM inserted
 """
@@ -454,13 +465,16 @@ def _insert(rows: list[Row], now: datetime) -> set[tuple[int, str]]:
         [r.meter.pk for r in rows],
         [r.timestamp for r in rows],
         [r.value for r in rows],
-        [json.dumps(r.dimensions, separators=(",", ":"), sort_keys=True) for r in rows],
+        [_encoder.encode(r.dimensions).decode() for r in rows],
         [r.workspace for r in rows],
         [r.authorization_id for r in rows],
         [r.content_hash for r in rows],
     )
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT, [*columns, now, now])
+    connection.ensure_connection()
+    # A server-side-binding cursor: Django's default client-side binding renders the
+    # arrays as escaped text in Python, which costs more than the insert itself.
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(_INSERT, [*columns, now, now], binary=True)
         return {(customer_id, identifier) for customer_id, identifier in cursor.fetchall()}
 
 

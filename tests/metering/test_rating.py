@@ -1,0 +1,184 @@
+"""Rating at the service level: periods, late events, max meters, unratable events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import time_machine
+
+from ledger.models import LedgerEntry
+from ledger.reconcile import run_checks
+from ledger.selectors import account_balance
+from metering.ingest import events_ingest
+from metering.models import EventRating, PeriodUsage, RatingQueue, UsageRollup
+from metering.rating import events_rate_pending
+from plans import catalog
+from plans.models import PeriodStatus, SubscriptionPeriod
+from plans.services import periods_hand_to_invoicing, subscription_start, subscriptions_renew_due
+from tests.plans.factories import DEMO_CATALOG, customer, load_demo_catalog, plan
+
+pytestmark = pytest.mark.django_db
+
+START = datetime(2026, 10, 1, tzinfo=UTC)
+LARGE_OUT = {"model": "large", "token_type": "output"}
+
+
+@pytest.fixture
+def clock() -> Iterator[time_machine.Traveller]:
+    with time_machine.travel(START, tick=False) as traveller:
+        yield traveller
+
+
+def _event(identifier: str, at: datetime, value: str = "1000", **extra: Any) -> dict[str, Any]:
+    return {
+        "identifier": identifier,
+        "event_name": "llm.tokens",
+        "customer": "acme",
+        "timestamp": at.isoformat(),
+        "value": value,
+        "dimensions": LARGE_OUT,
+        **extra,
+    }
+
+
+def _clean() -> None:
+    assert [f for f in run_checks() if f.problems] == []
+
+
+def test_a_late_event_for_an_invoiced_period_is_charged_in_the_open_one(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    acme = customer()
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+    first = SubscriptionPeriod.objects.get()
+    clock.move_to(first.end)
+    subscriptions_renew_due()
+    clock.shift(timedelta(hours=2))
+    assert periods_hand_to_invoicing() == 1
+    second = SubscriptionPeriod.objects.get(status=PeriodStatus.OPEN)
+
+    late_at = first.end - timedelta(minutes=5)
+    assert events_ingest(events=[_event("late", late_at)]).count("accepted") == 1
+    assert events_ingest(events=[_event("on-time", datetime.now(UTC))]).count("accepted") == 1
+    events_rate_pending()
+
+    late = EventRating.objects.get(event__identifier="late")
+    assert (late.period_id, late.prior_period_adjustment, late.credits) == (
+        second.pk,
+        True,
+        Decimal(15),
+    )
+    on_time = EventRating.objects.get(event__identifier="on-time")
+    assert (on_time.period_id, on_time.prior_period_adjustment) == (second.pk, False)
+    assert PeriodUsage.objects.get(period=second).credits == Decimal(30)
+    _clean()
+
+
+def test_rates_follow_the_version_in_effect_at_the_event_timestamp(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    acme = customer()
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+    clock.move_to(START + timedelta(days=10))
+    catalog.load(
+        DEMO_CATALOG.read_text().replace('credits: "15",  per: 1000', 'credits: "20",  per: 1000')
+    )
+    events_ingest(
+        events=[
+            _event("before-change", START + timedelta(days=9)),
+            _event("after-change", START + timedelta(days=10, minutes=1)),
+        ]
+    )
+    clock.shift(timedelta(minutes=2))
+    events_rate_pending()
+    credits = dict(EventRating.objects.values_list("event__identifier", "credits"))
+    assert credits == {"before-change": Decimal(15), "after-change": Decimal(20)}
+    assert account_balance(account=acme.account).posted == Decimal(20000 - 35)
+
+
+def test_an_event_without_a_subscription_is_unratable_and_charges_nothing(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    acme = customer()
+    events_ingest(events=[_event("orphan", START - timedelta(hours=1))])
+    assert events_rate_pending() == 1
+    rating = EventRating.objects.get()
+    assert (rating.status, rating.error_code, rating.credits) == (
+        "unratable",
+        "no_active_subscription",
+        0,
+    )
+    assert not LedgerEntry.objects.filter(account=acme.account, cause_type="event").exists()
+    assert not RatingQueue.objects.exists()
+    _clean()
+
+
+def test_an_event_no_rate_matches_is_unratable(clock: time_machine.Traveller) -> None:
+    load_demo_catalog()
+    subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+    events_ingest(events=[{**_event("medium", START), "dimensions": {"model": "medium"}}])
+    events_rate_pending()
+    rating = EventRating.objects.get()
+    assert (rating.status, rating.error_code) == ("unratable", "no_matching_rate")
+    _clean()
+
+
+def test_usage_beyond_the_grants_is_overage_and_counted_in_the_period(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    acme = customer()
+    subscription_start(customer=acme, plan=plan("starter"), actor="t")  # 2,000 included
+    events_ingest(
+        events=[_event(f"big-{i}", START, value="100000") for i in range(2)]
+    )  # 1,500 each
+    events_rate_pending()
+    usage = PeriodUsage.objects.get()
+    assert (usage.credits, usage.overage, usage.events) == (Decimal(3000), Decimal(1000), 2)
+    rollup = UsageRollup.objects.get()
+    assert (rollup.value, rollup.events, rollup.credits) == (Decimal(200000), 2, Decimal(3000))
+    assert account_balance(account=acme.account).posted == 0
+    _clean()
+
+
+def test_a_max_meter_charges_only_new_peaks_within_a_period(clock: time_machine.Traveller) -> None:
+    text = (
+        DEMO_CATALOG.read_text()
+        .replace(
+            "  - code: doc_summaries\n",
+            "  - code: seats\n    event_name: seats.active\n    aggregation: max\n    unit: seats\n"
+            "  - code: doc_summaries\n",
+        )
+        .replace(
+            "      - {meter: doc_summaries,",
+            '      - {meter: seats, credits: "100", per: 1}\n      - {meter: doc_summaries,',
+        )
+    )
+    catalog.load(text)
+    acme = customer()
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+    seats = [("s1", "3"), ("s2", "2"), ("s3", "5"), ("s4", "5")]
+    events_ingest(
+        events=[
+            {
+                "identifier": i,
+                "event_name": "seats.active",
+                "customer": "acme",
+                "timestamp": START.isoformat(),
+                "value": v,
+            }
+            for i, v in seats
+        ]
+    )
+    events_rate_pending()
+    credits = dict(EventRating.objects.values_list("event__identifier", "credits"))
+    assert credits == {"s1": Decimal(300), "s2": Decimal(0), "s3": Decimal(200), "s4": Decimal(0)}
+    assert UsageRollup.objects.get().value == Decimal(5)
+    _clean()

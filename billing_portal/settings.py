@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "plans",
     "metering",
     "billing_portal",
+    "billing_portal.invoicing",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,263 @@
+"""Period close: one invoice per subscription period, built from ledger entries.
+
+An invoice is created once per period: the period row is locked while it is built and a
+unique constraint on the invoice's period refuses a second one, so a task run twice or
+by two workers at once still makes one invoice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from billing_portal.invoicing.models import (
+    Invoice,
+    InvoiceKind,
+    InvoiceLine,
+    InvoiceLineEntry,
+    InvoiceNumberSequence,
+    InvoiceStatus,
+    LineKind,
+)
+from ledger.models import ZERO, EntryKind, LedgerEntry
+from metering.models import EventCancellation, EventRating
+from plans.models import (
+    ChangeKind,
+    OveragePolicy,
+    PlanVersion,
+    SubscriptionChange,
+    SubscriptionPeriod,
+)
+from plans.money import as_money
+from plans.periods import period_containing
+
+CENT = Decimal("0.01")
+
+
+def invoice_number_next(prefix: str = "INV-") -> str:
+    """Gap-free sequential numbers: the sequence row is locked until the caller commits."""
+    sequence, _ = InvoiceNumberSequence.objects.select_for_update().get_or_create(prefix=prefix)
+    number = sequence.next_number
+    sequence.next_number = number + 1
+    sequence.save(update_fields=["next_number"])
+    return f"{prefix}{number:06d}"
+
+
+def cents(amount: Decimal) -> Decimal:
+    """Money is rounded to the minor unit on invoice lines only, half up."""
+    return amount.quantize(CENT, ROUND_HALF_UP)
+
+
+@dataclass
+class _Line:
+    kind: str
+    description: str
+    quantity: Decimal
+    unit_amount: Decimal
+    amount: Decimal
+    start: datetime
+    end: datetime
+    credits: Decimal = ZERO
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+
+def invoice_for_period(*, period: SubscriptionPeriod) -> Invoice:
+    existing = Invoice.objects.filter(period=period).first()
+    if existing is not None:
+        return existing
+    with transaction.atomic():
+        locked = (
+            SubscriptionPeriod.objects.select_for_update()
+            .select_related("subscription__customer", "plan_version__plan")
+            .get(pk=period.pk)
+        )
+        existing = Invoice.objects.filter(period=locked).first()
+        if existing is not None:
+            return existing  # built by another worker while we waited for the lock
+        customer = locked.subscription.customer
+        lines = _period_lines(locked)
+        currency = str(as_money(locked.plan_version.base_fee).currency)
+        invoice = Invoice.objects.create(
+            customer=customer,
+            kind=InvoiceKind.PERIOD,
+            period=locked,
+            number=invoice_number_next(),
+            status=InvoiceStatus.OPEN,
+            currency=currency,
+            total=sum((cents(line.amount) for line in lines), ZERO),
+            total_currency=currency,
+            period_start=locked.start,
+            period_end=locked.end,
+            issued_at=timezone.now(),
+        )
+        _store_lines(invoice, lines, currency)
+    return invoice
+
+
+def _store_lines(invoice: Invoice, lines: list[_Line], currency: str) -> None:
+    for spec in lines:
+        line = InvoiceLine.objects.create(
+            invoice=invoice,
+            kind=spec.kind,
+            description=spec.description,
+            quantity=spec.quantity,
+            unit_amount=spec.unit_amount,
+            unit_amount_currency=currency,
+            amount=cents(spec.amount),
+            amount_currency=currency,
+            credits=spec.credits,
+            service_period_start=spec.start,
+            service_period_end=spec.end,
+        )
+        InvoiceLineEntry.objects.bulk_create(
+            InvoiceLineEntry(line=line, entry=e) for e in spec.entries
+        )
+
+
+def _period_lines(period: SubscriptionPeriod) -> list[_Line]:
+    lines = [_base_fee(period), *_prorations(period)]
+    entries = _usage_entries(period)
+    lines.append(
+        _included_usage(
+            period, [e for e, late in entries if e.kind == EntryKind.CONSUME and not late]
+        )
+    )
+    version = period.plan_version
+    if version.overage_policy == OveragePolicy.POSTPAID:
+        on_time = [e for e, late in entries if e.kind == EntryKind.OVERAGE and not late]
+        if on_time:
+            lines.append(
+                _overage(period, version, on_time, LineKind.OVERAGE, period.start, period.end)
+            )
+        lines.extend(_prior_period_adjustments(period, version, [e for e, late in entries if late]))
+    return lines
+
+
+def _base_fee(period: SubscriptionPeriod) -> _Line:
+    first = (
+        SubscriptionChange.objects.filter(
+            period=period, kind__in=[ChangeKind.START, ChangeKind.RENEWAL]
+        )
+        .select_related("to_version__plan")
+        .first()
+    )
+    version = first.to_version if first and first.to_version else period.plan_version
+    fee = as_money(version.base_fee).amount
+    return _Line(
+        LineKind.BASE_FEE, f"{version.name} plan", Decimal(1), fee, fee, period.start, period.end
+    )
+
+
+def _prorations(period: SubscriptionPeriod) -> list[_Line]:
+    changes = SubscriptionChange.objects.filter(
+        period=period, kind=ChangeKind.PLAN_CHANGE
+    ).select_related("from_version", "to_version")
+    lines = []
+    for change in changes.order_by("effective_at"):
+        if change.proration is None or change.to_version is None or change.from_version is None:
+            continue
+        amount = as_money(change.proration).amount
+        lines.append(
+            _Line(
+                LineKind.PRORATION,
+                f"Change from {change.from_version.name} to {change.to_version.name} "
+                f"({change.effective_at:%Y-%m-%d}), prorated",
+                Decimal(1),
+                amount,
+                amount,
+                change.effective_at,
+                period.end,
+                credits=change.extra_included_credits,
+            )
+        )
+    return lines
+
+
+def _usage_entries(period: SubscriptionPeriod) -> list[tuple[LedgerEntry, bool]]:
+    """Consume and overage entries of the period's events, net of cancelled events.
+
+    Returns (entry, late) pairs; late entries belong to events of an earlier, already
+    invoiced period that were charged in this one.
+    """
+    ratings = EventRating.objects.filter(period=period).exclude(
+        Exists(EventCancellation.objects.filter(event_id=OuterRef("event_id")))
+    )
+    late = dict(ratings.values_list("event_id", "prior_period_adjustment"))
+    entries = LedgerEntry.objects.filter(
+        account_id=period.subscription.customer.account_id,
+        cause_type="event",
+        cause_id__in=[str(pk) for pk in late],
+        kind__in=[EntryKind.CONSUME, EntryKind.OVERAGE],
+    ).order_by("pk")
+    return [(e, late[int(e.cause_id)]) for e in entries]
+
+
+def _included_usage(period: SubscriptionPeriod, entries: list[LedgerEntry]) -> _Line:
+    used = -sum((e.credits for e in entries), ZERO)
+    return _Line(
+        LineKind.INCLUDED_USAGE,
+        "Credits used from grants (prepaid or included)",
+        used,
+        ZERO,
+        ZERO,
+        period.start,
+        period.end,
+        credits=used,
+        entries=entries,
+    )
+
+
+def _overage(
+    period: SubscriptionPeriod,
+    version: PlanVersion,
+    entries: list[LedgerEntry],
+    kind: str,
+    start: datetime,
+    end: datetime,
+) -> _Line:
+    credits = -sum((e.credits for e in entries), ZERO)
+    price = (
+        as_money(version.overage_price_per_credit).amount
+        if version.overage_price_per_credit
+        else ZERO
+    )
+    label = (
+        "Usage beyond credits"
+        if kind == LineKind.OVERAGE
+        else f"Usage from {start:%Y-%m-%d} to {end:%Y-%m-%d} reported late"
+    )
+    return _Line(
+        kind, label, credits, price, credits * price, start, end, credits=credits, entries=entries
+    )
+
+
+def _prior_period_adjustments(
+    period: SubscriptionPeriod, version: PlanVersion, entries: list[LedgerEntry]
+) -> list[_Line]:
+    """Late overage keeps the service period of the period its events belong to."""
+    overage = [e for e in entries if e.kind == EntryKind.OVERAGE]
+    if not overage:
+        return []
+    timestamps = dict(
+        EventRating.objects.filter(event_id__in=[int(e.cause_id) for e in overage]).values_list(
+            "event_id", "event__timestamp"
+        )
+    )
+    subscription = period.subscription
+    groups: dict[tuple[datetime, datetime], list[LedgerEntry]] = defaultdict(list)
+    for entry in overage:
+        moment = timestamps[int(entry.cause_id)]
+        _, start, end = period_containing(
+            subscription.anchor, version.interval, max(moment, subscription.anchor)
+        )
+        groups[(start, end)].append(entry)
+    return [
+        _overage(period, version, group, LineKind.PRIOR_PERIOD_ADJUSTMENT, start, end)
+        for (start, end), group in sorted(groups.items())
+    ]

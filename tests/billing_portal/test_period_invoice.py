@@ -1,0 +1,125 @@
+"""Period close builds one invoice per subscription period from the ledger."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from django.db import connection
+from djmoney.money import Money
+
+from billing_portal.invoicing.models import Invoice, InvoiceLineEntry
+from billing_portal.invoicing.services import invoice_for_period
+from ledger.models import LedgerEntry
+from metering.ingest import events_ingest
+from metering.rating import events_rate_pending
+from metering.services import event_cancel
+from plans.models import SubscriptionPeriod
+from plans.services import periods_hand_to_invoicing, subscription_start, subscriptions_renew_due
+from tests.plans.factories import customer, load_demo_catalog, plan
+
+START = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> Iterator[time_machine.Traveller]:
+    with time_machine.travel(START, tick=False) as traveller:
+        yield traveller
+
+
+def _use(clock: time_machine.Traveller, identifier: str, tokens: int, at: datetime) -> None:
+    # large/output: 15 credits per 1,000 tokens
+    event = {
+        "identifier": identifier,
+        "event_name": "llm.tokens",
+        "customer": "acme",
+        "timestamp": at.isoformat(),
+        "value": str(tokens),
+        "dimensions": {"model": "large", "token_type": "output"},
+    }
+    clock.move_to(at)
+    assert events_ingest(events=[event]).count("accepted") == 1
+    events_rate_pending()
+
+
+def _close_first_period(clock: time_machine.Traveller) -> SubscriptionPeriod:
+    first = SubscriptionPeriod.objects.order_by("start").first()
+    assert first is not None
+    clock.move_to(first.end)
+    subscriptions_renew_due()
+    clock.shift(timedelta(hours=1))
+    periods_hand_to_invoicing()
+    first.refresh_from_db()
+    return first
+
+
+@pytest.mark.django_db
+def test_a_postpaid_period_is_billed_base_fee_plus_overage(clock: time_machine.Traveller) -> None:
+    load_demo_catalog()
+    acme = customer()
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+    _use(clock, "big", 1_600_000, START + timedelta(days=3))  # 24,000 credits: 4,000 beyond 20,000
+    _use(clock, "cancelled", 100_000, START + timedelta(days=4))  # 1,500 credits, then cancelled
+    event_cancel(customer=acme, identifier="cancelled", reason="duplicate", actor="t")
+    first = _close_first_period(clock)
+
+    invoice = invoice_for_period(period=first)
+    lines = {line.kind: line for line in invoice.lines.all()}
+    assert set(lines) == {"base_fee", "included_usage", "overage"}
+    assert lines["base_fee"].amount == Money("49.00", "USD")
+    assert (lines["included_usage"].credits, lines["included_usage"].amount) == (
+        Decimal(20000),
+        Money(0, "USD"),
+    )
+    assert (lines["overage"].quantity, lines["overage"].amount) == (
+        Decimal(4000),
+        Money("16.00", "USD"),
+    )
+    assert invoice.total == Money("65.00", "USD")
+    assert invoice.number == "INV-000001"
+    # Each line names the ledger entries it was built from; the cancelled event's are not billed.
+    overage_entries = LedgerEntry.objects.filter(invoice_link__line=lines["overage"])
+    assert sum(e.credits for e in overage_entries) == Decimal(-4000)
+    assert InvoiceLineEntry.objects.filter(line__invoice=invoice).count() == 2
+
+
+@pytest.mark.django_db
+def test_running_period_close_twice_makes_one_invoice(clock: time_machine.Traveller) -> None:
+    load_demo_catalog()
+    subscription_start(customer=customer(), plan=plan("starter"), actor="t")
+    first = _close_first_period(clock)
+    assert invoice_for_period(period=first).pk == invoice_for_period(period=first).pk
+    assert Invoice.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_racing_make_one_invoice() -> None:
+    with time_machine.travel(START, tick=False) as clock:
+        load_demo_catalog()
+        subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+        first = _close_first_period(clock)
+    barrier = threading.Barrier(4)
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            barrier.wait()
+            results.append(invoice_for_period(period=first).pk)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=close) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert len(set(results)) == 1 and len(results) == 4
+    assert Invoice.objects.count() == 1

@@ -9,6 +9,7 @@ the next one; two workers never claim the same event.
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,14 +27,24 @@ from plans.rating import Rated, RateTable, RatingError
 BATCH = 1000
 
 
-def events_rate_pending(*, limit: int = 5000) -> int:
-    """Rate queued events, one customer at a time; return how many were rated."""
-    customers = list(
-        RatingQueue.objects.order_by("event_id").values_list("customer_id", flat=True)[:limit]
-    )
-    rated = 0
-    for customer_id in dict.fromkeys(customers):
-        rated += events_rate_for_customer(customer_id=customer_id)
+def events_rate_pending(*, rounds: int | None = None, budget_seconds: float = 10.0) -> int:
+    """Rate queued events a batch per customer per round, until the queue is empty, the
+    rounds are done or the time budget is spent; return how many were rated.
+
+    Rounds keep one customer's backlog from starving the others; the budget keeps a task
+    short so a worker stays responsive (the beat sweep starts the next one).
+    """
+    deadline = time.monotonic() + budget_seconds
+    rated = done = 0
+    while rounds is None or done < rounds:
+        customers = list(
+            RatingQueue.objects.order_by().values_list("customer_id", flat=True).distinct()
+        )
+        this_round = sum(events_rate_for_customer(customer_id=c) for c in customers)
+        rated += this_round
+        done += 1
+        if this_round == 0 or time.monotonic() > deadline:
+            break
     return rated
 
 

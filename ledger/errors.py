@@ -16,6 +16,10 @@ class InvalidAmount(LedgerError):
     code = "invalid_amount"
 
 
+class InvalidRequest(LedgerError):
+    code = "invalid_request"
+
+
 class IdempotencyConflict(LedgerError):
     code = "idempotency_key_reused"
 

@@ -21,6 +21,7 @@ from ledger.errors import (  # re-exported: callers catch them from here
     HoldNotOpen,
     IdempotencyConflict,
     InvalidAmount,
+    InvalidRequest,
     LedgerError,
 )
 from ledger.models import (
@@ -196,15 +197,15 @@ def _validate_grant(
         raise InvalidAmount("amount must be greater than 0", param="amount")
     if category not in GrantCategory.values:
         allowed = ", ".join(GrantCategory.values)
-        raise InvalidAmount(
+        raise InvalidRequest(
             f"category must be one of {allowed}, not {category!r}", param="category"
         )
     if not 0 <= priority <= 100:
-        raise InvalidAmount("priority must be between 0 and 100", param="priority")
+        raise InvalidRequest("priority must be between 0 and 100", param="priority")
     if expires_at is not None and expires_at <= (effective_at or timezone.now()):
-        raise InvalidAmount("expires_at must be after effective_at", param="expires_at")
+        raise InvalidRequest("expires_at must be after effective_at", param="expires_at")
     if cost_basis is not None and cost_basis.amount < 0:
-        raise InvalidAmount("cost_basis must not be negative", param="cost_basis")
+        raise InvalidRequest("cost_basis must not be negative", param="cost_basis")
 
 
 def _same_grant_or_conflict(existing: CreditGrant, amount: Decimal, category: str) -> CreditGrant:
@@ -695,6 +696,7 @@ __all__ = [
     "HoldNotOpen",
     "IdempotencyConflict",
     "InvalidAmount",
+    "InvalidRequest",
     "LedgerError",
     "account_create",
     "credit_grant_create",

@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from metering import ingest, services, tasks
 from metering.models import Authorization, PeriodUsage, UsageRollup
 from plans import selectors as plan_selectors
-from plans.api import TimestampField, actor, credits_field, customer_or_404, rfc3339
+from plans.api import TimestampField, actor, credits_field, customer_or_404, is_id, rfc3339
 from plans.api_support import ApiError, BaseApiView, FastJSONRenderer, error_responses
 from plans.models import Customer, OveragePolicy
 
@@ -425,7 +425,7 @@ class AuthorizationReleaseApi(BaseApiView):
     def post(self, request: Request, authorization_id: str) -> Response:
         authorization = (
             Authorization.objects.select_related("hold").filter(pk=authorization_id).first()
-            if authorization_id.isdigit()
+            if is_id(authorization_id)
             else None
         )
         if authorization is None:

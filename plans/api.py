@@ -27,15 +27,28 @@ from plans.money import as_money
 # --- shared fields --------------------------------------------------------------------
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+
+
 class TimestampField(serializers.Field):
     """RFC 3339 or Unix seconds in; RFC 3339 (UTC, Z) out."""
 
     default_error_messages = {
         "invalid": "must be an RFC 3339 time like 2026-11-20T10:00:00Z or Unix seconds",
         "naive": "needs a time zone, e.g. 2026-11-20T10:00:00Z",
+        "range": "must be between 1970 and 2999",
     }
 
     def to_internal_value(self, data: Any) -> datetime:
+        if isinstance(data, str) and data.isascii() and data.isdigit():
+            data = int(data)
+        moment = self._parse(data)
+        if not EARLIEST <= moment < LATEST:
+            self.fail("range")
+        return moment
+
+    def _parse(self, data: Any) -> datetime:
         if isinstance(data, int | float) and not isinstance(data, bool):
             try:
                 return datetime.fromtimestamp(data, tz=UTC)
@@ -45,11 +58,10 @@ class TimestampField(serializers.Field):
             try:
                 moment = datetime.fromisoformat(data.replace("Z", "+00:00"))
             except ValueError:
-                moment = None
-            if moment is not None:
-                if moment.tzinfo is None:
-                    self.fail("naive")
-                return moment
+                self.fail("invalid")
+            if moment.tzinfo is None:
+                self.fail("naive")
+            return moment
         self.fail("invalid")
 
     def to_representation(self, value: datetime) -> str:
@@ -59,6 +71,12 @@ class TimestampField(serializers.Field):
 def rfc3339(value: datetime) -> str:
     text = value.astimezone(UTC).isoformat()
     return text.replace("+00:00", "Z")
+
+
+def is_id(value: str) -> bool:
+    # str.isdigit() is also true for non-ASCII digits such as superscripts, which the
+    # database refuses or reads as another number.
+    return value.isascii() and value.isdigit() and len(value) < 19
 
 
 def credits_field(**kwargs: Any) -> serializers.DecimalField:
@@ -162,7 +180,7 @@ class SubscriptionOut(serializers.Serializer):
 
 
 def subscription_or_404(subscription_id: str) -> Subscription:
-    if not subscription_id.isdigit():
+    if not is_id(subscription_id):
         raise ApiError(404, "resource_missing", f"no subscription {subscription_id!r}", "id")
     return get_object_or_404(
         Subscription.objects.select_related("customer__account", "plan_version__plan"),
@@ -311,7 +329,7 @@ class CreditGrantOut(serializers.Serializer):
 
 
 def grant_or_404(grant_id: str) -> CreditGrant:
-    if not grant_id.isdigit():
+    if not is_id(grant_id):
         raise ApiError(404, "resource_missing", f"no credit grant {grant_id!r}", "id")
     return get_object_or_404(CreditGrant.objects.all(), pk=grant_id)
 

@@ -96,6 +96,9 @@ def subscription_start(
             )
             period = _period_open(subscription, version, start, end)
             _change(subscription, period, ChangeKind.START, None, version, start, actor)
+            # A start in the past catches up at once: the answer shows the current period.
+            while subscription.current_period_end <= timezone.now():
+                subscription = subscription_renew(subscription=subscription)
     except IntegrityError as exc:
         raise SubscriptionError(
             "subscription_exists",

@@ -49,7 +49,7 @@ class TestAmounts:
 
     def test_it_refuses_a_grant_that_expires_before_it_starts(self) -> None:
         account = f.account()
-        with pytest.raises(services.InvalidAmount, match="expires_at must be after effective_at"):
+        with pytest.raises(services.InvalidRequest, match="expires_at must be after effective_at"):
             services.credit_grant_create(
                 account=account,
                 amount="1",
@@ -73,7 +73,7 @@ class TestAmounts:
     ) -> None:
         values: dict[str, object] = {"amount": "1", "category": "paid", "priority": 50}
         values[field] = value
-        with pytest.raises(services.InvalidAmount, match=message):
+        with pytest.raises(services.LedgerError, match=message):
             services.credit_grant_create(account=f.account(), actor="t", **values)  # type: ignore[arg-type]
         assert not LedgerEntry.objects.exists()
 

@@ -28,3 +28,7 @@ def invoice_periods_missing() -> int:
         services.invoice_for_period(period=period)
         count += 1
     return count
+
+
+# Stripe sync tasks live beside the adapter's callers; imported so Celery registers them.
+from billing_portal.invoicing import stripe_tasks  # noqa: E402, F401

@@ -1,0 +1,1 @@
+"""Tasks that talk to Stripe (filled in with the Stripe adapter)."""

@@ -22,6 +22,10 @@ app.conf.beat_schedule = {
     # Ingest enqueues rating on every batch; this sweep catches anything a lost message left.
     "rate-pending-events": {"task": "metering.tasks.events_rate_pending", "schedule": 2.0},
     "renew-subscriptions": {"task": "plans.tasks.subscriptions_renew_due", "schedule": 60.0},
+    "recognize-revenue": {
+        "task": "billing_portal.invoicing.tasks.revenue_recognize",
+        "schedule": 60.0,
+    },
     "invoice-missing-periods": {
         "task": "billing_portal.invoicing.tasks.invoice_periods_missing",
         "schedule": 300.0,

@@ -30,5 +30,12 @@ def invoice_periods_missing() -> int:
     return count
 
 
+@shared_task
+def revenue_recognize() -> int:
+    from billing_portal.invoicing.revenue import revenue_recognize_all
+
+    return revenue_recognize_all()
+
+
 # Stripe sync tasks live beside the adapter's callers; imported so Celery registers them.
 from billing_portal.invoicing import stripe_tasks  # noqa: E402, F401

@@ -140,7 +140,11 @@ class EventCancelApi(BaseApiView):
 
 
 def _customer_for_body(external_id: str) -> Customer:
-    customer = Customer.objects.select_related("account").filter(external_id=external_id).first()
+    customer = (
+        Customer.objects.select_related("account").filter(external_id=external_id).first()
+        if "\x00" not in external_id
+        else None
+    )
     if customer is None:
         raise ApiError(
             404, "unknown_customer", f"no customer with external_id {external_id!r}", "customer"

@@ -144,7 +144,11 @@ class _Lookups:
 
     def __init__(self, events: Sequence[Any]) -> None:
         dicts = [e for e in events if isinstance(e, dict)]
-        external_ids = {e["customer"] for e in dicts if isinstance(e.get("customer"), str)}
+        external_ids = {
+            e["customer"]
+            for e in dicts
+            if isinstance(e.get("customer"), str) and "\x00" not in e["customer"]
+        }
         self.customers = {
             c.external_id: c for c in Customer.objects.filter(external_id__in=external_ids)
         }
@@ -231,7 +235,7 @@ def _validate_content(
     if isinstance(timestamp, Rejection):
         return timestamp
     workspace = event.get("workspace")
-    if workspace is not None and (not isinstance(workspace, str) or not 0 < len(workspace) <= 64):
+    if workspace is not None and not (_clean_text(workspace, 64) and workspace):
         return _reject(
             "invalid_request", "workspace must be a string of 1 to 64 characters", "workspace"
         )
@@ -262,6 +266,11 @@ def _validate_content(
     )
 
 
+def _clean_text(value: Any, limit: int) -> bool:
+    # PostgreSQL text cannot hold U+0000: such a string is refused, not stored.
+    return isinstance(value, str) and len(value) <= limit and "\x00" not in value
+
+
 def _value(raw: Any) -> Decimal | Rejection:
     if isinstance(raw, bool):
         return _reject("invalid_value", "value must be a number or a decimal string", "value")
@@ -285,11 +294,11 @@ def _value(raw: Any) -> Decimal | Rejection:
 def _dimensions(raw: Any, meter: Meter) -> dict[str, str] | Rejection:
     if raw is None:
         return {}
-    if not isinstance(raw, dict) or not all(
-        isinstance(v, str) and len(v) <= 128 for v in raw.values()
-    ):
+    if not isinstance(raw, dict) or not all(_clean_text(v, 128) for v in (*raw, *raw.values())):
         return _reject(
-            "invalid_dimensions", "dimensions must be an object of string values", "dimensions"
+            "invalid_dimensions",
+            "dimensions must be an object of string values (at most 128 characters)",
+            "dimensions",
         )
     unknown = set(raw) - set(meter.dimensions)
     if unknown:
@@ -458,6 +467,9 @@ def _repeat_status(stored_hash: str, content_hash: str) -> Result:
 def _insert(rows: list[Row], now: datetime) -> set[tuple[int, str]]:
     if not rows:
         return set()
+    # Rows go in key order: two batches sharing identifiers in different orders would
+    # otherwise wait on each other's uncommitted rows and deadlock.
+    rows = sorted(rows, key=lambda r: (r.customer.pk, r.identifier))
     columns = (
         [r.customer.pk for r in rows],
         [r.identifier for r in rows],
@@ -504,15 +516,28 @@ def _store_rejections(events: Sequence[Any], outcome: IngestOutcome, now: dateti
     )
 
 
+def _without_nul(value: Any) -> Any:
+    """The payload as JSON PostgreSQL can store: U+0000 replaced, everything else kept."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(str(k)): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
 def _rejected_record(event: Any, rejection: Rejection, now: datetime) -> RejectedEvent:
-    payload = event if isinstance(event, dict) else {"event": event}
+    payload = _without_nul(event if isinstance(event, dict) else {"event": event})
     return RejectedEvent(
         customer_external_id=str(payload.get("customer") or "")[:255],
         identifier=str(payload.get("identifier") or "")[:255],
         event_name=str(payload.get("event_name") or "")[:255],
         code=rejection.code,
-        message=rejection.message,
-        param=rejection.param or "",
+        message=_without_nul(rejection.message),
+        param=_without_nul(rejection.param or "")[:64],
         payload=json.loads(json.dumps(payload, default=str)),
         received_at=now,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from djmoney.money import Money
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -90,6 +90,8 @@ def actor(request: Request) -> str:
 
 
 def customer_or_404(external_id: str) -> Customer:
+    if "\x00" in external_id:  # PostgreSQL text cannot hold it: no such customer
+        raise ApiError(404, "resource_missing", "no customer with that external_id", "external_id")
     return get_object_or_404(Customer.objects.select_related("account"), external_id=external_id)
 
 
@@ -363,7 +365,12 @@ class CreditGrantsApi(BaseApiView):
                 )
             return value
 
-    @extend_schema(responses={200: CreditGrantOut(many=True), **error_responses(401, 403, 404)})
+    @extend_schema(
+        responses={
+            200: inline_serializer("CreditGrantList", {"data": CreditGrantOut(many=True)}),
+            **error_responses(401, 403, 404),
+        }
+    )
     def get(self, request: Request, external_id: str) -> Response:
         customer = customer_or_404(external_id)
         grants = selectors.credit_grants_for(customer=customer)

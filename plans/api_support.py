@@ -525,13 +525,39 @@ IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
 
 
 class ApiAutoSchema(AutoSchema):
-    """Documents the Idempotency-Key header on every POST of a BaseApiView."""
+    """Documents what every BaseApiView shares: the Idempotency-Key header on POST, the
+    errors any endpoint can answer (auth, throttling, and on POST validation and
+    idempotency conflicts), and distinct names for the nested Input/Output serializers."""
+
+    SHARED_ERRORS: ClassVar[dict[str, tuple[int, ...]]] = {
+        "POST": (400, 401, 403, 409, 429),
+        "GET": (401, 403, 429),
+    }
 
     def get_override_parameters(self) -> list[Any]:
         parameters = list(super().get_override_parameters())
         if self.method == "POST":
             parameters.append(IDEMPOTENCY_KEY_PARAMETER)
         return parameters
+
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        bodies: dict[str, Any] = super()._get_response_bodies(direction)
+        shared = self.SHARED_ERRORS.get(self.method or "", ())
+        for status, response in error_responses(*shared).items():
+            if str(status) not in bodies:
+                bodies[str(status)] = self._get_response_for_code(
+                    response, str(status), direction=direction
+                )
+        return bodies
+
+    def _get_serializer_name(
+        self, serializer: Any, direction: Any, bypass_extensions: bool = False
+    ) -> str:
+        name: str = super()._get_serializer_name(serializer, direction, bypass_extensions)
+        if name in {"Input", "Output", "Query"}:
+            # One view per operation, each with its own nested Input: name it after the view.
+            return type(self.view).__name__.removesuffix("Api") + name
+        return name
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

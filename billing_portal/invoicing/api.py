@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -77,7 +77,12 @@ def _invoices() -> Any:
 class CustomerInvoicesApi(BaseApiView):
     required_scope = "read"
 
-    @extend_schema(responses={200: InvoiceOut(many=True), **error_responses(401, 403, 404)})
+    @extend_schema(
+        responses={
+            200: inline_serializer("InvoiceList", {"data": InvoiceOut(many=True)}),
+            **error_responses(401, 403, 404),
+        }
+    )
     def get(self, request: Request, external_id: str) -> Response:
         customer = customer_or_404(external_id)
         invoices = (

@@ -1,0 +1,918 @@
+"""Hold + capture on one hot customer, concurrent clients, at the service level (no HTTP).
+
+Target (performance notes): at least 1,000 hold + capture cycles per second with 32
+concurrent clients on one customer, p99 under 25 ms, zero overdraw.
+
+Every client is a separate process (or, with ``--mode thread``, a thread) with its own
+database connection. Each loops for a fixed time: ``hold_create`` with a hard stop
+(``allowance=0``), then ``hold_capture`` of an amount at or below the hold. A run uses a
+fresh account that already holds a given amount of ledger history (written in bulk
+before the run, not timed), so the same figure can be read at 1x, 10x and 100x the
+history. After each run the ledger is checked for overdraw and lost updates, and at the
+end the reconciliation checks run over the whole benchmark database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import queue
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from bench import env, report
+from bench.stats import median, ms, percentile, rate
+
+TARGET_RATE = 1000.0  # hold + capture cycles per second
+TARGET_P99 = 0.025  # seconds, per service call
+ZERO = Decimal(0)
+HOLD_AMOUNT = Decimal("5")
+# Captures at or below the hold: the whole hold, nearly all, a part, the smallest unit.
+CAPTURE_AMOUNTS = (Decimal("5"), Decimal("4.999999"), Decimal("3.25"), Decimal("0.000001"))
+# The hot customer's usable grants: (amount, category, priority, expires in days).
+GRANTS: tuple[tuple[str, str, int, int | None], ...] = (
+    ("1000000", "included", 10, 30),
+    ("250000", "promotional", 50, 90),
+    ("5000000", "paid", 50, None),
+)
+DEFAULT_HISTORY = (1_000, 10_000, 100_000)
+
+
+# --- what a client does ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    account_id: int
+    start_at: float  # wall clock (time.time()), the same instant for every client
+    warmup: float
+    duration: float
+    seed: int
+    profile: bool = False
+    floor_row: int = 0  # > 0: the reference loop on this row instead of hold + capture
+
+
+@dataclass
+class CallProfile:
+    """Where one kind of service call spends its time, summed over calls."""
+
+    calls: int = 0
+    total: float = 0.0
+    lock_wait: float = 0.0  # the account's SELECT ... FOR UPDATE, waiting included
+    under_lock: float = 0.0  # from holding the account lock to the call's return
+    db: float = 0.0  # statements after the lock: round trip and server time
+    commit: float = 0.0  # COMMIT, WAL flush included
+    statements: int = 0
+
+    def add(self, other: CallProfile) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def mean(self, name: str) -> float:
+        return float(getattr(self, name)) / self.calls if self.calls else 0.0
+
+
+@dataclass
+class ClientResult:
+    cycles: int = 0  # hold + capture cycles that finished inside the measured window
+    hold_latency: list[float] = field(default_factory=list)
+    capture_latency: list[float] = field(default_factory=list)
+    cycle_latency: list[float] = field(default_factory=list)
+    holds: int = 0  # every hold allowed, warm-up included
+    denied: int = 0
+    requested: Decimal = ZERO
+    consumed: Decimal = ZERO
+    overage: Decimal = ZERO
+    profile: dict[str, CallProfile] = field(default_factory=dict)
+    error: str = ""
+
+
+class _LockProbe:
+    """Times one service call: waiting for the account lock, then what runs under it."""
+
+    def __init__(self, wrapper: Any) -> None:
+        self.wrapper = wrapper
+        self.reset()
+        original = wrapper._commit
+
+        def timed_commit() -> Any:
+            started = time.perf_counter()
+            try:
+                return original()
+            finally:
+                self.commit += time.perf_counter() - started
+
+        wrapper._commit = timed_commit
+
+    def reset(self) -> None:
+        self.locked_at: float | None = None
+        self.lock_wait = 0.0
+        self.db = 0.0
+        self.commit = 0.0
+        self.statements = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(AttributeError):
+            del self.wrapper._commit
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, ctx)
+        finally:
+            done = time.perf_counter()
+            if self.locked_at is None:
+                if 'FROM "ledger_account"' in sql and "FOR UPDATE" in sql:
+                    self.locked_at = done
+                    self.lock_wait = done - started
+            else:
+                self.statements += 1
+                self.db += done - started
+
+    def call(self, result: ClientResult, name: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        self.reset()
+        started = time.perf_counter()
+        with self.wrapper.execute_wrapper(self):
+            value = fn(**kwargs)
+        done = time.perf_counter()
+        stats = result.profile.setdefault(name, CallProfile())
+        stats.add(
+            CallProfile(
+                calls=1,
+                total=done - started,
+                lock_wait=self.lock_wait,
+                under_lock=done - (self.locked_at or started),
+                db=self.db,
+                commit=self.commit,
+                statements=self.statements,
+            )
+        )
+        return value
+
+
+FLOOR_TABLE = "bench_row_lock_floor"
+
+
+def floor_loop(task: Task) -> ClientResult:
+    """The reference: one committed single-row UPDATE per call, nothing else.
+
+    Any design that takes one row lock per call and commits durably under it can do no
+    better on this machine; a hold + capture cycle is at least two such calls.
+    """
+    from django.db import connection
+
+    result = ClientResult()
+    window_start = task.start_at + task.warmup
+    window_end = window_start + task.duration
+    sql = f"UPDATE {FLOOR_TABLE} SET n = n + 1 WHERE id = %s"
+    with connection.cursor() as cursor:
+        time.sleep(max(0.0, task.start_at - time.time()))
+        while time.time() < window_end:
+            began = time.time()
+            t0 = time.perf_counter()
+            cursor.execute(sql, [task.floor_row])  # autocommit: one transaction each
+            elapsed = time.perf_counter() - t0
+            if window_start <= began + elapsed < window_end:
+                result.cycles += 1
+                result.hold_latency.append(elapsed)
+    return result
+
+
+def client_loop(task: Task) -> ClientResult:
+    """One client: hold then capture, again and again, until the window closes."""
+    if task.floor_row:
+        return floor_loop(task)
+    from django.db import connections
+    from django.utils import timezone
+
+    from ledger import services
+    from ledger.models import Account
+
+    result = ClientResult()
+    rng = random.Random(task.seed)
+    account = Account.objects.get(pk=task.account_id)
+    expires_at = timezone.now() + timedelta(hours=1)
+    window_start = task.start_at + task.warmup
+    window_end = window_start + task.duration
+    probe = _LockProbe(connections["default"]) if task.profile else None
+
+    def call(name: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        if probe is None:
+            return fn(**kwargs)
+        return probe.call(result, name, fn, **kwargs)
+
+    time.sleep(max(0.0, task.start_at - time.time()))
+    n = 0
+    try:
+        while time.time() < window_end:
+            n += 1
+            began = time.time()
+            t0 = time.perf_counter()
+            decision = call(
+                "hold_create",
+                services.hold_create,
+                account=account,
+                amount=HOLD_AMOUNT,
+                expires_at=expires_at,
+                actor="bench:client",
+                allowance=ZERO,
+            )
+            t1 = time.perf_counter()
+            if not decision.allowed or decision.hold is None:
+                result.denied += 1
+                continue
+            result.holds += 1
+            amount = rng.choice(CAPTURE_AMOUNTS)
+            debit = call(
+                "hold_capture",
+                services.hold_capture,
+                hold=decision.hold,
+                amount=amount,
+                cause=services.Cause("event", f"bench-{task.seed}-{n}"),
+                actor="bench:client",
+            )
+            t2 = time.perf_counter()
+            result.requested += amount
+            result.consumed += debit.consumed
+            result.overage += debit.overage
+            finished = began + (t2 - t0)
+            if window_start <= finished < window_end:
+                result.cycles += 1
+                result.hold_latency.append(t1 - t0)
+                result.capture_latency.append(t2 - t1)
+                result.cycle_latency.append(t2 - t0)
+    finally:
+        if probe is not None:
+            probe.close()
+    return result
+
+
+# --- the clients: processes or threads, each with its own connection -------------------
+
+
+def _serve(index: int, inbox: Any, outbox: Any) -> None:
+    from django.db import connections
+
+    try:
+        connections["default"].ensure_connection()
+    except BaseException:
+        outbox.put(("failed", index, traceback.format_exc()))
+        return
+    outbox.put(("ready", index, None))
+    try:
+        while (task := inbox.get()) is not None:
+            try:
+                result = client_loop(task)
+            except BaseException:
+                result = ClientResult(error=traceback.format_exc())
+            outbox.put(("result", index, result))
+    finally:
+        connections["default"].close()
+
+
+def _process_main(index: int, database_name: str, inbox: Any, outbox: Any) -> None:
+    try:
+        env.django_setup(database_name)
+    except BaseException:
+        outbox.put(("failed", index, traceback.format_exc()))
+        return
+    _serve(index, inbox, outbox)
+
+
+class ClientPool:
+    """``size`` long-lived clients; each run hands every client one task."""
+
+    def __init__(self, size: int, mode: str, database_name: str) -> None:
+        self.size = size
+        self.mode = mode
+        self.database_name = database_name
+        self.workers: list[Any] = []
+        self.inboxes: list[Any] = []
+        self.outbox: Any = None
+
+    def __enter__(self) -> ClientPool:
+        if self.mode == "process":
+            ctx = multiprocessing.get_context("spawn")
+            self.outbox = ctx.Queue()
+            for i in range(self.size):
+                inbox: Any = ctx.Queue()
+                worker: Any = ctx.Process(
+                    target=_process_main,
+                    args=(i, self.database_name, inbox, self.outbox),
+                    name=f"bench-client-{i}",
+                    daemon=True,
+                )
+                self.inboxes.append(inbox)
+                self.workers.append(worker)
+        else:
+            self.outbox = queue.Queue()
+            for i in range(self.size):
+                inbox = queue.Queue()
+                worker = threading.Thread(
+                    target=_serve, args=(i, inbox, self.outbox), name=f"bench-client-{i}"
+                )
+                self.inboxes.append(inbox)
+                self.workers.append(worker)
+        for worker in self.workers:
+            worker.start()
+        failures = []
+        for _ in range(self.size):
+            kind, index, detail = self.outbox.get(timeout=300)
+            if kind != "ready":
+                failures.append(f"client {index}: {detail}")
+        if failures:
+            self.__exit__(None, None, None)
+            raise RuntimeError("benchmark clients failed to start:\n" + "\n".join(failures))
+        return self
+
+    def run(self, tasks: list[Task]) -> list[ClientResult]:
+        assert len(tasks) <= self.size
+        for inbox, task in zip(self.inboxes, tasks, strict=False):
+            inbox.put(task)
+        longest = max(t.start_at + t.warmup + t.duration for t in tasks) - time.time()
+        results = []
+        for _ in tasks:
+            _, _, result = self.outbox.get(timeout=longest + 120)
+            results.append(result)
+        return results
+
+    def __exit__(self, *exc: object) -> None:
+        for inbox in self.inboxes:
+            inbox.put(None)
+        for worker in self.workers:
+            worker.join(timeout=30)
+        self.workers.clear()
+        self.inboxes.clear()
+
+
+# --- the hot customer and its history --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HotAccount:
+    account_id: int
+    granted: Decimal  # every grant's amount, the history's included
+    history_entries: int
+    history_holds: int
+    history_consumed: Decimal
+
+
+# Prior hold + capture cycles, written in bulk: per cycle one hold, two operations and
+# three entries (hold, capture, consume), drawn from one grant that they deplete. The
+# ledger tables refuse UPDATE and DELETE, not INSERT, so this is the same shape the
+# services would have written, only faster.
+_HISTORY_SQL = (
+    """
+    CREATE TEMP TABLE bench_history ON COMMIT DROP AS
+    SELECT g AS n,
+           nextval(pg_get_serial_sequence('ledger_hold', 'id')) AS hold_id,
+           nextval(pg_get_serial_sequence('ledger_ledgeroperation', 'id')) AS hold_op,
+           nextval(pg_get_serial_sequence('ledger_ledgeroperation', 'id')) AS capture_op,
+           %(now)s::timestamptz - make_interval(secs => g * 30) AS at
+    FROM generate_series(1, %(cycles)s::int) AS g
+    """,
+    """
+    INSERT INTO ledger_hold (id, account_id, credits, captured_credits, status, meter,
+                             workspace, expires_at, idempotency_key, created_at, resolved_at)
+    SELECT hold_id, %(account)s::bigint, 1, 1, 'captured', '', NULL,
+           at + interval '1 hour', NULL, at, at + interval '1 second'
+    FROM bench_history
+    """,
+    """
+    INSERT INTO ledger_ledgeroperation (id, account_id, kind, actor, reason, memo,
+                                        idempotency_key, created_at)
+    SELECT hold_op, %(account)s::bigint, 'hold', 'bench:history', '', '', NULL::varchar, at
+    FROM bench_history
+    UNION ALL
+    SELECT capture_op, %(account)s::bigint, 'capture', 'bench:history', '', '', NULL,
+           at + interval '1 second'
+    FROM bench_history
+    """,
+    """
+    INSERT INTO ledger_ledgerentry (operation_id, account_id, kind, grant_id, hold_id,
+                                    credits, held, cause_type, cause_id, meter, workspace,
+                                    created_at)
+    SELECT hold_op, %(account)s::bigint, 'hold', NULL::bigint, hold_id, 0, 1, 'hold',
+           hold_id::text, '', NULL::varchar, at
+    FROM bench_history
+    UNION ALL
+    SELECT capture_op, %(account)s::bigint, 'capture', NULL, hold_id, 0, -1, 'hold',
+           hold_id::text, '', NULL, at + interval '1 second'
+    FROM bench_history
+    UNION ALL
+    SELECT capture_op, %(account)s::bigint, 'consume', %(grant)s::bigint, NULL, -1, 0,
+           'event', 'history-' || n, '', NULL, at + interval '1 second'
+    FROM bench_history
+    """,
+)
+
+
+def create_hot_account(history_entries: int) -> HotAccount:
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from ledger import services
+    from ledger.models import CreditGrant, GrantStatus
+
+    now = timezone.now()
+    account = services.account_create()
+    granted = ZERO
+    for amount, category, priority, expires_in_days in GRANTS:
+        grant = services.credit_grant_create(
+            account=account,
+            amount=amount,
+            category=category,
+            priority=priority,
+            actor="bench:setup",
+            effective_at=now - timedelta(days=1),
+            expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+        )
+        granted += grant.amount
+    # One grant entry plus three entries per cycle.
+    cycles = max(0, (history_entries - 1) // 3)
+    if not cycles:
+        return HotAccount(account.pk, granted, 0, 0, ZERO)
+    history_grant = services.credit_grant_create(
+        account=account,
+        amount=Decimal(cycles),
+        category="included",
+        actor="bench:setup",
+        effective_at=now - timedelta(days=400),
+        reason="history",
+    )
+    params: dict[str, Any] = {
+        "now": now,
+        "cycles": cycles,
+        "account": account.pk,
+        "grant": history_grant.pk,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        for sql in _HISTORY_SQL:
+            cursor.execute(sql, params)
+        CreditGrant.objects.filter(pk=history_grant.pk).update(
+            remaining=ZERO, status=GrantStatus.DEPLETED, closed_at=now
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ANALYZE ledger_hold, ledger_ledgeroperation, ledger_ledgerentry, ledger_creditgrant"
+        )
+    return HotAccount(
+        account_id=account.pk,
+        granted=granted + history_grant.amount,
+        history_entries=1 + 3 * cycles,
+        history_holds=cycles,
+        history_consumed=Decimal(cycles),
+    )
+
+
+def verify(hot: HotAccount, results: list[ClientResult]) -> tuple[Decimal, list[str]]:
+    """Overdrawn credits and every broken rule after one run on ``hot``."""
+    from django.db.models import Sum
+
+    from ledger.models import Account, CreditGrant, EntryKind, Hold, HoldStatus, LedgerEntry
+
+    problems = [f"client error: {r.error.strip()}" for r in results if r.error]
+
+    def total(kind: str) -> Decimal:
+        found = LedgerEntry.objects.filter(account_id=hot.account_id, kind=kind).aggregate(
+            t=Sum("credits")
+        )["t"]
+        return -(found or ZERO)
+
+    consumed = total(EntryKind.CONSUME)
+    overage = total(EntryKind.OVERAGE)
+    overdrawn = max(ZERO, consumed - hot.granted) + overage
+    if overdrawn:
+        problems.append(f"overdraw: consumed {consumed} of {hot.granted}, overage {overage}")
+    clients_consumed = sum((r.consumed for r in results), ZERO)
+    clients_requested = sum((r.requested for r in results), ZERO)
+    if consumed - hot.history_consumed != clients_consumed:
+        problems.append(
+            f"lost update: callers were told {clients_consumed} consumed, "
+            f"the ledger holds {consumed - hot.history_consumed}"
+        )
+    if clients_consumed != clients_requested:
+        problems.append(f"captured {clients_consumed} of {clients_requested} requested")
+    negative = CreditGrant.objects.filter(account_id=hot.account_id, remaining__lt=0).count()
+    if negative:
+        problems.append(f"{negative} grants below zero")
+    held = Account.objects.values_list("held", flat=True).get(pk=hot.account_id)
+    open_holds = Hold.objects.filter(account_id=hot.account_id, status=HoldStatus.OPEN).count()
+    if held != 0 or open_holds:
+        problems.append(f"held {held} with {open_holds} open holds after the run")
+    holds = Hold.objects.filter(account_id=hot.account_id).count() - hot.history_holds
+    if holds != sum(r.holds for r in results):
+        problems.append(f"{holds} holds stored, callers were given {sum(r.holds for r in results)}")
+    return overdrawn, problems
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    rate: float
+    call_p50: float
+    call_p99: float
+    hold_p99: float
+    capture_p99: float
+    cycle_p99: float
+    denied: int
+
+
+@dataclass
+class LevelFigures:
+    history: int
+    runs: list[RunFigures] = field(default_factory=list)
+    overdrawn: Decimal = ZERO
+    problems: list[str] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return median([float(getattr(r, name)) for r in self.runs])
+
+    @property
+    def rates(self) -> list[float]:
+        return [r.rate for r in self.runs]
+
+
+def measure_run(pool: ClientPool, hot: HotAccount, args: argparse.Namespace, seed: int):
+    start_at = time.time() + 0.5
+    tasks = [
+        Task(hot.account_id, start_at, args.warmup, args.duration, seed=seed * 1000 + i)
+        for i in range(args.clients)
+    ]
+    results = pool.run(tasks)
+    calls = [x for r in results for x in r.hold_latency + r.capture_latency]
+    figures = RunFigures(
+        rate=sum(r.cycles for r in results) / args.duration,
+        call_p50=percentile(calls, 50),
+        call_p99=percentile(calls, 99),
+        hold_p99=percentile([x for r in results for x in r.hold_latency], 99),
+        capture_p99=percentile([x for r in results for x in r.capture_latency], 99),
+        cycle_p99=percentile([x for r in results for x in r.cycle_latency], 99),
+        denied=sum(r.denied for r in results),
+    )
+    overdrawn, problems = verify(hot, results)
+    return figures, overdrawn, problems
+
+
+@dataclass
+class FloorFigures:
+    rows: int
+    rates: list[float] = field(default_factory=list)
+    p99s: list[float] = field(default_factory=list)
+
+
+FLOOR_ROWS = (1, 8)
+
+
+def create_floor_table() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {FLOOR_TABLE} (id int PRIMARY KEY, n bigint NOT NULL)")
+        cursor.execute(
+            f"INSERT INTO {FLOOR_TABLE} SELECT g, 0 FROM generate_series(1, %s) AS g",
+            [max(FLOOR_ROWS)],
+        )
+
+
+def measure_floor(pool: ClientPool, floor: FloorFigures, args: argparse.Namespace) -> None:
+    start_at = time.time() + 0.5
+    tasks = [
+        Task(0, start_at, args.warmup, args.duration, seed=i, floor_row=1 + i % floor.rows)
+        for i in range(args.clients)
+    ]
+    results = pool.run(tasks)
+    errors = [r.error for r in results if r.error]
+    if errors:
+        raise RuntimeError(f"reference run failed: {errors[0]}")
+    floor.rates.append(sum(r.cycles for r in results) / args.duration)
+    floor.p99s.append(percentile([x for r in results for x in r.hold_latency], 99))
+
+
+def measure_levels(
+    pool: ClientPool, args: argparse.Namespace
+) -> tuple[list[LevelFigures], list[FloorFigures]]:
+    """Every history size (and the reference) once per round, so slow spells on a shared
+    machine hit all alike."""
+    levels = [LevelFigures(history=history) for history in args.history]
+    floors = [FloorFigures(rows=rows) for rows in FLOOR_ROWS] if args.reference else []
+    if floors:
+        create_floor_table()
+    for run in range(args.runs):
+        for floor in floors:
+            measure_floor(pool, floor, args)
+            if args.verbose:
+                print(
+                    f"  run {run + 1}, reference on {floor.rows} row(s): "
+                    f"{rate(floor.rates[-1])}, p99 {ms(floor.p99s[-1])}",
+                    flush=True,
+                )
+        for level in levels:
+            hot = create_hot_account(level.history)
+            figures, overdrawn, problems = measure_run(pool, hot, args, seed=level.history + run)
+            level.runs.append(figures)
+            level.overdrawn += overdrawn
+            level.problems.extend(problems)
+            if args.verbose:
+                print(
+                    f"  run {run + 1}, {_count(level.history)} history: {rate(figures.rate)}, "
+                    f"call p99 {ms(figures.call_p99)}, cycle p99 {ms(figures.cycle_p99)}",
+                    flush=True,
+                )
+    return levels, floors
+
+
+@dataclass
+class Profile:
+    clients: int
+    calls: dict[str, CallProfile]
+    rate: float
+
+    @property
+    def ceiling(self) -> float:
+        """Cycles/s if the account lock were busy all the time and nothing else limited."""
+        busy = sum(c.mean("under_lock") for c in self.calls.values())
+        return 1 / busy if busy else 0.0
+
+
+def measure_profile(pool: ClientPool, clients: int, args: argparse.Namespace) -> Profile:
+    hot = create_hot_account(args.history[0])
+    duration = max(2.0, args.duration / 2)
+    start_at = time.time() + 0.5
+    tasks = [
+        Task(hot.account_id, start_at, 0.5, duration, seed=900_000 + i, profile=True)
+        for i in range(clients)
+    ]
+    results = pool.run(tasks)
+    calls: dict[str, CallProfile] = {}
+    for result in results:
+        for name, stats in result.profile.items():
+            calls.setdefault(name, CallProfile()).add(stats)
+    overdrawn, problems = verify(hot, results)
+    if overdrawn or problems:
+        raise RuntimeError(f"profile run broke the ledger: {problems}")
+    return Profile(clients, calls, sum(r.cycles for r in results) / duration)
+
+
+# --- output ------------------------------------------------------------------------------
+
+_PLURAL = {"process": "processes", "thread": "threads"}
+
+
+def _count(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):,.0f}-{max(values):,.0f}"
+
+
+def level_line(level: LevelFigures, base: LevelFigures) -> str:
+    med = level.median("rate")
+    return (
+        f"ledger hold+capture, {_count(level.history)} history entries: "
+        f"{rate(med)} median of {len(level.runs)} runs ({_spread(level.rates)}), "
+        f"{med / TARGET_RATE:.2f}x of target {rate(TARGET_RATE)}, "
+        f"{med / base.median('rate'):.2f}x of the {_count(base.history)} rate; "
+        f"per call p50 {ms(level.median('call_p50'))}, p99 {ms(level.median('call_p99'))} "
+        f"({level.median('call_p99') / TARGET_P99:.2f}x of 25 ms); "
+        f"cycle p99 {ms(level.median('cycle_p99'))}; overdraw {level.overdrawn}"
+    )
+
+
+def floor_line(floor: FloorFigures, clients: int) -> str:
+    med = median(floor.rates)
+    return (
+        f"ledger reference, {clients} clients each committing a one-row UPDATE, "
+        f"{floor.rows} row(s): {rate(med)} median ({_spread(floor.rates)}), p99 "
+        f"{ms(median(floor.p99s))}; at two such calls per cycle at most "
+        f"{med / 2:,.0f} cycles/s, {med / 2 / TARGET_RATE:.2f}x of target"
+    )
+
+
+def _python(c: CallProfile) -> float:
+    return c.mean("under_lock") - c.mean("db") - c.mean("commit")
+
+
+def profile_line(profile: Profile) -> str:
+    parts = [
+        f"{name} {ms(c.mean('under_lock'))} under the account lock "
+        f"({c.mean('statements'):.1f} statements {ms(c.mean('db'))}, "
+        f"commit {ms(c.mean('commit'))}, Python {ms(_python(c))}), "
+        f"waiting {ms(c.mean('lock_wait'))}"
+        for name, c in profile.calls.items()
+    ]
+    return (
+        f"ledger profile, {profile.clients} client(s): {'; '.join(parts)}; "
+        f"lock-bound ceiling {rate(profile.ceiling)}, measured {rate(profile.rate)}"
+    )
+
+
+def _met(level: LevelFigures) -> bool:
+    return (
+        level.median("rate") >= TARGET_RATE
+        and level.median("call_p99") < TARGET_P99
+        and level.overdrawn == 0
+        and not level.problems
+    )
+
+
+def verdict_line(levels: list[LevelFigures], problems: list[str]) -> str:
+    base = levels[0]
+    return (
+        f"ledger verdict: target {'met' if _met(base) else 'NOT met'}: "
+        f"{base.median('rate'):,.0f} cycles/s ({base.median('rate') / TARGET_RATE:.2f}x of "
+        f"1,000/s), p99 {ms(base.median('call_p99'))} "
+        f"({base.median('call_p99') / TARGET_P99:.2f}x of 25 ms), "
+        f"overdraw {sum((lv.overdrawn for lv in levels), ZERO)}, "
+        f"{len(problems)} correctness problems"
+    )
+
+
+def markdown(
+    machine: env.Machine,
+    args: argparse.Namespace,
+    levels: list[LevelFigures],
+    floors: list[FloorFigures],
+    profiles: list[Profile],
+    problems: list[str],
+) -> str:
+    base = levels[0]
+    lines = [
+        "## Ledger: hold + capture on one hot customer",
+        "",
+        f"Target: at least {TARGET_RATE:,.0f} hold + capture cycles/s with 32 concurrent "
+        "clients on one customer, at the service level (no HTTP); p99 per service call "
+        "under 25 ms; zero overdraw.",
+        "",
+        f"- Date: {machine.date}",
+        f"- Machine: {machine.describe()}",
+        f"- Command: `{args.command_line}` (or `make bench BENCH_ARGS=ledger`)",
+        f"- Load: {args.clients} client {_PLURAL[args.mode]}, each with its own database "
+        "connection, looping `hold_create` (hard stop, `allowance=0`) then `hold_capture` "
+        "of an amount at or below the hold. A cycle is one `hold_create` plus one "
+        f"`hold_capture`; latencies are per service call. {args.runs} rounds; each round "
+        f"measures every history size for {args.duration:g} s (after {args.warmup:g} s "
+        "warm-up) on a fresh account whose prior history (hold, capture and consume "
+        "entries) is written in bulk before the run.",
+        "",
+        "| history entries | cycles/s (median) | spread (min-max) | vs 1,000/s "
+        f"| vs {_count(base.history)} | call p50 | call p99 | p99 vs 25 ms | cycle p99 "
+        "| overdraw |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for level in levels:
+        med = level.median("rate")
+        lines.append(
+            f"| {level.history:,} | {med:,.0f} | {_spread(level.rates)} "
+            f"| {med / TARGET_RATE:.2f}x | {med / base.median('rate'):.2f}x "
+            f"| {ms(level.median('call_p50'))} | {ms(level.median('call_p99'))} "
+            f"| {level.median('call_p99') / TARGET_P99:.2f}x "
+            f"| {ms(level.median('cycle_p99'))} | {level.overdrawn} |"
+        )
+    if floors:
+        lines += [
+            "",
+            "Reference, measured in the same rounds: the same clients each committing a "
+            "bare one-row `UPDATE` (one transaction per call, nothing else). On one row "
+            "this is the most any design that locks the customer's row for every call and "
+            "commits durably under that lock can do here; a cycle is at least two such "
+            "calls.",
+            "",
+            "| rows | commits/s (median) | spread | p99 | cycles/s at most | vs 1,000/s |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for floor in floors:
+            med = median(floor.rates)
+            lines.append(
+                f"| {floor.rows} | {med:,.0f} | {_spread(floor.rates)} "
+                f"| {ms(median(floor.p99s))} | {med / 2:,.0f} | {med / 2 / TARGET_RATE:.2f}x |"
+            )
+    if profiles:
+        lines += [
+            "",
+            "Where the time goes (means per call, from an instrumented run on the "
+            f"{_count(base.history)} history; the instrumentation costs a little). The "
+            "account row lock serialises every call on one customer, so the time it is held "
+            "bounds the rate: ceiling = 1 / (`hold_create` + `hold_capture` time under the "
+            "lock).",
+            "",
+            "| clients | call | statements after the lock | under the lock | of which SQL "
+            "| of which COMMIT | of which Python | waiting for the lock | ceiling | measured |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for profile in profiles:
+            for name, c in profile.calls.items():
+                lines.append(
+                    f"| {profile.clients} | `{name}` | {c.mean('statements'):.1f} "
+                    f"| {ms(c.mean('under_lock'))} | {ms(c.mean('db'))} "
+                    f"| {ms(c.mean('commit'))} | {ms(_python(c))} | {ms(c.mean('lock_wait'))} "
+                    f"| {rate(profile.ceiling)} | {rate(profile.rate)} |"
+                )
+    last = levels[-1]
+    lines += [
+        "",
+        f"Result: target {'met' if _met(base) else '**not met**'} at "
+        f"{_count(base.history)} history: {base.median('rate'):,.0f} cycles/s = "
+        f"{base.median('rate') / TARGET_RATE:.2f}x of 1,000/s, call p99 "
+        f"{ms(base.median('call_p99'))} = {base.median('call_p99') / TARGET_P99:.2f}x of "
+        f"25 ms, overdraw {base.overdrawn}. At {_count(last.history)} history the rate is "
+        f"{last.median('rate') / base.median('rate'):.2f}x the {_count(base.history)} rate.",
+        "",
+        "Checked after every run: no overage entry, consumed never above granted, no grant "
+        "below zero, `held` back to 0 with no open hold, the callers' consumed credits equal "
+        "to the ledger's, every hold the callers were given stored once; then "
+        "`ledger.reconcile.run_checks()` over the whole benchmark database: "
+        + ("all clean." if not problems else f"**{len(problems)} problems**: {problems[:5]}"),
+    ]
+    return "\n".join(lines)
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def _history(value: str) -> list[int]:
+    return [int(x.replace("_", "")) for x in value.split(",") if x.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients (32)")
+    parser.add_argument("--runs", type=int, default=5, help="rounds; figures are medians (5)")
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds (5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds (1)")
+    parser.add_argument(
+        "--history",
+        type=_history,
+        default=list(DEFAULT_HISTORY),
+        help="prior ledger entries on the account, comma-separated (1000,10000,100000)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("process", "thread"),
+        default="process",
+        help="clients as processes (default: no shared GIL) or threads",
+    )
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the one-row UPDATE reference",
+    )
+    parser.add_argument("--no-profile", action="store_true", help="skip the profile runs")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
+
+
+@contextlib.contextmanager
+def _timed(label: str, verbose: bool) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    if verbose:
+        print(f"  {label}: {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    env.django_setup()
+    from ledger.reconcile import run_checks
+
+    with env.bench_database() as database_name:
+        machine = env.machine()
+        print(
+            f"ledger: hold + capture on one hot customer, {args.clients} client "
+            f"{_PLURAL[args.mode]}, {args.runs} rounds x {args.duration:g} s per history size; "
+            f"database {database_name} on {machine.postgres} ({machine.database})",
+            flush=True,
+        )
+        profiles: list[Profile] = []
+        with ClientPool(args.clients, args.mode, database_name) as pool:
+            with _timed("all runs", args.verbose):
+                levels, floors = measure_levels(pool, args)
+            for level in levels:
+                print(level_line(level, levels[0]), flush=True)
+            for floor in floors:
+                print(floor_line(floor, args.clients), flush=True)
+            if not args.no_profile:
+                for clients in sorted({1, args.clients}):
+                    profile = measure_profile(pool, clients, args)
+                    profiles.append(profile)
+                    print(profile_line(profile), flush=True)
+        problems = [p for level in levels for p in level.problems]
+        problems += [f"{f.check}: {p}" for f in run_checks() for p in f.problems]
+    print(verdict_line(levels, problems), flush=True)
+    for problem in problems[:20]:
+        print(f"  problem: {problem}")
+    if not args.no_docs:
+        body = markdown(machine, args, levels, floors, profiles, problems)
+        path = report.write_section("ledger", body)
+        print(f"ledger: results written to {path.relative_to(env.ROOT)}")
+    return 1 if problems else 0

@@ -18,6 +18,11 @@ DEMO_CATALOG = Path(settings.BASE_DIR) / "docs" / "examples" / "catalog.yaml"
 PASSWORD_FILE = Path(settings.BASE_DIR) / "var" / "demo-admin-password"
 
 
+def _demo_key() -> str:
+    key_file = Path(settings.BASE_DIR) / "var" / "demo-api-key"
+    return key_file.read_text().strip() if key_file.exists() else "(none: run demo_data)"
+
+
 class Command(BaseCommand):
     help = "Create the demo staff user, load the demo catalog and demo data, print the URLs."
 
@@ -40,6 +45,7 @@ class Command(BaseCommand):
                     f"                 user {username!r}, password {password!r}",
                     f"  API docs:      {base_url}/api/docs/",
                     f"  OpenAPI:       {base_url}/api/schema/",
+                    f"  API key:       {_demo_key()}",
                     "",
                 ]
             )

@@ -61,9 +61,8 @@ class Command(BaseCommand):
         self._usage(now)
         _, secret = api_key_create(name="demo", scopes=["ingest", "read", "write"])
         KEY_FILE.write_text(secret + "\n")
-        self.stdout.write(
-            f"demo data: 3 customers, a week of usage; API key in {KEY_FILE.relative_to(settings.BASE_DIR)}"
-        )
+        where = KEY_FILE.relative_to(settings.BASE_DIR)
+        self.stdout.write(f"demo data: 3 customers, a week of usage; API key in {where}")
 
     def _usage(self, now: Any) -> None:
         rng = random.Random(7)

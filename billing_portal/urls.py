@@ -3,10 +3,12 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing_portal.health import healthz
+from billing_portal.webhooks import stripe_webhook
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("api/v1/", include("plans.urls")),
     path("api/v1/", include("metering.urls")),
     path("api/v1/", include("billing_portal.invoicing.urls")),

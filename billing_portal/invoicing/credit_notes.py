@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import (
     CreditNote,
     CreditNoteLine,
@@ -170,6 +171,7 @@ def credit_note_issue(
         )
         if method == CreditNoteMethod.REFUND:
             _void_refunded_pack(locked, note, actor)
+        sync.credit_note_sync_enqueue(credit_note=note)
     return note
 
 
@@ -194,4 +196,5 @@ def credit_note_void(*, credit_note: CreditNote, actor: str) -> CreditNote:
         locked.status = CreditNoteStatus.VOID
         locked.voided_at = timezone.now()
         locked.save(update_fields=["status", "voided_at"])
+        sync.credit_note_sync_enqueue(credit_note=locked)
     return locked

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import (
     Invoice,
     InvoiceKind,
@@ -97,6 +98,7 @@ def invoice_for_period(*, period: SubscriptionPeriod) -> Invoice:
             issued_at=timezone.now(),
         )
         _store_lines(invoice, lines, currency)
+        sync.invoice_sync_enqueue(invoice=invoice)
     return invoice
 
 

@@ -61,7 +61,8 @@ def revenue_for_line(*, line: InvoiceLine) -> int:
     if line.kind in RATABLE:
         return _write(_ratably(line, amount, currency, customer_id))
     if line.kind in AT_PERIOD_END:
-        day = (line.invoice.period_end or line.service_period_end).date()
+        # The period's last day: its end is the (exclusive) start of the next one.
+        day = ((line.invoice.period_end or line.service_period_end) - timedelta(microseconds=1)).date()
         return _write(
             [
                 _entry(

@@ -1,0 +1,178 @@
+"""Three months of one customer, checked against numbers worked out by hand.
+
+Plan pro: $49.00 a month, 20,000 included credits, postpaid overage at $0.004 a credit.
+Usage is large/output tokens at 15 credits per 1,000. Packs: pack_10k (10,000 credits
+for $35.00, cost basis $0.0035) and pack_short (2,000 credits for $10.00, expiring after
+20 days, cost basis $0.005).
+
+Jan  5  buy pack_10k                       deferred +35.00
+Jan 10  24,000 credits: 20,000 included, 4,000 pack_10k      recognized 14.00
+Feb  1  Jan invoice: base 49.00                        = 49.00
+Feb 10  27,000 credits: 20,000 included, 6,000 pack_10k, 1,000 overage
+                                                        recognized 21.00
+Feb 12  buy pack_short                      deferred +10.00
+Feb 15  1,500 credits from pack_short                  recognized 7.50
+Mar  1  Feb invoice: base 49.00 + overage 1,000 x 0.004 = 53.00
+Mar  4  pack_short expires with 500 left                breakage 2.50
+Mar  5  credit note: the 4.00 overage                  credit note -4.00
+Mar 10  9,000 credits from included
+Apr  1  Mar invoice: base 49.00                        = 49.00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import time_machine
+from djmoney.money import Money
+
+from billing_portal.invoicing.credit_notes import credit_note_issue
+from billing_portal.invoicing.models import Invoice, LineKind
+from billing_portal.invoicing.purchases import purchase_create, purchase_demo_pay
+from billing_portal.invoicing.revenue import revenue_recognize_all, revenue_report
+from billing_portal.invoicing.services import invoice_for_period
+from ledger.reconcile import run_checks
+from ledger.services import credit_grants_expire_due
+from metering.ingest import events_ingest
+from metering.rating import events_rate_pending
+from plans import catalog
+from plans.models import CreditPack, Customer, SubscriptionPeriod
+from plans.money import as_money
+from plans.services import periods_hand_to_invoicing, subscription_start, subscriptions_renew_due
+from tests.plans.factories import DEMO_CATALOG, customer, plan
+
+pytestmark = pytest.mark.django_db
+
+JAN = datetime(2026, 1, 1, tzinfo=UTC)
+SHORT_PACK = (
+    '  - {code: pack_short, name: "2,000 credits", credits: "2000", price: "10.00",'
+    " expires_after_days: 20}\n"
+)
+
+
+@pytest.fixture
+def clock() -> Iterator[time_machine.Traveller]:
+    with time_machine.travel(JAN, tick=False) as traveller:
+        yield traveller
+
+
+def at(month: int, day: int) -> datetime:
+    return datetime(2026, month, day, 12, tzinfo=UTC)
+
+
+def _use(clock: time_machine.Traveller, when: datetime, credits: int, name: str) -> None:
+    clock.move_to(when)
+    tokens = credits * 1000 // 15
+    event = {
+        "identifier": name,
+        "event_name": "llm.tokens",
+        "customer": "acme",
+        "timestamp": when.isoformat(),
+        "value": str(tokens),
+        "dimensions": {"model": "large", "token_type": "output"},
+    }
+    assert events_ingest(events=[event]).count("accepted") == 1
+    events_rate_pending()
+
+
+def _buy(clock: time_machine.Traveller, acme: Customer, when: datetime, pack: str) -> Invoice:
+    clock.move_to(when)
+    purchase = purchase_create(customer=acme, pack=CreditPack.objects.get(code=pack), actor="t")
+    purchase_demo_pay(purchase=purchase, actor="t")
+    purchase.refresh_from_db()
+    return purchase.invoice
+
+
+def _close(clock: time_machine.Traveller, end: datetime) -> Invoice:
+    clock.move_to(end)
+    subscriptions_renew_due()
+    clock.shift(timedelta(hours=1, minutes=1))
+    periods_hand_to_invoicing()
+    period = SubscriptionPeriod.objects.get(end=end)
+    return invoice_for_period(period=period)
+
+
+def _lines(invoice: Invoice) -> dict[str, Money]:
+    return {
+        line.kind: as_money(line.amount)
+        for line in invoice.lines.all()
+        if as_money(line.amount).amount
+    }
+
+
+def test_three_months_of_invoices_revenue_and_deferred_balance(
+    clock: time_machine.Traveller,
+) -> None:
+    text = DEMO_CATALOG.read_text().replace("credit_packs:\n", "credit_packs:\n" + SHORT_PACK)
+    catalog.load(text)
+    acme = customer(external_id="acme")
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+
+    pack_invoice = _buy(clock, acme, at(1, 5), "pack_10k")
+    _use(clock, at(1, 10), 24_000, "jan")
+    january = _close(clock, datetime(2026, 2, 1, tzinfo=UTC))
+
+    _use(clock, at(2, 10), 27_000, "feb")
+    short_invoice = _buy(clock, acme, at(2, 12), "pack_short")
+    _use(clock, at(2, 15), 1_500, "feb-late-month")
+    february = _close(clock, datetime(2026, 3, 1, tzinfo=UTC))
+
+    clock.move_to(at(3, 4))
+    assert credit_grants_expire_due() == 1
+    clock.move_to(at(3, 5))
+    overage_line = february.lines.get(kind=LineKind.OVERAGE)
+    note = credit_note_issue(
+        invoice=february,
+        lines={overage_line.pk: Decimal("4.00")},
+        reason="product_unsatisfactory",
+        method="customer_credit",
+        actor="staff:finance",
+    )
+    _use(clock, at(3, 10), 9_000, "mar")
+    march = _close(clock, datetime(2026, 4, 1, tzinfo=UTC))
+
+    # Invoices
+    assert (pack_invoice.number, pack_invoice.total) == ("INV-000001", Money("35.00", "USD"))
+    assert (january.number, january.total) == ("INV-000002", Money("49.00", "USD"))
+    assert _lines(january) == {"base_fee": Money("49.00", "USD")}
+    assert (short_invoice.number, short_invoice.total) == ("INV-000003", Money("10.00", "USD"))
+    assert (february.number, february.total) == ("INV-000004", Money("53.00", "USD"))
+    assert _lines(february) == {"base_fee": Money("49.00", "USD"), "overage": Money("4.00", "USD")}
+    assert (march.number, march.total) == ("INV-000005", Money("49.00", "USD"))
+    assert (note.number, note.total) == ("CN-000001", Money("4.00", "USD"))
+    assert february.lines.get(kind=LineKind.INCLUDED_USAGE).credits == Decimal(27_500)
+
+    # Revenue and the deferred balance, month by month
+    revenue_recognize_all()
+    assert revenue_recognize_all() == 0  # a second run writes nothing
+
+    def report(month: int) -> tuple[dict[str, Decimal], Decimal]:
+        result = revenue_report(month=date(2026, month, 1))
+        return {
+            k: v.quantize(Decimal("0.01")) for k, v in result.recognized.items() if v
+        }, result.deferred_balance
+
+    assert report(1) == (
+        {"base_fee": Decimal("49.00"), "recognized_usage": Decimal("14.00")},
+        Decimal("21.00"),
+    )
+    assert report(2) == (
+        {
+            "base_fee": Decimal("49.00"),
+            "recognized_usage": Decimal("28.50"),
+            "overage": Decimal("4.00"),
+        },
+        Decimal("2.50"),
+    )
+    assert report(3) == (
+        {
+            "base_fee": Decimal("49.00"),
+            "breakage": Decimal("2.50"),
+            "credit_note": Decimal("-4.00"),
+        },
+        Decimal("0.00"),
+    )
+    assert [f for f in run_checks() if f.problems] == []

@@ -80,6 +80,8 @@ INSTALLED_APPS = [
     "metering",
     "billing_portal",
     "billing_portal.invoicing",
+    "billing_portal.staff",
+    "billing_portal.portal",
 ]
 
 MIDDLEWARE = [

@@ -9,6 +9,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
+    path("portal/", include("billing_portal.portal.urls")),
     path("api/v1/", include("plans.urls")),
     path("api/v1/", include("metering.urls")),
     path("api/v1/", include("billing_portal.invoicing.urls")),

@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[dev]"
+	bin/ensure-chromium
 	touch $@
 
 install: $(VENV)/.installed

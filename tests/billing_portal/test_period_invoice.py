@@ -123,3 +123,20 @@ def test_two_workers_racing_make_one_invoice() -> None:
     assert errors == []
     assert len(set(results)) == 1 and len(results) == 4
     assert Invoice.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_handing_a_period_over_runs_the_invoicing_task_after_commit() -> None:
+    from billing_portal.celery import app
+
+    app.conf.task_always_eager = True
+    try:
+        with time_machine.travel(START, tick=False) as clock:
+            load_demo_catalog()
+            subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+            first = _close_first_period(clock)  # the signal enqueues the task on commit
+    finally:
+        app.conf.task_always_eager = False
+    invoice = Invoice.objects.get()
+    assert invoice.period_id == first.pk
+    assert invoice.total == Money("49.00", "USD")

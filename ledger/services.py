@@ -613,9 +613,8 @@ def hold_capture(
         _require_open(locked)
         at = at or timezone.now()
         operation = _operation(account, OperationKind.CAPTURE, actor=actor, key=None)
-        _resolve_hold(account, locked, operation, HoldStatus.CAPTURED, EntryKind.CAPTURE)
         locked.captured_credits = amount
-        locked.save(update_fields=["captured_credits"])
+        _resolve_hold(account, locked, operation, HoldStatus.CAPTURED, EntryKind.CAPTURE)
         # The hold is already out of `held`, so what it reserved counts as available.
         drawer = _Drawer(account, operation, at)
         debit = drawer.debit(DebitRequest(amount, cause, locked.meter, locked.workspace))
@@ -662,7 +661,7 @@ def _resolve_hold(
     account.save(update_fields=["held"])
     hold.status = status
     hold.resolved_at = timezone.now()
-    hold.save(update_fields=["status", "resolved_at"])
+    hold.save(update_fields=["status", "resolved_at", "captured_credits"])
 
 
 def holds_expire(*, now: datetime | None = None, limit: int = 1000) -> int:

@@ -109,7 +109,9 @@ def _replayed_operation(account: Account, kind: str, key: str | None) -> LedgerO
 
 
 def _debit_from_operation(operation: LedgerOperation) -> Debit:
-    entries = list(operation.entries.order_by("pk"))
+    entries = list(
+        operation.entries.filter(kind__in=[EntryKind.CONSUME, EntryKind.OVERAGE]).order_by("pk")
+    )
     consumed = -sum((e.credits for e in entries if e.kind == EntryKind.CONSUME), ZERO)
     overage = -sum((e.credits for e in entries if e.kind == EntryKind.OVERAGE), ZERO)
     return Debit(operation=operation, consumed=consumed, overage=overage, entries=entries)
@@ -318,13 +320,23 @@ def credits_consume(
         locked = _lock_account(account.pk)
         replayed = _replayed_operation(locked, OperationKind.CONSUME, idempotency_key)
         if replayed is not None:
-            return _debit_from_operation(replayed)
+            return _same_debit_or_conflict(_debit_from_operation(replayed), amount)
         operation = _operation(
             locked, OperationKind.CONSUME, actor=actor, reason=reason, key=idempotency_key
         )
         drawer = _Drawer(locked, operation, at or timezone.now())
         debit = drawer.debit(DebitRequest(amount, cause, meter, workspace))
         drawer.flush()
+    return debit
+
+
+def _same_debit_or_conflict(debit: Debit, amount: Decimal) -> Debit:
+    if debit.consumed + debit.overage != amount:
+        raise IdempotencyConflict(
+            f"idempotency key {debit.operation.idempotency_key!r} was already used for a debit "
+            f"of {debit.consumed + debit.overage} credits; use a new key for a new debit",
+            param="idempotency_key",
+        )
     return debit
 
 
@@ -466,6 +478,8 @@ def credits_reverse(
                 kind__in=[EntryKind.CONSUME, EntryKind.OVERAGE],
             ).order_by("pk")
         )
+        if not originals:
+            return []  # nothing charged yet: keep the key free for when it is
         operation = _operation(
             locked, OperationKind.REVERSAL, actor=actor, reason=reason, memo=memo, key=key
         )
@@ -503,7 +517,7 @@ def _reverse_entries(
         if grant.status == GrantStatus.DEPLETED:
             grant.status = GrantStatus.ACTIVE
     write_offs = _write_off_closed(account, operation, grants.values(), now)
-    CreditGrant.objects.bulk_update(list(grants.values()), ["remaining", "status"])
+    CreditGrant.objects.bulk_update(list(grants.values()), ["remaining", "status", "closed_at"])
     LedgerEntry.objects.bulk_create(reversals + write_offs)
     return reversals + write_offs
 
@@ -564,6 +578,12 @@ def hold_create(
         )
         if idempotency_key is not None:
             existing = Hold.objects.filter(account=locked, idempotency_key=idempotency_key).first()
+            if existing is not None and existing.credits != amount:
+                raise IdempotencyConflict(
+                    f"idempotency key {idempotency_key!r} was already used for a hold of "
+                    f"{existing.credits} credits; use a new key for a new hold",
+                    param="idempotency_key",
+                )
             if existing is not None:
                 return HoldDecision(allowed=True, hold=existing, available=available)
         if allowance is not None and amount > available + allowance:

@@ -271,3 +271,55 @@ class TestVoidAndExpire:
         assert (expiring.status, expiring.remaining) == (GrantStatus.EXPIRED, 0)
         assert lasting.status == GrantStatus.ACTIVE
         assert LedgerEntry.objects.get(grant=expiring, kind="expire").credits == Decimal("-10")
+
+
+class TestRetries:
+    def test_a_retried_debit_with_another_amount_is_a_conflict(self) -> None:
+        account = f.account()
+        f.grant(account, "10")
+        services.credits_consume(
+            account=account, amount="1", cause=_event(1), actor="t", idempotency_key="k1"
+        )
+        with pytest.raises(services.IdempotencyConflict, match="already used for a debit of 1"):
+            services.credits_consume(
+                account=account, amount="5", cause=_event(1), actor="t", idempotency_key="k1"
+            )
+        assert CreditGrant.objects.get().remaining == Decimal(9)
+
+    def test_a_retried_hold_with_another_amount_is_a_conflict(self) -> None:
+        account = f.account()
+        f.grant(account, "10")
+        _hold(account, "2", idempotency_key="h1")
+        with pytest.raises(services.IdempotencyConflict, match="already used for a hold of 2"):
+            _hold(account, "3", idempotency_key="h1")
+        assert Account.objects.get(pk=account.pk).held == Decimal(2)
+
+    def test_reversing_before_the_charge_does_not_use_up_the_reversal(self) -> None:
+        account = f.account()
+        grant = f.grant(account, "10")
+        assert (
+            services.credits_reverse(account=account, cause=_event(1), actor="t", reason="x") == []
+        )
+        services.credits_consume(account=account, amount="4", cause=_event(1), actor="t")
+        reversed_entries = services.credits_reverse(
+            account=account, cause=_event(1), actor="t", reason="x"
+        )
+        assert [e.credits for e in reversed_entries] == [Decimal(4)]
+        grant.refresh_from_db()
+        assert grant.remaining == Decimal(10)
+
+    def test_a_write_off_on_reversal_records_when_the_grant_closed(self) -> None:
+        account = f.account()
+        with time_machine.travel(NOW, tick=False) as clock:
+            grant = services.credit_grant_create(
+                account=account,
+                amount="10",
+                category="paid",
+                actor="t",
+                expires_at=NOW + timedelta(hours=1),
+            )
+            services.credits_consume(account=account, amount="4", cause=_event(1), actor="t")
+            clock.shift(timedelta(hours=2))
+            services.credits_reverse(account=account, cause=_event(1), actor="t", reason="x")
+        grant.refresh_from_db()
+        assert (grant.status, grant.closed_at) == (GrantStatus.EXPIRED, NOW + timedelta(hours=2))

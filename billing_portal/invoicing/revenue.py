@@ -62,7 +62,8 @@ def revenue_for_line(*, line: InvoiceLine) -> int:
         return _write(_ratably(line, amount, currency, customer_id))
     if line.kind in AT_PERIOD_END:
         # The period's last day: its end is the (exclusive) start of the next one.
-        day = ((line.invoice.period_end or line.service_period_end) - timedelta(microseconds=1)).date()
+        end = line.invoice.period_end or line.service_period_end
+        day = (end - timedelta(microseconds=1)).date()
         return _write(
             [
                 _entry(

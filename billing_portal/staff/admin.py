@@ -1,0 +1,558 @@
+"""The staff admin: every billing model, read-only, with workflows for every change.
+
+Rows are never added, edited or deleted through the generic admin forms: grants, voids,
+corrections, credit notes, plan changes and keys go through the workflow pages
+(views.py), which call the same services as the API and write an audit row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from billing_portal.invoicing.models import (
+    CreditNote,
+    CreditNoteLine,
+    Invoice,
+    InvoiceLine,
+    SyncState,
+)
+from billing_portal.staff import views
+from billing_portal.staff.models import AuditLog
+from ledger.models import CreditGrant, GrantStatus, LedgerEntry, LedgerOperation
+from ledger.selectors import account_balance
+from metering.models import EventCancellation, MeterEvent, RejectedEvent
+from plans.models import (
+    ApiKey,
+    Customer,
+    Plan,
+    PlanVersion,
+    Rate,
+    RateCard,
+    RateCardVersion,
+    Subscription,
+)
+
+RECENT_EVENTS = 20
+
+# The index lists the reports next to the models (for roles that may read them).
+admin.site.index_template = "admin/staff/index.html"
+
+
+def _links(*links: tuple[str, str]) -> SafeString:
+    return format_html_join(
+        " ", '<a class="button" href="{}">{}</a>', ((url, label) for url, label in links)
+    )
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """No add, change or delete: changes go through the workflows only."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def workflow_urls(
+        self, routes: list[tuple[str, Callable[..., HttpResponse], str]]
+    ) -> list[URLPattern]:
+        meta = self.model._meta
+        return [
+            path(
+                route,
+                self.admin_site.admin_view(partial(view, site=self.admin_site)),
+                name=f"{meta.app_label}_{meta.model_name}_{name}",
+            )
+            for route, view, name in routes
+        ]
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- customers and grants -----------------------------------------------------------------
+
+
+@admin.register(Customer)
+class CustomerAdmin(ReadOnlyAdmin):
+    list_display = ["external_id", "name", "email", "currency", "created_at"]
+    search_fields = ["external_id", "name", "email"]
+    readonly_fields = (
+        "external_id",
+        "name",
+        "email",
+        "currency",
+        "stripe_customer_id",
+        "workflows",
+        "balance",
+        "subscription",
+        "grants",
+        "recent_events",
+    )
+    fields = readonly_fields
+
+    def get_urls(self) -> list[URLPattern]:
+        return (
+            self.workflow_urls(
+                [
+                    ("<int:customer_id>/grant/", views.grant_create, "grant"),
+                    ("<int:customer_id>/change-plan/", views.plan_change, "change_plan"),
+                ]
+            )
+            + super().get_urls()
+        )
+
+    @admin.display(description="Actions")
+    def workflows(self, obj: Customer) -> SafeString:
+        return _links(
+            (reverse("admin:plans_customer_grant", args=[obj.pk]), "Grant credits"),
+            (reverse("admin:plans_customer_change_plan", args=[obj.pk]), "Change plan"),
+        )
+
+    @admin.display(description="Balance (credits)")
+    def balance(self, obj: Customer) -> str:
+        balance = account_balance(account=obj.account)
+        return f"posted {balance.posted}, held {balance.held}, available {balance.available}"
+
+    @admin.display(description="Subscription")
+    def subscription(self, obj: Customer) -> str:
+        sub = Subscription.objects.filter(customer=obj).order_by("-created_at").first()
+        if sub is None:
+            return "none"
+        pending = f"; then {sub.pending_plan_version}" if sub.pending_plan_version else ""
+        return (
+            f"{sub.plan_version} ({sub.status}), period {sub.current_period_start:%Y-%m-%d} to "
+            f"{sub.current_period_end:%Y-%m-%d}{pending}"
+        )
+
+    @admin.display(description="Credit grants")
+    def grants(self, obj: Customer) -> SafeString:
+        rows = CreditGrant.objects.filter(account_id=obj.account_id).order_by("-created_at")
+        return format_html(
+            "<table><tr><th>grant</th><th>category</th><th>remaining / amount</th>"
+            "<th>status</th><th>expires</th></tr>{}</table>",
+            format_html_join(
+                "",
+                '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{} / {}</td><td>{}</td>'
+                "<td>{}</td></tr>",
+                (
+                    (
+                        reverse("admin:ledger_creditgrant_change", args=[g.pk]),
+                        g.pk,
+                        g.category,
+                        g.remaining,
+                        g.amount,
+                        g.status,
+                        g.expires_at or "never",
+                    )
+                    for g in rows
+                ),
+            ),
+        )
+
+    @admin.display(description="Recent meter events")
+    def recent_events(self, obj: Customer) -> SafeString:
+        events = MeterEvent.objects.filter(customer=obj).order_by("-timestamp")[:RECENT_EVENTS]
+        return format_html(
+            "<table><tr><th>identifier</th><th>event</th><th>timestamp</th><th>value</th></tr>"
+            "{}</table>",
+            format_html_join(
+                "",
+                '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>',
+                (
+                    (
+                        reverse("admin:metering_meterevent_change", args=[e.pk]),
+                        e.identifier,
+                        e.event_name,
+                        e.timestamp,
+                        e.value,
+                    )
+                    for e in events
+                ),
+            ),
+        )
+
+
+class ExpiringSoonFilter(admin.SimpleListFilter):
+    title = "expiring"
+    parameter_name = "expiring"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("7", "within 7 days"), ("30", "within 30 days")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() not in ("7", "30"):
+            return queryset
+        now = timezone.now()
+        return queryset.filter(
+            status=GrantStatus.ACTIVE,
+            expires_at__gt=now,
+            expires_at__lte=now + timedelta(days=int(self.value() or 0)),
+        )
+
+
+@admin.register(CreditGrant)
+class CreditGrantAdmin(ReadOnlyAdmin):
+    list_display = [
+        "pk",
+        "account",
+        "category",
+        "amount",
+        "remaining",
+        "status",
+        "priority",
+        "expires_at",
+        "reason",
+        "actor",
+    ]
+    list_filter = ["category", "status", ExpiringSoonFilter]
+    search_fields = ["=account__customer__external_id", "reason", "actor"]
+    readonly_fields = ["workflows"]
+
+    def get_urls(self) -> list[URLPattern]:
+        return (
+            self.workflow_urls(
+                [
+                    ("<int:grant_id>/void/", partial(views.grant_close, expire=False), "void"),
+                    ("<int:grant_id>/expire/", partial(views.grant_close, expire=True), "expire"),
+                ]
+            )
+            + super().get_urls()
+        )
+
+    @admin.display(description="Actions")
+    def workflows(self, obj: CreditGrant) -> SafeString:
+        if obj.status not in (GrantStatus.ACTIVE, GrantStatus.DEPLETED):
+            return format_html("{}", "closed")
+        return _links(
+            (reverse("admin:ledger_creditgrant_void", args=[obj.pk]), "Void"),
+            (reverse("admin:ledger_creditgrant_expire", args=[obj.pk]), "Expire now"),
+        )
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ["pk", "account", "kind", "grant", "credits", "held", "cause_type", "cause_id"]
+    list_filter = ["kind", "cause_type"]
+    search_fields = ["=cause_id", "=account__customer__external_id"]
+
+
+@admin.register(LedgerOperation)
+class LedgerOperationAdmin(ReadOnlyAdmin):
+    list_display = ["pk", "account", "kind", "actor", "reason", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["actor", "reason"]
+
+
+# --- metering -----------------------------------------------------------------------------
+
+
+class CancellationInline(ReadOnlyInline):
+    model = EventCancellation
+    fields = (
+        "reason",
+        "actor",
+        "created_at",
+    )
+    readonly_fields = fields
+
+
+@admin.register(MeterEvent)
+class MeterEventAdmin(ReadOnlyAdmin):
+    list_display = ["identifier", "customer", "event_name", "timestamp", "value", "workspace"]
+    list_filter = ["event_name"]
+    search_fields = ["identifier", "customer__external_id"]
+    readonly_fields = ["workflows"]
+    inlines = [CancellationInline]
+
+    def get_urls(self) -> list[URLPattern]:
+        return (
+            self.workflow_urls(
+                [
+                    ("<int:event_id>/cancel/", views.event_cancel, "cancel"),
+                    ("<int:event_id>/correct/", views.event_correct, "correct"),
+                ]
+            )
+            + super().get_urls()
+        )
+
+    @admin.display(description="Actions")
+    def workflows(self, obj: MeterEvent) -> SafeString:
+        return _links(
+            (reverse("admin:metering_meterevent_cancel", args=[obj.pk]), "Cancel"),
+            (reverse("admin:metering_meterevent_correct", args=[obj.pk]), "Correct"),
+        )
+
+
+@admin.register(RejectedEvent)
+class RejectedEventAdmin(ReadOnlyAdmin):
+    list_display = ["received_at", "code", "customer_external_id", "identifier", "event_name"]
+    list_filter = ["code"]
+    search_fields = ["identifier", "customer_external_id"]
+
+
+# --- invoices and credit notes ------------------------------------------------------------
+
+
+class InvoiceLineInline(ReadOnlyInline):
+    model = InvoiceLine
+    fields = (
+        "kind",
+        "description",
+        "quantity",
+        "amount",
+        "lineage",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="Lineage")
+    def lineage(self, obj: InvoiceLine) -> SafeString:
+        return _links((reverse("admin:invoicing_invoiceline_lineage", args=[obj.pk]), "Lineage"))
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = ["number", "customer", "kind", "status", "total", "sync_state", "issued_at"]
+    list_filter = ["status", "kind", "sync_state"]
+    search_fields = ["number", "customer__external_id", "stripe_invoice_id"]
+    readonly_fields = ["workflows"]
+    inlines = [InvoiceLineInline]
+
+    def get_urls(self) -> list[URLPattern]:
+        return (
+            self.workflow_urls(
+                [
+                    ("<int:invoice_id>/credit-note/", views.credit_note_issue, "credit_note"),
+                    (
+                        "<int:pk>/retry-sync/",
+                        partial(views.sync_retry, model=Invoice),
+                        "retry_sync",
+                    ),
+                ]
+            )
+            + super().get_urls()
+        )
+
+    @admin.display(description="Actions")
+    def workflows(self, obj: Invoice) -> SafeString:
+        links = [(reverse("admin:invoicing_invoice_credit_note", args=[obj.pk]), "Credit note")]
+        if obj.sync_state == SyncState.FAILED:
+            links.append((reverse("admin:invoicing_invoice_retry_sync", args=[obj.pk]), "Retry"))
+        return _links(*links)
+
+
+@admin.register(InvoiceLine)
+class InvoiceLineAdmin(ReadOnlyAdmin):
+    list_display = ["pk", "invoice", "kind", "description", "amount", "lineage"]
+    list_filter = ["kind"]
+    search_fields = ["invoice__number"]
+
+    @admin.display(description="Lineage")
+    def lineage(self, obj: InvoiceLine) -> SafeString:
+        return _links((reverse("admin:invoicing_invoiceline_lineage", args=[obj.pk]), "Lineage"))
+
+    def get_urls(self) -> list[URLPattern]:
+        return (
+            self.workflow_urls([("<int:line_id>/lineage/", views.report_lineage, "lineage")])
+            + super().get_urls()
+        )
+
+
+class CreditNoteLineInline(ReadOnlyInline):
+    model = CreditNoteLine
+    fields = (
+        "invoice_line",
+        "description",
+        "amount",
+    )
+    readonly_fields = fields
+
+
+@admin.register(CreditNote)
+class CreditNoteAdmin(ReadOnlyAdmin):
+    list_display = ["number", "invoice", "status", "reason", "method", "total", "sync_state"]
+    list_filter = ["status", "reason", "method", "sync_state"]
+    search_fields = ["number", "invoice__number"]
+    readonly_fields = ["workflows"]
+    inlines = [CreditNoteLineInline]
+
+    def get_urls(self) -> list[URLPattern]:
+        return (
+            self.workflow_urls(
+                [
+                    ("<int:note_id>/void/", views.credit_note_void, "void"),
+                    (
+                        "<int:pk>/retry-sync/",
+                        partial(views.sync_retry, model=CreditNote),
+                        "retry_sync",
+                    ),
+                ]
+            )
+            + super().get_urls()
+        )
+
+    @admin.display(description="Actions")
+    def workflows(self, obj: CreditNote) -> SafeString:
+        links = [(reverse("admin:invoicing_creditnote_void", args=[obj.pk]), "Void")]
+        if obj.sync_state == SyncState.FAILED:
+            url = reverse("admin:invoicing_creditnote_retry_sync", args=[obj.pk])
+            links.append((url, "Retry sync"))
+        return _links(*links)
+
+
+# --- plans, rate cards, keys --------------------------------------------------------------
+
+
+class PlanVersionInline(ReadOnlyInline):
+    model = PlanVersion
+    fields = (
+        "version",
+        "name",
+        "interval",
+        "base_fee",
+        "included_credits",
+        "rate_card",
+    )
+    readonly_fields = fields
+
+
+@admin.register(Plan)
+class PlanAdmin(ReadOnlyAdmin):
+    list_display = ["code", "created_at"]
+    inlines = [PlanVersionInline]
+
+    def get_urls(self) -> list[URLPattern]:
+        return (
+            self.workflow_urls([("catalog/", views.catalog_edit, "catalog")]) + super().get_urls()
+        )
+
+
+class RateInline(ReadOnlyInline):
+    model = Rate
+    fields = (
+        "meter",
+        "match",
+        "credits",
+        "per",
+    )
+    readonly_fields = fields
+
+
+@admin.register(RateCardVersion)
+class RateCardVersionAdmin(ReadOnlyAdmin):
+    list_display = ["rate_card", "version", "effective_from"]
+    inlines = [RateInline]
+
+
+class RateCardVersionInline(ReadOnlyInline):
+    model = RateCardVersion
+    fields = (
+        "version",
+        "effective_from",
+    )
+    readonly_fields = fields
+    show_change_link = True
+
+
+@admin.register(RateCard)
+class RateCardAdmin(ReadOnlyAdmin):
+    list_display = ["code", "created_at"]
+    inlines = [RateCardVersionInline]
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(ReadOnlyAdmin):
+    list_display = ["customer", "plan_version", "status", "current_period_end"]
+    list_filter = ["status"]
+    search_fields = ["customer__external_id"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    list_display = ["prefix", "name", "created_at", "revoked_at", "last_used_at"]
+    exclude = ["key_hash"]
+    readonly_fields = ["workflows"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # "Add" opens the create workflow, which shows the secret once.
+        return request.user.has_perm("staff.manage_api_keys")
+
+    def get_urls(self) -> list[URLPattern]:
+        routes: list[tuple[str, Callable[..., HttpResponse], str]] = [
+            ("add/", views.api_key_create, "create"),
+            ("<int:key_id>/revoke/", views.api_key_revoke, "revoke"),
+        ]
+        return self.workflow_urls(routes) + super().get_urls()
+
+    @admin.display(description="Actions")
+    def workflows(self, obj: ApiKey) -> SafeString:
+        if obj.revoked_at is not None:
+            return format_html("revoked {}", obj.revoked_at)
+        return _links((reverse("admin:plans_apikey_revoke", args=[obj.pk]), "Revoke"))
+
+
+# --- the audit log and reports -----------------------------------------------------------
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "operator_name", "action", "reason_code", "target", "memo"]
+    list_filter = ["action", "reason_code"]
+    search_fields = ["operator_name", "=target_id", "memo"]
+    date_hierarchy = "created_at"
+
+    def get_urls(self) -> list[URLPattern]:
+        return (
+            self.workflow_urls(
+                [
+                    ("reports/revenue/", views.report_revenue, "report_revenue"),
+                    (
+                        "reports/reconciliation/",
+                        views.report_reconciliation,
+                        "report_reconciliation",
+                    ),
+                    ("reports/unmatched/", views.report_unmatched, "report_unmatched"),
+                ]
+            )
+            + super().get_urls()
+        )
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        reports = [
+            (reverse("admin:staff_auditlog_report_revenue"), "Revenue report"),
+            (reverse("admin:staff_auditlog_report_reconciliation"), "Reconciliation"),
+            (reverse("admin:staff_auditlog_report_unmatched"), "Unmatched events"),
+        ]
+        context = {**(extra_context or {}), "reports": reports}
+        return super().changelist_view(request, context)
+
+    @admin.display(description="Target")
+    def target(self, obj: AuditLog) -> str:
+        return f"{obj.target_type} {obj.target_id}"

@@ -1,0 +1,362 @@
+"""Staff actions: each calls the service the API calls, then records an audit row.
+
+The admin never writes a balance or a ledger row itself. Each wrapper checks the
+operator's permission again (the views check too), so a direct call cannot skip it, and
+writes the audit row in the same transaction as the action: both happen or neither.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing_portal.invoicing import credit_notes, sync
+from billing_portal.invoicing.models import CreditNote, Invoice
+from billing_portal.staff.models import AuditAction, AuditLog
+from ledger import services as ledger
+from ledger.models import Account, CreditGrant, GrantCategory
+from metering import services as metering
+from metering.ingest import events_ingest
+from metering.models import MeterEvent
+from metering.rating import events_rate_for_customer
+from plans import apikeys, catalog
+from plans.models import ApiKey, Customer, Plan, Subscription
+from plans.services import SubscriptionError, When, subscription_change_plan
+
+Operator = User | AnonymousUser
+
+
+class StaffError(Exception):
+    """A request the service refused; the message says what to change."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    memo: str = ""
+    token: str | None = None  # the submitted form's one-time token
+
+
+def support_grant_limit() -> Decimal:
+    return Decimal(getattr(settings, "STAFF_SUPPORT_GRANT_LIMIT", Decimal("1000")))
+
+
+def require(operator: Operator, codename: str) -> None:
+    if not operator.has_perm(f"staff.{codename}"):
+        raise PermissionDenied(f"you need the {codename} permission")
+
+
+def actor_of(operator: Operator) -> str:
+    # The ledger marks "staff:" actors' entries as staff actions.
+    return f"staff:{operator.get_username()}"
+
+
+def _audit(
+    operator: Operator, action: str, reason: Reason, target: Any, **details: Any
+) -> AuditLog:
+    assert isinstance(operator, User)
+    try:
+        with transaction.atomic():
+            return AuditLog.objects.create(
+                operator=operator,
+                operator_name=operator.get_username(),
+                action=action,
+                reason_code=reason.code,
+                memo=reason.memo,
+                target_type=target._meta.label_lower,
+                target_id=str(target.pk),
+                details={key: str(value) for key, value in details.items()},
+                request_token=reason.token or None,
+            )
+    except IntegrityError as exc:
+        # Raised inside the caller's transaction, so the repeated action is undone too.
+        raise StaffError(
+            "this form was already submitted; see the audit log for what it did", None
+        ) from exc
+
+
+# --- grants -----------------------------------------------------------------------------
+
+
+def check_grant_allowed(operator: Operator, *, amount: Decimal, category: str) -> None:
+    if operator.has_perm("staff.grant_credits"):
+        return
+    require(operator, "grant_promotional_credits")
+    if category != GrantCategory.PROMOTIONAL:
+        raise StaffError("your role may grant promotional credits only", "category")
+    limit = support_grant_limit()
+    if amount > limit:
+        raise StaffError(f"your role may grant at most {limit} credits at once", "amount")
+
+
+def staff_grant_create(
+    *,
+    operator: Operator,
+    customer: Customer,
+    amount: Decimal,
+    category: str,
+    reason: Reason,
+    priority: int = 50,
+    expires_at: datetime | None = None,
+    applies_to: list[str] | None = None,
+    workspace: str | None = None,
+) -> CreditGrant:
+    check_grant_allowed(operator, amount=amount, category=category)
+    with transaction.atomic():
+        grant = ledger.credit_grant_create(
+            account=customer.account,
+            amount=amount,
+            category=category,
+            actor=actor_of(operator),
+            priority=priority,
+            expires_at=expires_at,
+            applies_to=applies_to or (),
+            workspace=workspace or None,
+            reason=reason.code,
+            memo=reason.memo,
+            source_type="staff",
+        )
+        _audit(
+            operator,
+            AuditAction.GRANT_CREATE,
+            reason,
+            grant,
+            customer=customer.external_id,
+            amount=amount,
+            category=category,
+        )
+    return grant
+
+
+def staff_grant_close(
+    *, operator: Operator, grant: CreditGrant, reason: Reason, expire: bool = False
+) -> CreditGrant:
+    """Void (or expire now) a grant; its unused credits are written off by the ledger."""
+    require(operator, "void_grant")
+    close = ledger.credit_grant_expire if expire else ledger.credit_grant_void
+    with transaction.atomic():
+        # The ledger's lock order (account, then grant), taken here so the credits
+        # reported as written off are the ones the close really writes off.
+        Account.objects.select_for_update().get(pk=grant.account_id)
+        written_off = CreditGrant.objects.select_for_update().get(pk=grant.pk).remaining
+        closed = close(grant=grant, actor=actor_of(operator), reason=reason.code, memo=reason.memo)
+        action = AuditAction.GRANT_EXPIRE if expire else AuditAction.GRANT_VOID
+        _audit(operator, action, reason, closed, credits_written_off=written_off)
+    return closed
+
+
+# --- usage corrections --------------------------------------------------------------------
+
+
+def staff_event_cancel(*, operator: Operator, event: MeterEvent, reason: Reason) -> MeterEvent:
+    require(operator, "correct_usage")
+    with transaction.atomic():
+        _cancel(operator, event, reason)
+        _audit(operator, AuditAction.EVENT_CANCEL, reason, event, identifier=event.identifier)
+    return event
+
+
+def _cancel(operator: Operator, event: MeterEvent, reason: Reason) -> None:
+    try:
+        metering.event_cancel(
+            customer=event.customer,
+            identifier=event.identifier,
+            reason=reason.code,
+            actor=actor_of(operator),
+        )
+    except metering.MeteringError as exc:
+        raise StaffError(exc.message, exc.param) from exc
+
+
+def staff_event_correct(
+    *,
+    operator: Operator,
+    event: MeterEvent,
+    reason: Reason,
+    identifier: str,
+    value: Decimal,
+    dimensions: dict[str, str],
+) -> MeterEvent:
+    """Cancel an event and ingest its replacement under a new identifier, at once."""
+    require(operator, "correct_usage")
+    with transaction.atomic():
+        _cancel(operator, event, reason)
+        outcome = events_ingest(
+            events=[
+                {
+                    "identifier": identifier,
+                    "event_name": event.event_name,
+                    "customer": event.customer.external_id,
+                    "timestamp": event.timestamp.isoformat(),
+                    "value": str(value),
+                    "dimensions": dimensions,
+                    **({"workspace": event.workspace} if event.workspace else {}),
+                }
+            ]
+        )
+        result = outcome.results[0]
+        if result.status != "accepted":
+            # Raising inside the atomic block undoes the cancellation too: a correction
+            # is both halves or nothing.
+            message = result.error.message if result.error else f"replacement {result.status}"
+            raise StaffError(f"the replacement event was refused: {message}", "identifier")
+        replacement = MeterEvent.objects.get(customer=event.customer, identifier=identifier)
+        _audit(
+            operator,
+            AuditAction.EVENT_CORRECT,
+            reason,
+            event,
+            identifier=event.identifier,
+            replacement=identifier,
+            value=value,
+        )
+    # Rated now so the balance staff look at next already shows the corrected usage.
+    events_rate_for_customer(customer_id=event.customer_id)
+    return replacement
+
+
+# --- credit notes -----------------------------------------------------------------------
+
+
+def staff_credit_note_issue(
+    *,
+    operator: Operator,
+    invoice: Invoice,
+    reason: Reason,
+    method: str,
+    lines: dict[int, Decimal] | None,
+    amount: Decimal | None,
+) -> CreditNote:
+    require(operator, "issue_credit_note")
+    with transaction.atomic():
+        try:
+            note = credit_notes.credit_note_issue(
+                invoice=invoice,
+                reason=reason.code,
+                method=method,
+                actor=actor_of(operator),
+                lines=lines,
+                amount=amount,
+                memo=reason.memo,
+            )
+        except credit_notes.CreditNoteError as exc:
+            raise StaffError(exc.message, exc.param) from exc
+        _audit(
+            operator,
+            AuditAction.CREDIT_NOTE_ISSUE,
+            reason,
+            note,
+            invoice=invoice.number,
+            total=note.total,
+            method=method,
+        )
+    return note
+
+
+def staff_credit_note_void(
+    *, operator: Operator, credit_note: CreditNote, reason: Reason
+) -> CreditNote:
+    require(operator, "issue_credit_note")
+    with transaction.atomic():
+        note = credit_notes.credit_note_void(credit_note=credit_note, actor=actor_of(operator))
+        _audit(operator, AuditAction.CREDIT_NOTE_VOID, reason, note, number=note.number)
+    return note
+
+
+# --- subscriptions, sync, keys, catalog ---------------------------------------------------
+
+
+def staff_plan_change(
+    *,
+    operator: Operator,
+    subscription: Subscription,
+    plan: Plan,
+    when: When | None,
+    reason: Reason,
+) -> Subscription:
+    require(operator, "change_plan")
+    before = subscription.plan_version
+    with transaction.atomic():
+        try:
+            changed = subscription_change_plan(
+                subscription=subscription, plan=plan, actor=actor_of(operator), when=when
+            )
+        except SubscriptionError as exc:
+            raise StaffError(exc.message, exc.param) from exc
+        _audit(
+            operator,
+            AuditAction.PLAN_CHANGE,
+            reason,
+            changed,
+            from_version=before,
+            to_plan=plan.code,
+            when=when or "default",
+        )
+    return changed
+
+
+def staff_sync_retry(
+    *, operator: Operator, target: Invoice | CreditNote, reason: Reason
+) -> Invoice | CreditNote:
+    require(operator, "retry_sync")
+    with transaction.atomic():
+        # The Stripe call itself runs in a task after commit, never in this transaction.
+        if isinstance(target, Invoice):
+            retried: Invoice | CreditNote = sync.sync_retry(
+                invoice=target, actor=actor_of(operator)
+            )
+        else:
+            retried = sync.credit_note_sync_retry(credit_note=target, actor=actor_of(operator))
+        _audit(operator, AuditAction.SYNC_RETRY, reason, retried, state=retried.sync_state)
+    return retried
+
+
+def staff_api_key_create(
+    *, operator: Operator, name: str, scopes: list[str], reason: Reason
+) -> tuple[ApiKey, str]:
+    require(operator, "manage_api_keys")
+    with transaction.atomic():
+        try:
+            api_key, secret = apikeys.api_key_create(name=name, scopes=scopes)
+        except apikeys.InvalidApiKeyRequest as exc:
+            raise StaffError(str(exc), "name") from exc
+        # Never the secret: the audit log is readable by every staff member.
+        _audit(operator, AuditAction.API_KEY_CREATE, reason, api_key, prefix=api_key.prefix)
+    return api_key, secret
+
+
+def staff_api_key_revoke(*, operator: Operator, api_key: ApiKey, reason: Reason) -> ApiKey:
+    require(operator, "manage_api_keys")
+    with transaction.atomic():
+        revoked = apikeys.api_key_revoke(api_key=api_key)
+        _audit(operator, AuditAction.API_KEY_REVOKE, reason, revoked, prefix=revoked.prefix)
+    return revoked
+
+
+def staff_catalog_load(*, operator: Operator, text: str, reason: Reason) -> list[str]:
+    """Edit plans and rate cards; a version in use becomes a new version (catalog.load)."""
+    require(operator, "edit_catalog")
+    with transaction.atomic():
+        try:
+            changes = catalog.load(text, now=timezone.now())
+        except catalog.CatalogError as exc:
+            raise StaffError(str(exc), "text") from exc
+        if changes:
+            # The audit row's target is the plan table as a whole: one load may touch many.
+            plan = Plan.objects.order_by("pk").first()
+            assert plan is not None
+            _audit(operator, AuditAction.CATALOG_LOAD, reason, plan, changes="; ".join(changes))
+    return changes

@@ -1,0 +1,84 @@
+"""A Support user grants credits and voids them again, in a real (headless) browser."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+from pytest_django.live_server_helper import LiveServer
+
+from billing_portal.staff.models import AuditLog
+from ledger.models import CreditGrant, LedgerEntry
+from tests.plans.factories import customer, load_demo_catalog
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+# The live server needs committed rows; serialized_rollback keeps the role groups that the
+# data migration created (a transactional test otherwise starts from flushed tables).
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_support_grants_then_voids_credits(live_server: LiveServer) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    load_demo_catalog()
+    acme = customer()
+    user = User.objects.create_user("sam", password="pw-support", is_staff=True)
+    user.groups.add(Group.objects.get(name="Support"))
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page()
+        page.goto(f"{live_server.url}/admin/login/")
+        page.fill("#id_username", "sam")
+        page.fill("#id_password", "pw-support")
+        page.click("input[type=submit]")
+        expect(page.locator("#user-tools")).to_contain_text("sam")
+
+        page.goto(f"{live_server.url}/admin/plans/customer/{acme.pk}/change/")
+        page.click("text=Grant credits")
+        page.fill("#id_amount", "300")
+        page.select_option("#id_category", "promotional")
+        page.select_option("#id_reason", "goodwill")
+        page.fill("#id_memo", "outage on the 3rd")
+        page.click("input[name=review]")
+        expect(page.locator(".staff-summary")).to_contain_text("300")
+        page.click("input[name=confirm]")
+        expect(page.locator(".messagelist")).to_contain_text("Granted 300")
+
+        # The ORM may not run inside Playwright's event loop: the page tells the grant id.
+        grant_id = re.search(r"grant (\d+)", page.locator(".messagelist").inner_text())
+        assert grant_id is not None
+        page.click(f"a[href='/admin/ledger/creditgrant/{grant_id[1]}/change/']")
+        page.click("a.button:has-text('Void')")
+        page.select_option("#id_reason", "fraud")
+        page.click("input[name=review]")
+        expect(page.locator(".staff-summary")).to_contain_text("Credits that will be voided")
+        page.screenshot(path=str(ARTIFACTS / "staff-void-confirmation.png"), full_page=True)
+        page.click("input[name=confirm]")
+        expect(page.locator(".messagelist")).to_contain_text("is voided")
+        page.screenshot(path=str(ARTIFACTS / "staff-void-done.png"), full_page=True)
+        browser.close()
+
+    grant = CreditGrant.objects.get(pk=int(grant_id[1]))
+    assert (grant.status, grant.remaining) == ("voided", Decimal(0))
+    assert LedgerEntry.objects.get(grant=grant, kind="void").credits == Decimal("-300")
+    assert list(AuditLog.objects.order_by("pk").values_list("action", "operator_name")) == [
+        ("grant_create", "sam"),
+        ("grant_void", "sam"),
+    ]

@@ -1,0 +1,178 @@
+"""Portal forms: each validates what its service then stores."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.core.validators import validate_email
+from django.utils import timezone
+
+from billing_portal.portal.models import AlertSettings, AutoRecharge, Role
+from billing_portal.portal.selectors import credits_text
+from plans.models import CreditPack, Plan
+from plans.services import plan_version_current
+
+MAX_CREDITS = Decimal("1000000000000")
+
+
+def credits_field(*, required: bool = False, label: str = "", help_text: str = "") -> Any:
+    return forms.DecimalField(
+        required=required,
+        min_value=Decimal(0),
+        max_value=MAX_CREDITS,
+        decimal_places=6,
+        max_digits=19,
+        label=label,
+        help_text=help_text,
+    )
+
+
+class PlanChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        version = plan_version_current(obj)
+        return (
+            f"{version.name}: {version.base_fee} a {version.interval}, "
+            f"{credits_text(version.included_credits)} credits included"
+        )
+
+
+class PackChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{credits_text(obj.credits)} credits for {obj.price}"
+
+
+class AlertSettingsForm(forms.ModelForm):
+    usage_thresholds = forms.CharField(
+        required=False,
+        label="Usage alerts (% of included credits)",
+        help_text="Comma-separated percentages, e.g. 50, 80, 100.",
+    )
+    low_balance_credits = credits_field(
+        label="Low-balance alert (credits)",
+        help_text="Alert when available credits fall below this. Leave empty for none.",
+    )
+    recipients = forms.CharField(
+        required=False,
+        label="Recipients",
+        help_text="Comma-separated e-mail addresses. Empty: the customer's billing e-mail.",
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+
+    class Meta:
+        model = AlertSettings
+        fields = ["usage_thresholds", "low_balance_credits", "recipients"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial["usage_thresholds"] = ", ".join(map(str, self.instance.usage_thresholds))
+            self.initial["recipients"] = ", ".join(self.instance.recipients)
+
+    def clean_usage_thresholds(self) -> list[int]:
+        raw = [part.strip() for part in self.cleaned_data["usage_thresholds"].split(",")]
+        values = []
+        for part in filter(None, raw):
+            if not part.isdigit() or not 1 <= int(part) <= 1000:
+                raise forms.ValidationError(f"{part!r} is not a whole percentage from 1 to 1000.")
+            values.append(int(part))
+        if len(values) > 10:
+            raise forms.ValidationError("At most 10 thresholds.")
+        return sorted(set(values))
+
+    def clean_recipients(self) -> list[str]:
+        raw = self.cleaned_data["recipients"].replace("\n", ",").split(",")
+        emails = [part.strip() for part in raw if part.strip()]
+        for email in emails:
+            try:
+                validate_email(email)
+            except forms.ValidationError as exc:
+                raise forms.ValidationError(f"{email!r} is not an e-mail address.") from exc
+        if len(emails) > 20:
+            raise forms.ValidationError("At most 20 recipients.")
+        return list(dict.fromkeys(emails))
+
+
+class SpendLimitForm(forms.Form):
+    spend_limit_credits = credits_field(
+        label="Monthly spend limit (credits)",
+        help_text="Requests are refused once this many credits are used in a billing period. "
+        "Leave empty for no limit.",
+    )
+
+
+class AutoRechargeForm(forms.ModelForm):
+    threshold_credits = credits_field(
+        label="Recharge when available credits fall below",
+    )
+    pack = PackChoiceField(
+        queryset=CreditPack.objects.filter(active=True).order_by("credits"),
+        required=False,
+        label="Pack to buy",
+    )
+    max_recharges_per_month = forms.IntegerField(
+        min_value=1, max_value=31, label="At most this many recharges a month"
+    )
+
+    class Meta:
+        model = AutoRecharge
+        fields = ["enabled", "threshold_credits", "pack", "max_recharges_per_month"]
+        labels = {"enabled": "Turn on auto-recharge"}
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("enabled"):
+            if data.get("threshold_credits") is None:
+                self.add_error("threshold_credits", "Required to turn on auto-recharge.")
+            if data.get("pack") is None:
+                self.add_error("pack", "Choose the pack to buy.")
+        return data
+
+
+class PlanChangeForm(forms.Form):
+    plan = PlanChoiceField(
+        queryset=Plan.objects.order_by("code"), to_field_name="code", empty_label=None
+    )
+
+
+class PackBuyForm(forms.Form):
+    pack = PackChoiceField(
+        queryset=CreditPack.objects.filter(active=True).order_by("credits"),
+        to_field_name="code",
+        empty_label=None,
+    )
+
+
+class ExportForm(forms.Form):
+    start = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        start, end = data.get("start"), data.get("end")
+        if isinstance(start, date) and isinstance(end, date):
+            if start > end:
+                self.add_error("end", "The end date must not be before the start date.")
+            elif end - start > timedelta(days=400):
+                self.add_error("start", "Export at most 400 days at a time.")
+        return data
+
+    @classmethod
+    def defaults(cls) -> dict[str, date]:
+        today = timezone.now().date()
+        return {"start": today - timedelta(days=29), "end": today}
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(label="E-mail")
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"].strip().lower()
+        user_model = get_user_model()
+        if user_model.objects.filter(username__iexact=email).exists():
+            raise forms.ValidationError("This address already has a portal account.")
+        return email

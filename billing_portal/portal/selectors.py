@@ -1,0 +1,405 @@
+"""Reads for the portal pages. Numbers come from the same selectors as the API."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from ledger.models import ZERO, CauseType, CreditGrant, EntryKind, GrantCategory, LedgerEntry
+from metering.api import balance_payload, usage_rows
+from metering.models import MeterEvent
+from plans import selectors as plan_selectors
+from plans.models import Customer, OveragePolicy, PlanVersion
+from plans.money import as_money
+
+RANGES = {"7": 7, "30": 30, "90": 90}
+GROUPS = {"model": "model", "feature": "feature"}
+PALETTE = ["#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#0ea5e9", "#64748b"]
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    available: Decimal
+    held: Decimal
+    included: Decimal | None
+    included_left: Decimal | None
+    used: Decimal | None
+    overage: Decimal | None
+    days_left: int | None
+    period_end: datetime | None
+    run_out_on: date | None
+    daily_burn: Decimal | None
+    plan_name: str | None
+    when_out: str
+    spend_limit: Decimal | None
+    spend_limit_reached: bool
+
+
+def dashboard_for(*, customer: Customer, now: datetime | None = None) -> Dashboard:
+    now = now or timezone.now()
+    payload = balance_payload(customer)
+    period = payload["period"]
+    subscription = plan_selectors.subscription_active(customer=customer)
+    version = subscription.plan_version if subscription else None
+    available = Decimal(payload["available"])
+    included_left = sum(
+        (Decimal(g["remaining"]) for g in payload["grants"] if g["category"] == "included"), ZERO
+    )
+    used = Decimal(period["used"]) if period else None
+    start = datetime.fromisoformat(period["start"]) if period else None
+    end = datetime.fromisoformat(period["end"]) if period else None
+    burn = _daily_burn(used, start, now)
+    limit = customer.spend_limit_credits
+    return Dashboard(
+        available=available,
+        held=Decimal(payload["held"]),
+        included=Decimal(period["included"]) if period else None,
+        included_left=included_left if period else None,
+        used=used,
+        overage=Decimal(period["overage"]) if period else None,
+        days_left=max((end - now).days, 0) if end else None,
+        period_end=end,
+        run_out_on=_run_out(available, burn, now),
+        daily_burn=burn,
+        plan_name=version.name if version else None,
+        when_out=when_credits_run_out(version, limit),
+        spend_limit=limit,
+        spend_limit_reached=payload["limits"]["spend_limit_reached"],
+    )
+
+
+def _daily_burn(used: Decimal | None, start: datetime | None, now: datetime) -> Decimal | None:
+    if used is None or start is None or used <= 0:
+        return None
+    elapsed = Decimal((now - start).total_seconds()) / Decimal(86400)
+    # Less than a day of history would make an hour's spike look like the daily rate.
+    return used / max(elapsed, Decimal(1))
+
+
+def _run_out(available: Decimal, burn: Decimal | None, now: datetime) -> date | None:
+    if burn is None or burn <= 0:
+        return None
+    if available <= 0:
+        return now.date()
+    days = int((available / burn).to_integral_value(rounding="ROUND_FLOOR"))
+    return (now + timedelta(days=min(days, 3650))).date()
+
+
+def when_credits_run_out(version: PlanVersion | None, limit: Decimal | None) -> str:
+    """The plan's overage policy, in the words a customer would use."""
+    if version is None:
+        text = "You have no active plan: usage is refused once your credits are used up."
+    elif version.overage_policy == OveragePolicy.HARD_STOP:
+        text = (
+            f"On the {version.name} plan, requests are refused as soon as your credits run "
+            "out. Buy a credit pack or turn on auto-recharge to keep going."
+        )
+    elif version.overage_policy == OveragePolicy.SOFT_LIMIT:
+        text = (
+            f"On the {version.name} plan, usage may go up to {version.soft_limit_percent:g}% "
+            "beyond your credits; after that, requests are refused."
+        )
+    else:
+        raw = version.overage_price_per_credit
+        price = as_money(raw) if raw is not None else None
+        # Money's display rounds to cents; an overage price is often a fraction of one.
+        each = f"{price.amount.normalize():f} {price.currency}" if price else "the plan's price"
+        text = (
+            f"On the {version.name} plan, usage continues when credits run out and is "
+            f"billed as overage at {each} per credit on your next invoice."
+        )
+    if limit is not None:
+        text += f" Your monthly spend limit stops all usage at {credits_text(limit)} credits."
+    return text
+
+
+def credits_text(value: Decimal) -> str:
+    """2400 -> "2,400"; 12.5 -> "12.50"; never more than two decimals on screen."""
+    rounded = value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    if rounded == rounded.to_integral_value():
+        return f"{rounded:,.0f}"
+    return f"{rounded:,.2f}"
+
+
+# --- usage chart and table ------------------------------------------------------------
+
+
+@dataclass
+class Segment:
+    label: str
+    color: str
+    credits: Decimal
+    y: Decimal = Decimal(0)
+    height: Decimal = Decimal(0)
+
+
+@dataclass
+class Bar:
+    day: date
+    x: Decimal
+    segments: list[Segment] = field(default_factory=list)
+    show_label: bool = False
+
+    @property
+    def total(self) -> Decimal:
+        return sum((s.credits for s in self.segments), ZERO)
+
+
+@dataclass(frozen=True)
+class Chart:
+    bars: list[Bar]
+    legend: list[tuple[str, str]]
+    max_credits: Decimal
+    width: int
+    height: int
+    bar_width: Decimal
+    plot_top: int
+    plot_bottom: int
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    feature: str
+    model: str
+    token_type: str
+    value: Decimal
+    credits: Decimal
+
+
+def _label(row: dict[str, object], group: str) -> str:
+    dimensions = row["dimensions"]
+    assert isinstance(dimensions, dict)
+    if group == "model" and dimensions.get("model"):
+        return str(dimensions["model"])
+    return str(row["meter"])
+
+
+def usage_chart(*, customer: Customer, days: int, group: str, now: datetime | None = None) -> Chart:
+    now = now or timezone.now()
+    first = now.date() - timedelta(days=days - 1)
+    start = datetime.combine(first, time(), tzinfo=UTC)
+    rows = usage_rows(
+        customer=customer, start=start, end=now, group_by=["model"], granularity="day"
+    )
+    per_day: dict[date, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for row in rows:
+        day = datetime.fromisoformat(str(row["period_start"])).date()
+        per_day[day][_label(row, group)] += Decimal(str(row["credits"]))
+    labels = sorted({label for totals in per_day.values() for label in totals})
+    colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
+    return _layout(first, days, per_day, colors)
+
+
+def _layout(
+    first: date, days: int, per_day: dict[date, dict[str, Decimal]], colors: dict[str, str]
+) -> Chart:
+    width, height, left, top, bottom = 720, 240, 56, 12, 210
+    slot = Decimal(width - left - 8) / days
+    peak = max((sum(t.values(), ZERO) for t in per_day.values()), default=ZERO)
+    scale = Decimal(bottom - top) / peak if peak > 0 else ZERO
+    every = max(days // 7, 1)
+    bars = []
+    for i in range(days):
+        day = first + timedelta(days=i)
+        bar = Bar(day=day, x=_px(left + slot * i + slot / 10), show_label=i % every == 0)
+        y = Decimal(bottom)
+        for label in colors:
+            amount = per_day.get(day, {}).get(label, ZERO)
+            if amount > 0:
+                h = amount * scale
+                y -= h
+                bar.segments.append(Segment(label, colors[label], amount, _px(y), _px(h)))
+        bars.append(bar)
+    return Chart(
+        bars=bars,
+        legend=list(colors.items()),
+        max_credits=peak,
+        width=width,
+        height=height,
+        bar_width=_px(slot * Decimal("0.8")),
+        plot_top=top,
+        plot_bottom=bottom,
+    )
+
+
+def _px(value: Decimal) -> Decimal:
+    return value.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
+def usage_table(*, customer: Customer, days: int, now: datetime | None = None) -> list[UsageLine]:
+    now = now or timezone.now()
+    start = datetime.combine(now.date() - timedelta(days=days - 1), time(), tzinfo=UTC)
+    rows = usage_rows(
+        customer=customer,
+        start=start,
+        end=now,
+        group_by=["model", "token_type"],
+        granularity="month",
+    )
+    totals: dict[tuple[str, str, str], list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
+    for row in rows:
+        dims = row["dimensions"]
+        key = (str(row["meter"]), dims.get("model") or "", dims.get("token_type") or "")
+        totals[key][0] += Decimal(str(row["value"]))
+        totals[key][1] += Decimal(str(row["credits"]))
+    lines = [UsageLine(*key, value=v, credits=c) for key, (v, c) in totals.items()]
+    return sorted(lines, key=lambda line: -line.credits)
+
+
+# --- activity -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activity:
+    at: datetime
+    text: str
+    credits: Decimal
+
+
+SOURCE_WORDS = {"credit_pack_purchase": "pack purchase", "staff": "added by our team"}
+CATEGORY_WORDS: dict[str, str] = {
+    GrantCategory.INCLUDED: "credits included in your plan",
+    GrantCategory.PAID: "pack purchase",
+    GrantCategory.PROMOTIONAL: "promotional credits",
+    GrantCategory.ROLLOVER: "unused credits rolled over",
+}
+Group = Mapping[str, Any]
+KIND_WORDS: dict[str, str] = {
+    EntryKind.EXPIRE: "expired",
+    EntryKind.VOID: "withdrawn",
+    EntryKind.ADJUSTMENT: "adjusted",
+    EntryKind.REVERSAL: "returned: usage cancelled",
+}
+
+
+def activity_for(*, customer: Customer, limit: int = 50, offset: int = 0) -> list[Activity]:
+    """Ledger movements, one line per operation and kind, newest first."""
+    groups = list(
+        LedgerEntry.objects.filter(account_id=customer.account_id)
+        .exclude(kind__in=[EntryKind.HOLD, EntryKind.CAPTURE, EntryKind.RELEASE])
+        .values("operation_id", "kind", "cause_type", "cause_id", "meter")
+        .annotate(credits=Sum("credits"), grant=Sum("grant_id"))
+        .order_by("-operation_id", "kind")[offset : offset + limit]
+    )
+    op_times = dict(
+        LedgerEntry.objects.filter(operation_id__in=[g["operation_id"] for g in groups])
+        .values_list("operation_id", "created_at")
+        .order_by()
+        .distinct()
+    )
+    events = _events_by_id(groups)
+    grants = _grants_by_id(groups)
+    # A rating batch is one operation for many events: newest event first within it.
+    groups.sort(key=lambda g: (g["operation_id"], _event_time(g, events)), reverse=True)
+    return [
+        Activity(
+            at=op_times[g["operation_id"]],
+            text=_describe(g, events, grants),
+            credits=g["credits"] or ZERO,
+        )
+        for g in groups
+    ]
+
+
+def _event_time(group: Group, events: dict[str, MeterEvent]) -> datetime:
+    event = events.get(str(group["cause_id"]))
+    return event.timestamp if event else datetime.min.replace(tzinfo=UTC)
+
+
+def _events_by_id(groups: Sequence[Group]) -> dict[str, MeterEvent]:
+    ids = [
+        str(g["cause_id"])
+        for g in groups
+        if g["cause_type"] == CauseType.EVENT and str(g["cause_id"]).isdigit()
+    ]
+    return {str(e.pk): e for e in MeterEvent.objects.filter(pk__in=ids).select_related("meter")}
+
+
+def _grants_by_id(groups: Sequence[Group]) -> dict[int, CreditGrant]:
+    ids = [int(g["grant"]) for g in groups if g["kind"] == EntryKind.GRANT and g["grant"]]
+    return {g.pk: g for g in CreditGrant.objects.filter(pk__in=ids)}
+
+
+def _describe(group: Group, events: dict[str, MeterEvent], grants: dict[int, CreditGrant]) -> str:
+    amount = group["credits"] or ZERO
+    assert isinstance(amount, Decimal)
+    size = f"{credits_text(abs(amount))} credit{'' if abs(amount) == 1 else 's'}"
+    kind = group["kind"]
+    if kind == EntryKind.GRANT:
+        grant = grants.get(int(group["grant"] or 0))
+        return f"{size} added: {_grant_words(grant)}"
+    if kind in (EntryKind.CONSUME, EntryKind.OVERAGE):
+        event = events.get(str(group["cause_id"]))
+        what = _event_words(event) if event else str(group["meter"] or "usage")
+        extra = " beyond your credits (overage)" if kind == EntryKind.OVERAGE else ""
+        when = f" on {event.timestamp:%-d %b}" if event else ""
+        return f"{size} used by {what}{when}{extra}"
+    return f"{size} {KIND_WORDS.get(str(kind), str(kind))}"
+
+
+def _grant_words(grant: CreditGrant | None) -> str:
+    if grant is None:
+        return "credit grant"
+    if grant.source_type in SOURCE_WORDS:
+        return SOURCE_WORDS[grant.source_type]
+    return CATEGORY_WORDS.get(grant.category, grant.reason or "credit grant")
+
+
+def _event_words(event: MeterEvent) -> str:
+    dims = [v for k, v in sorted(event.dimensions.items(), key=_dim_order)]
+    return " / ".join(dims) if dims else event.meter.code
+
+
+def _dim_order(item: tuple[str, str]) -> tuple[int, str]:
+    order = {"model": 0, "token_type": 1}
+    return (order.get(item[0], 2), item[0])
+
+
+# --- export ---------------------------------------------------------------------------
+
+EXPORT_HEADER = [
+    "identifier",
+    "timestamp",
+    "event_name",
+    "meter",
+    "dimensions",
+    "workspace",
+    "value",
+    "credits",
+    "status",
+]
+
+
+def usage_export_rows(*, customer: Customer, start: date, end: date) -> Iterator[list[str]]:
+    """One row per event with timestamp in [start, end], read in chunks: any size streams."""
+    events = (
+        MeterEvent.objects.filter(
+            customer=customer,
+            timestamp__gte=datetime.combine(start, time(), tzinfo=UTC),
+            timestamp__lt=datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC),
+        )
+        .select_related("meter", "rating")
+        .order_by("timestamp", "pk")
+    )
+    yield EXPORT_HEADER
+    for event in events.iterator(chunk_size=2000):
+        rating = getattr(event, "rating", None)
+        yield [
+            event.identifier,
+            event.timestamp.isoformat().replace("+00:00", "Z"),
+            event.event_name,
+            event.meter.code,
+            json.dumps(event.dimensions, sort_keys=True),
+            event.workspace or "",
+            format(event.value.normalize(), "f"),
+            f"{rating.credits:.6f}" if rating else "",
+            rating.status if rating else "pending",
+        ]

@@ -1,0 +1,73 @@
+"""Writes made from the portal: settings, spend limit, members."""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import User
+from django.contrib.auth.tokens import default_token_generator
+from django.core.mail import send_mail
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
+
+from billing_portal.portal.models import AlertSettings, AutoRecharge, PortalMembership
+from plans.models import Customer
+
+
+def alert_settings_get(*, customer: Customer) -> AlertSettings:
+    settings, _ = AlertSettings.objects.get_or_create(customer=customer)
+    return settings
+
+
+def auto_recharge_get(*, customer: Customer) -> AutoRecharge:
+    recharge, _ = AutoRecharge.objects.get_or_create(customer=customer)
+    return recharge
+
+
+def spend_limit_set(*, customer: Customer, limit: Decimal | None) -> Customer:
+    # Only this column: authorizations read it, and a stale save must not undo other fields.
+    Customer.objects.filter(pk=customer.pk).update(spend_limit_credits=limit)
+    customer.spend_limit_credits = limit
+    return customer
+
+
+def member_invite(
+    *, customer: Customer, email: str, role: str, invited_by: User | None, site_url: str
+) -> PortalMembership:
+    """A user without a password and a set-password e-mail: the invitation is the reset link."""
+    with transaction.atomic():
+        # A random password nobody knows, rather than an unusable one: Django's reset form
+        # skips unusable passwords, and an invitee who lost the e-mail must be able to reset.
+        user = get_user_model().objects.create_user(
+            username=email, email=email, password=secrets.token_urlsafe(32)
+        )
+        membership = PortalMembership.objects.create(
+            user=user, customer=customer, role=role, invited_by=invited_by
+        )
+    link = site_url.rstrip("/") + reverse(
+        "portal:password_reset_confirm",
+        kwargs={
+            "uidb64": urlsafe_base64_encode(force_bytes(user.pk)),
+            "token": default_token_generator.make_token(user),
+        },
+    )
+    body = render_to_string(
+        "portal/auth/invite_email.txt",
+        {"customer": customer, "invited_by": invited_by, "link": link, "role": role},
+    )
+    subject = f"You are invited to the {customer.name} billing portal"
+    transaction.on_commit(lambda: send_mail(subject, body, None, [email]))
+    return membership
+
+
+def member_remove(*, membership: PortalMembership) -> None:
+    user = membership.user
+    with transaction.atomic():
+        membership.delete()
+        user.is_active = False
+        user.save(update_fields=["is_active"])

@@ -1,0 +1,386 @@
+"""Portal pages. Each view serves the full page, and its htmx partial when asked."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import redirect, render
+from django.urls import reverse, reverse_lazy
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
+
+from billing_portal import stripe_adapter
+from billing_portal.invoicing.models import CreditNote, PurchaseStatus
+from billing_portal.invoicing.purchases import (
+    purchase_checkout_start,
+    purchase_create,
+    purchase_demo_pay,
+)
+from billing_portal.invoicing.selectors import invoices_for
+from billing_portal.portal import forms, selectors, services
+from billing_portal.portal.access import (
+    PortalRequest,
+    credit_note_for,
+    invoice_for,
+    member_for,
+    portal_view,
+    purchase_for,
+)
+from billing_portal.portal.models import PortalMembership
+from ledger.errors import InvalidRequest
+from plans import selectors as plan_selectors
+from plans.services import SubscriptionError, subscription_change_plan
+
+
+def _actor(request: PortalRequest) -> str:
+    return f"portal:{request.user.get_username()}"
+
+
+def _page(
+    request: HttpRequest, template: str, partial: str, context: dict[str, Any]
+) -> HttpResponse:
+    """The whole page, or just ``partial`` for an htmx request that targets it."""
+    htmx: HtmxDetails | None = getattr(request, "htmx", None)
+    # A history restore (back button, cache miss) is an htmx request that needs the page.
+    fragment = htmx is not None and bool(htmx) and not htmx.history_restore_request
+    name = f"{template}#{partial}" if fragment else template
+    response = render(request, name, context)
+    # One URL, two bodies: caches must keep the page and the fragment apart.
+    patch_vary_headers(response, ["HX-Request"])
+    return response
+
+
+# --- sign-in ---------------------------------------------------------------------------
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "portal/auth/login.html"
+    redirect_authenticated_user = True
+
+    def get_default_redirect_url(self) -> str:
+        return reverse("portal:dashboard")
+
+
+class LogoutView(auth_views.LogoutView):
+    def get_default_redirect_url(self) -> str:
+        return reverse("portal:login")
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    template_name = "portal/auth/password_reset.html"
+    email_template_name = "portal/auth/password_reset_email.txt"
+    subject_template_name = "portal/auth/password_reset_subject.txt"
+    success_url = reverse_lazy("portal:password_reset_done")
+
+
+class PasswordResetDoneView(auth_views.PasswordResetDoneView):
+    template_name = "portal/auth/password_reset_done.html"
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    template_name = "portal/auth/password_reset_confirm.html"
+    success_url = reverse_lazy("portal:password_reset_complete")
+
+
+class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
+    template_name = "portal/auth/password_reset_complete.html"
+
+
+# --- dashboard -------------------------------------------------------------------------
+
+
+@require_GET
+@portal_view()
+def dashboard(request: PortalRequest) -> HttpResponse:
+    customer = request.membership.customer
+    range_key = request.GET.get("range", "30")
+    group = request.GET.get("group", "model")
+    if range_key not in selectors.RANGES:
+        range_key = "30"
+    if group not in selectors.GROUPS:
+        group = "model"
+    days = selectors.RANGES[range_key]
+    context = {
+        "summary": selectors.dashboard_for(customer=customer),
+        "chart": selectors.usage_chart(customer=customer, days=days, group=group),
+        "table": selectors.usage_table(customer=customer, days=days),
+        "range_key": range_key,
+        "group": group,
+        "ranges": list(selectors.RANGES),
+        "groups": list(selectors.GROUPS),
+    }
+    return _page(request, "portal/dashboard.html", "usage", context)
+
+
+# --- alerts and controls ---------------------------------------------------------------
+
+
+def _controls_context(request: PortalRequest, **forms_given: Any) -> dict[str, Any]:
+    customer = request.membership.customer
+    alerts = services.alert_settings_get(customer=customer)
+    recharge = services.auto_recharge_get(customer=customer)
+    return {
+        "alert_form": forms_given.get("alert_form") or forms.AlertSettingsForm(instance=alerts),
+        "limit_form": forms_given.get("limit_form")
+        or forms.SpendLimitForm(initial={"spend_limit_credits": customer.spend_limit_credits}),
+        "recharge_form": forms_given.get("recharge_form")
+        or forms.AutoRechargeForm(instance=recharge),
+        "saved": forms_given.get("saved"),
+    }
+
+
+@require_GET
+@portal_view()
+def controls(request: PortalRequest) -> HttpResponse:
+    return render(request, "portal/controls.html", _controls_context(request))
+
+
+def _controls_saved(request: PortalRequest, partial: str, message: str) -> HttpResponse:
+    if request.htmx:
+        context = _controls_context(request, saved=partial)
+        return render(request, f"portal/controls.html#{partial}", context)
+    messages.success(request, message)
+    return redirect("portal:controls")
+
+
+def _controls_invalid(request: PortalRequest, partial: str, **form: Any) -> HttpResponse:
+    context = _controls_context(request, **form)
+    return _page(request, "portal/controls.html", partial, context)
+
+
+@require_POST
+@portal_view(manage=True)
+def alerts_save(request: PortalRequest) -> HttpResponse:
+    alerts = services.alert_settings_get(customer=request.membership.customer)
+    form = forms.AlertSettingsForm(request.POST, instance=alerts)
+    if not form.is_valid():
+        return _controls_invalid(request, "alerts", alert_form=form)
+    form.save()
+    return _controls_saved(request, "alerts", "Alert settings saved.")
+
+
+@require_POST
+@portal_view(manage=True)
+def spend_limit_save(request: PortalRequest) -> HttpResponse:
+    form = forms.SpendLimitForm(request.POST)
+    if not form.is_valid():
+        return _controls_invalid(request, "limit", limit_form=form)
+    services.spend_limit_set(
+        customer=request.membership.customer, limit=form.cleaned_data["spend_limit_credits"]
+    )
+    return _controls_saved(request, "limit", "Spend limit saved.")
+
+
+@require_POST
+@portal_view(manage=True)
+def auto_recharge_save(request: PortalRequest) -> HttpResponse:
+    recharge = services.auto_recharge_get(customer=request.membership.customer)
+    form = forms.AutoRechargeForm(request.POST, instance=recharge)
+    if not form.is_valid():
+        return _controls_invalid(request, "recharge", recharge_form=form)
+    form.save()
+    return _controls_saved(request, "recharge", "Auto-recharge settings saved.")
+
+
+# --- billing ---------------------------------------------------------------------------
+
+
+def _billing_context(request: PortalRequest, **given: Any) -> dict[str, Any]:
+    customer = request.membership.customer
+    subscription = plan_selectors.subscription_active(customer=customer)
+    return {
+        "subscription": subscription,
+        "plan_form": given.get("plan_form")
+        or forms.PlanChangeForm(
+            initial={"plan": subscription.plan_version.plan if subscription else None}
+        ),
+        "pack_form": given.get("pack_form") or forms.PackBuyForm(),
+        "invoices": invoices_for(customer=customer)[:50],
+        "credit_notes": CreditNote.objects.filter(invoice__customer=customer)
+        .select_related("invoice")
+        .order_by("-created_at", "-pk")[:50],
+    }
+
+
+@require_GET
+@portal_view()
+def billing(request: PortalRequest) -> HttpResponse:
+    return render(request, "portal/billing.html", _billing_context(request))
+
+
+@require_POST
+@portal_view(manage=True)
+def plan_change(request: PortalRequest) -> HttpResponse:
+    form = forms.PlanChangeForm(request.POST)
+    subscription = plan_selectors.subscription_active(customer=request.membership.customer)
+    if form.is_valid() and subscription is None:
+        form.add_error("plan", "You have no active subscription to change.")
+    if form.is_valid() and subscription is not None:
+        try:
+            subscription_change_plan(
+                subscription=subscription, plan=form.cleaned_data["plan"], actor=_actor(request)
+            )
+        except SubscriptionError as exc:
+            form.add_error("plan", str(exc))
+        else:
+            messages.success(request, "Plan change saved.")
+            return redirect("portal:billing")
+    return render(request, "portal/billing.html", _billing_context(request, plan_form=form))
+
+
+@require_POST
+@portal_view(manage=True)
+def pack_buy(request: PortalRequest) -> HttpResponse:
+    form = forms.PackBuyForm(request.POST)
+    if not form.is_valid():
+        return render(request, "portal/billing.html", _billing_context(request, pack_form=form))
+    purchase = purchase_create(
+        customer=request.membership.customer, pack=form.cleaned_data["pack"], actor=_actor(request)
+    )
+    back = request.build_absolute_uri(reverse("portal:billing"))
+    url = purchase_checkout_start(purchase=purchase, success_url=back + "?paid=1", cancel_url=back)
+    return redirect(url)
+
+
+@require_http_methods(["GET", "POST"])
+@portal_view()
+def checkout(request: PortalRequest, pk: int) -> HttpResponse:
+    """The demo's stand-in for Stripe Checkout; absent when Stripe is configured."""
+    purchase = purchase_for(request, pk)
+    if stripe_adapter.stripe_enabled():
+        raise Http404("checkout happens on Stripe")
+    if request.method == "POST":
+        if not request.membership.can_manage:
+            raise PermissionDenied("your role may not buy packs")
+        if purchase.status == PurchaseStatus.PENDING:
+            try:
+                purchase_demo_pay(purchase=purchase, actor=_actor(request))
+            except InvalidRequest as exc:
+                messages.error(request, str(exc))
+                return redirect("portal:checkout", pk=purchase.pk)
+            messages.success(request, f"Payment received: {purchase.pack.name} added.")
+        return redirect("portal:dashboard")
+    return render(request, "portal/checkout.html", {"purchase": purchase})
+
+
+@require_GET
+@portal_view()
+def invoice_detail(request: PortalRequest, pk: int) -> HttpResponse:
+    invoice = invoice_for(request, pk)
+    context = {
+        "invoice": invoice,
+        "lines": invoice.lines.order_by("pk"),
+        "credit_notes": invoice.credit_notes.order_by("pk"),
+    }
+    return render(request, "portal/invoice.html", context)
+
+
+@require_GET
+@portal_view()
+def credit_note_detail(request: PortalRequest, pk: int) -> HttpResponse:
+    note = credit_note_for(request, pk)
+    context = {"note": note, "lines": note.lines.order_by("pk")}
+    return render(request, "portal/credit_note.html", context)
+
+
+# --- activity and export --------------------------------------------------------------
+
+ACTIVITY_PAGE = 50
+
+
+@require_GET
+@portal_view()
+def activity(request: PortalRequest) -> HttpResponse:
+    page = request.GET.get("page", "1")
+    number = int(page) if page.isdigit() and 0 < int(page) < 10000 else 1
+    items = selectors.activity_for(
+        customer=request.membership.customer,
+        limit=ACTIVITY_PAGE + 1,
+        offset=(number - 1) * ACTIVITY_PAGE,
+    )
+    context = {
+        "items": items[:ACTIVITY_PAGE],
+        "page": number,
+        "next_page": number + 1 if len(items) > ACTIVITY_PAGE else None,
+        "export_form": forms.ExportForm(initial=forms.ExportForm.defaults()),
+    }
+    return _page(request, "portal/activity.html", "entries", context)
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+@require_GET
+@portal_view()
+def usage_export(request: PortalRequest) -> HttpResponseBase:
+    form = forms.ExportForm(request.GET)
+    if not form.is_valid():
+        context = {"items": [], "page": 1, "next_page": None, "export_form": form}
+        return _page(request, "portal/activity.html", "export", context)
+    start, end = form.cleaned_data["start"], form.cleaned_data["end"]
+    rows = selectors.usage_export_rows(customer=request.membership.customer, start=start, end=end)
+    writer = csv.writer(_Echo())
+    stream: Iterator[str] = (writer.writerow(row) for row in rows)
+    response = StreamingHttpResponse(stream, content_type="text/csv; charset=utf-8")
+    filename = f"usage-{start:%Y%m%d}-{end:%Y%m%d}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+# --- team ------------------------------------------------------------------------------
+
+
+def _team_context(request: PortalRequest, form: forms.InviteForm | None = None) -> dict[str, Any]:
+    members = PortalMembership.objects.filter(customer_id=request.membership.customer_id)
+    return {
+        "members": members.select_related("user").order_by("created_at", "pk"),
+        "invite_form": form or forms.InviteForm(),
+    }
+
+
+@require_GET
+@portal_view()
+def team(request: PortalRequest) -> HttpResponse:
+    return render(request, "portal/team.html", _team_context(request))
+
+
+@require_POST
+@portal_view(owner=True)
+def member_invite(request: PortalRequest) -> HttpResponse:
+    form = forms.InviteForm(request.POST)
+    if not form.is_valid():
+        return _page(request, "portal/team.html", "invite", _team_context(request, form))
+    services.member_invite(
+        site_url=request.build_absolute_uri("/"),
+        customer=request.membership.customer,
+        email=form.cleaned_data["email"],
+        role=form.cleaned_data["role"],
+        invited_by=request.user,
+    )
+    messages.success(request, f"Invitation sent to {form.cleaned_data['email']}.")
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("portal:team"))
+    return redirect("portal:team")
+
+
+@require_POST
+@portal_view(owner=True)
+def member_remove(request: PortalRequest, pk: int) -> HttpResponse:
+    member = member_for(request, pk)
+    if member.pk == request.membership.pk:
+        messages.error(request, "You cannot remove yourself.")
+    else:
+        services.member_remove(membership=member)
+        messages.success(request, f"{member.user.email} removed.")
+    return redirect("portal:team")

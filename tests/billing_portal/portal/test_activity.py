@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import timedelta
+
+from django.test import Client
+from django.utils import timezone
+
+from billing_portal.invoicing.purchases import purchase_create, purchase_demo_pay
+from plans.models import CreditPack, Customer
+from tests.billing_portal.portal.conftest import HTMX
+from tests.billing_portal.portal.factories import usage
+
+
+def test_it_describes_ledger_entries_in_plain_words(client_owner: Client, acme: Customer) -> None:
+    at = timezone.now() - timedelta(hours=2)
+    usage(acme, "evt-2", at=at)
+    purchase = purchase_create(
+        customer=acme, pack=CreditPack.objects.get(code="pack_10k"), actor="t"
+    )
+    purchase_demo_pay(purchase=purchase, actor="t")
+    html = client_owner.get("/portal/activity/").content.decode()
+    assert f"2,400 credits used by large / output on {at:%-d %b}" in html
+    assert "10,000 credits added: pack purchase" in html
+    assert "20,000 credits added: credits included in your plan" in html
+
+
+def test_it_pages_older_activity_through_htmx(client_owner: Client, acme: Customer) -> None:
+    for n in range(55):
+        usage(acme, f"evt-many-{n}", value="1000")
+    first = client_owner.get("/portal/activity/")
+    assert first.context["next_page"] == 2
+    assert 'href="?page=2"' in first.content.decode()
+    second = client_owner.get("/portal/activity/?page=2", **HTMX)
+    html = second.content.decode()
+    assert "<html" not in html
+    assert html.lstrip().startswith("<li>")
+    assert "Show older" not in html
+
+
+def test_it_exports_usage_as_csv(client_owner: Client, acme: Customer) -> None:
+    usage(acme, "evt-small", value="20000", dimensions={"model": "small", "token_type": "input"})
+    usage(acme, "evt-old", at=timezone.now() - timedelta(days=20))
+    today = timezone.now().date()
+    response = client_owner.get(
+        "/portal/activity/export.csv",
+        {"start": f"{today - timedelta(days=2)}", "end": f"{today}"},
+    )
+    assert response.status_code == 200
+    assert response.streaming
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert "attachment; filename=" in response["Content-Disposition"]
+    body = b"".join(response.streaming_content).decode()  # type: ignore[attr-defined]
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert [r["identifier"] for r in rows] == ["evt-1", "evt-small"] or [
+        r["identifier"] for r in rows
+    ] == ["evt-small", "evt-1"]
+    small = next(r for r in rows if r["identifier"] == "evt-small")
+    assert json.loads(small["dimensions"]) == {"model": "small", "token_type": "input"}
+    assert small["value"] == "20000"
+    assert small["credits"] == "10.000000"
+    assert small["status"] == "rated"
+    assert small["timestamp"].endswith("Z")
+
+
+def test_it_shows_export_errors_next_to_the_fields(client_owner: Client) -> None:
+    response = client_owner.get(
+        "/portal/activity/export.csv", {"start": "2026-11-20", "end": "2026-11-01"}
+    )
+    assert response.status_code == 200
+    assert b"The end date must not be before the start date." in response.content
+    missing = client_owner.get("/portal/activity/export.csv", {"start": "yesterday"})
+    assert b"Enter a valid date." in missing.content
+    assert b"This field is required." in missing.content
+
+
+def test_a_viewer_may_export(viewer_client: Client) -> None:
+    today = timezone.now().date()
+    response = viewer_client.get(
+        "/portal/activity/export.csv", {"start": f"{today}", "end": f"{today}"}
+    )
+    assert response.status_code == 200
+
+
+def test_it_lists_a_rating_batch_newest_event_first(client_owner: Client, acme: Customer) -> None:
+    from metering.ingest import events_ingest
+    from metering.rating import events_rate_pending
+
+    now = timezone.now()
+    events_ingest(
+        events=[
+            {
+                "identifier": f"batch-{n}",
+                "event_name": "llm.tokens",
+                "customer": "acme",
+                "timestamp": (now - timedelta(days=n)).isoformat(),
+                "value": f"{n + 1}000",
+                "dimensions": {"model": "small"},
+            }
+            for n in (3, 1, 2)
+        ]
+    )
+    events_rate_pending()
+    items = client_owner.get("/portal/activity/").context["items"]
+    texts = [item.text for item in items[:3]]
+    assert texts == [
+        f"1 credit used by small on {now - timedelta(days=1):%-d %b}",
+        f"1.50 credits used by small on {now - timedelta(days=2):%-d %b}",
+        f"2 credits used by small on {now - timedelta(days=3):%-d %b}",
+    ]

@@ -1,0 +1,159 @@
+"""The portal in a real browser (Debian's headless chromium): sign in, read the balance,
+switch the chart in place, change a threshold, export CSV, buy a pack in demo mode."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections
+from django.utils import timezone
+
+from billing_portal.portal.models import AlertSettings
+from ledger.selectors import account_balance
+from plans.models import Customer
+from tests.billing_portal.portal.factories import PASSWORD, member, subscribed_customer, usage
+from tests.plans.factories import load_demo_catalog
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        shutil.which(CHROMIUM) is None, reason=f"{CHROMIUM} is not installed (apt chromium)"
+    ),
+]
+
+
+@pytest.fixture
+def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test
+    # makes between browser steps are still plain synchronous calls.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, accept_downloads=True
+        )
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def _customer_with_history() -> Customer:
+    load_demo_catalog()
+    acme = subscribed_customer("acme", days_ago=12)
+    now = timezone.now()
+    mixes = [
+        ("large", "output", "40000"),
+        ("large", "input", "100000"),
+        ("small", "input", "300000"),
+    ]
+    for day in range(12):
+        for n, (model, token_type, value) in enumerate(mixes[: 1 + day % 3]):
+            usage(
+                acme,
+                f"evt-{day}-{n}",
+                at=now - timedelta(days=day, hours=1),
+                value=value,
+                dimensions={"model": model, "token_type": token_type},
+            )
+    usage(acme, "evt-doc", at=now - timedelta(days=2), value="3", event_name="doc.summary")
+    return acme
+
+
+def _shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
+    acme = _customer_with_history()
+    owner = member(acme)
+    available = account_balance(account=acme.account).available
+    base = live_server.url
+
+    page.goto(f"{base}/portal/")
+    assert page.url.startswith(f"{base}/portal/login/")
+    page.fill("input[name=username]", owner.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/portal/")
+    shown = page.inner_text("#available").replace(",", "")
+    assert Decimal(shown) == available.quantize(Decimal("0.01")).normalize()
+    assert page.evaluate("typeof window.htmx") == "object", "htmx.min.js is served"
+    _shot(page, "portal-dashboard.png")
+
+    # The range switch swaps the usage section in place: the page itself is not reloaded.
+    page.evaluate("window.__stay = 1")
+    page.click("text=7 days")
+    page.wait_for_selector('#usage a[aria-current][href*="range=7&"]')
+    assert page.evaluate("window.__stay") == 1
+    assert "range=7" in page.url
+    page.click("text=by feature")
+    page.wait_for_selector('#usage a[aria-current][href*="group=feature"]')
+    assert page.evaluate("window.__stay") == 1
+    _shot(page, "portal-dashboard-7-days-by-feature.png")
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{base}/portal/")
+    _shot(page, "portal-dashboard-mobile.png")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    page.goto(f"{base}/portal/controls/")
+    page.fill("#id_usage_thresholds", "60, 90")
+    page.click("#alerts button[type=submit]")
+    page.wait_for_selector("#alerts .ok")
+    assert AlertSettings.objects.get(customer=acme).usage_thresholds == [60, 90]
+    page.fill("#id_spend_limit_credits", "-3")
+    page.click("#limit button[type=submit]")
+    page.wait_for_selector("#id_spend_limit_credits-error")
+    _shot(page, "portal-controls.png")
+
+    page.goto(f"{base}/portal/activity/")
+    with page.expect_download() as download_info:
+        page.click("text=Download CSV")
+    path = download_info.value.path()
+    rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
+    assert "evt-0-0" in {row["identifier"] for row in rows}
+    _shot(page, "portal-activity.png")
+
+    page.goto(f"{base}/portal/billing/")
+    _shot(page, "portal-billing.png")
+    page.select_option("#id_pack", "pack_10k")
+    page.click("#packs button[type=submit]")
+    page.wait_for_url(f"{base}/portal/billing/checkout/*/")
+    _shot(page, "portal-checkout.png")
+    page.click("text=Pay $35.00")
+    page.wait_for_url(f"{base}/portal/")
+    grown = Decimal(page.inner_text("#available").replace(",", ""))
+    assert grown == (available + 10000).quantize(Decimal("0.01")).normalize()
+    assert "Payment received" in page.inner_text(".messages")
+    _shot(page, "portal-dashboard-after-purchase.png")
+    assert os.path.getsize(ARTIFACTS / "portal-dashboard.png") > 10_000
+    # The ORM calls above ran beside playwright's event loop, in a context of their own:
+    # close their connection here, where it can be reached.
+    connections.close_all()

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.test import Client
+from django.utils import timezone
+
+from metering.api import balance_payload
+from plans.models import Customer
+from tests.billing_portal.portal.conftest import HTMX
+from tests.billing_portal.portal.factories import member, subscribed_customer, usage
+
+
+def test_it_shows_the_balance_api_numbers(client_owner: Client, acme: Customer) -> None:
+    payload = balance_payload(acme)
+    assert Decimal(payload["available"]) == Decimal("17600")
+    response = client_owner.get("/portal/")
+    assert response.status_code == 200
+    summary = response.context["summary"]
+    assert summary.available == Decimal(payload["available"])
+    assert summary.held == Decimal(payload["held"])
+    assert summary.used == Decimal("2400")
+    assert summary.included_left == Decimal("17600")
+    html = response.content.decode()
+    assert '<strong id="available">17,600</strong>' in html
+    assert '<strong id="used">2,400</strong>' in html
+    assert "<html" in html
+
+
+def test_it_projects_the_run_out_date_from_the_burn_rate(
+    client_owner: Client, acme: Customer
+) -> None:
+    summary = client_owner.get("/portal/").context["summary"]
+    # 2,400 credits in the 5 days since the period started: 480 a day, 17,600 left.
+    assert summary.daily_burn.quantize(Decimal(1)) == Decimal(480)
+    expected = (timezone.now() + timedelta(days=36)).date()
+    assert abs((summary.run_out_on - expected).days) <= 1
+    assert 23 <= summary.days_left <= 26  # a month from 5 days ago
+
+
+def test_it_says_what_happens_when_credits_run_out(client_owner: Client) -> None:
+    html = client_owner.get("/portal/").content.decode()
+    assert "usage continues when credits run out and is billed as overage" in html
+    assert "at 0.004 USD per credit" in html
+
+
+def test_it_says_a_hard_stop_plan_refuses_requests(db: None) -> None:
+    from tests.plans.factories import load_demo_catalog
+
+    load_demo_catalog()
+    starter = subscribed_customer("tiny", "starter")
+    starter.spend_limit_credits = Decimal(1500)
+    starter.save()
+    client = Client()
+    client.force_login(member(starter))
+    html = client.get("/portal/").content.decode()
+    assert "requests are refused as soon as your credits run out" in html
+    assert "Your monthly spend limit stops all usage at 1,500 credits." in html
+    assert "Not at current usage" in html
+
+
+def test_it_draws_the_usage_chart_and_table(client_owner: Client, acme: Customer) -> None:
+    usage(acme, "evt-small", value="20000", dimensions={"model": "small", "token_type": "input"})
+    usage(acme, "evt-doc", value="1", event_name="doc.summary")
+    response = client_owner.get("/portal/?range=7&group=model")
+    html = response.content.decode()
+    assert "<svg" in html
+    assert html.count("<rect") == 3
+    labels = [label for label, _ in response.context["chart"].legend]
+    assert labels == ["doc_summaries", "large", "small"]
+    rows = [(r.feature, r.model, r.token_type, r.credits) for r in response.context["table"]]
+    assert rows == [
+        ("llm_tokens", "large", "output", Decimal(2400)),
+        ("doc_summaries", "", "", Decimal(50)),
+        ("llm_tokens", "small", "input", Decimal(10)),
+    ]
+
+
+def test_it_stacks_by_feature(client_owner: Client, acme: Customer) -> None:
+    usage(acme, "evt-doc", value="1", event_name="doc.summary")
+    response = client_owner.get("/portal/?range=30&group=feature")
+    labels = [label for label, _ in response.context["chart"].legend]
+    assert labels == ["doc_summaries", "llm_tokens"]
+    assert len(response.context["chart"].bars) == 30
+
+
+def test_it_answers_htmx_with_the_usage_partial_only(client_owner: Client) -> None:
+    response = client_owner.get("/portal/?range=7&group=feature", **HTMX)
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.lstrip().startswith('<section id="usage"')
+    assert "<html" not in html
+    assert 'id="available"' not in html
+    assert "HX-Request" in response["Vary"]
+    assert 'hx-get="?range=90&amp;group=feature"' in html
+    assert 'href="?range=90&amp;group=feature"' in html
+
+
+def test_it_ignores_an_unknown_range(client_owner: Client) -> None:
+    response = client_owner.get("/portal/?range=9999&group=nope")
+    assert response.context["range_key"] == "30"
+    assert response.context["group"] == "model"
+
+
+def test_it_works_for_a_viewer(viewer_client: Client) -> None:
+    assert viewer_client.get("/portal/").status_code == 200
+
+
+def test_it_shows_usage_beyond_the_credits(client_owner: Client, acme: Customer) -> None:
+    usage(acme, "evt-big", value="1400000")  # 21,000 credits; 17,600 were left
+    response = client_owner.get("/portal/")
+    summary = response.context["summary"]
+    assert summary.available == 0
+    assert summary.overage == Decimal(3400)
+    assert "3,400 beyond your credits" in response.content.decode()
+    assert summary.run_out_on == timezone.now().date()
+
+
+def test_it_answers_a_history_restore_with_the_whole_page(client_owner: Client) -> None:
+    response = client_owner.get(
+        "/portal/?range=7", HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true"
+    )
+    assert "<html" in response.content.decode()

@@ -4,14 +4,17 @@ second run leaves everything as it is."""
 from __future__ import annotations
 
 import random
+import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from billing_portal.portal.models import PortalMembership
 from ledger import services as ledger
 from metering.ingest import events_ingest
 from metering.rating import events_rate_pending
@@ -20,6 +23,16 @@ from plans.models import Customer, Plan
 from plans.services import customer_create, subscription_start
 
 KEY_FILE = Path(settings.BASE_DIR) / "var" / "demo-api-key"
+PORTAL_PASSWORD_FILE = Path(settings.BASE_DIR) / "var" / "demo-portal-password"
+PORTAL_USER = "owner@acme.test"
+
+
+def _portal_password() -> str:
+    if not PORTAL_PASSWORD_FILE.exists():
+        PORTAL_PASSWORD_FILE.write_text(secrets.token_urlsafe(12))
+    return PORTAL_PASSWORD_FILE.read_text().strip()
+
+
 CUSTOMERS = [
     ("acme", "Acme Robotics", "billing@acme.test", "pro"),
     ("globex", "Globex", "ap@globex.test", "starter"),
@@ -59,10 +72,18 @@ class Command(BaseCommand):
             expires_at=now + timedelta(days=60),
         )
         self._usage(now)
+        self._portal_owner(acme)
         _, secret = api_key_create(name="demo", scopes=["ingest", "read", "write"])
         KEY_FILE.write_text(secret + "\n")
         where = KEY_FILE.relative_to(settings.BASE_DIR)
         self.stdout.write(f"demo data: 3 customers, a week of usage; API key in {where}")
+
+    def _portal_owner(self, acme: Customer) -> None:
+        """A portal sign-in for Acme's owner; demo_setup prints it."""
+        user = get_user_model().objects.create_user(
+            username=PORTAL_USER, email=PORTAL_USER, password=_portal_password()
+        )
+        PortalMembership.objects.create(user=user, customer=acme, role="owner")
 
     def _usage(self, now: Any) -> None:
         rng = random.Random(7)

@@ -23,6 +23,13 @@ def _demo_key() -> str:
     return key_file.read_text().strip() if key_file.exists() else "(none: run demo_data)"
 
 
+def _demo_portal_login() -> str:
+    password_file = Path(settings.BASE_DIR) / "var" / "demo-portal-password"
+    if not password_file.exists():
+        return "(no demo portal user)"
+    return f"user 'owner@acme.test', password {password_file.read_text().strip()!r}"
+
+
 class Command(BaseCommand):
     help = "Create the demo staff user, load the demo catalog and demo data, print the URLs."
 
@@ -46,6 +53,8 @@ class Command(BaseCommand):
                     f"  API docs:      {base_url}/api/docs/",
                     f"  OpenAPI:       {base_url}/api/schema/",
                     f"  API key:       {_demo_key()}",
+                    f"  Portal:        {base_url}/portal/",
+                    f"                 {_demo_portal_login()}",
                     "",
                 ]
             )

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings
+
+from tests.dburl import tests_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,20 +22,12 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    host = db["HOST"]
-    if host.startswith("/"):
-        return f"postgresql://{db['USER']}:@/{db['NAME']}?host={host}"
-    return f"postgresql://{db['USER']}:{db['PASSWORD']}@{host}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
 def test_it_refuses_to_start_in_production_without_secret_key() -> None:
     result = _run(
         ["manage.py", "check"],
         DEBUG="false",
         ALLOWED_HOSTS="billing.example.com",
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=tests_database_url(),
     )
     assert result.returncode != 0
     assert "SECRET_KEY is required when DEBUG is false" in result.stderr
@@ -46,7 +39,7 @@ def test_it_refuses_to_start_in_production_without_allowed_hosts() -> None:
         DEBUG="false",
         SECRET_KEY="x" * 60,
         ALLOWED_HOSTS="",
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=tests_database_url(),
     )
     assert result.returncode != 0
     assert "ALLOWED_HOSTS is required" in result.stderr
@@ -58,7 +51,7 @@ def test_it_passes_check_deploy_with_production_settings() -> None:
         DEBUG="false",
         SECRET_KEY="k" + "3Zq9-fT7_wLm2Pa8Rk1Vx5Nc0Hd4Gj6Ys" * 2,
         ALLOWED_HOSTS="billing.example.com",
-        DATABASE_URL=_database_url(),
+        DATABASE_URL=tests_database_url(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

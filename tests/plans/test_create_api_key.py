@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import requests
-from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 
 from plans.apikeys import api_key_authenticate
 from plans.models import ApiKey
+from tests.dburl import tests_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,18 +81,9 @@ def test_the_printed_key_authenticates_over_http(live_server: Any) -> None:
     assert response.json()["key"] == "http"
 
 
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    if db["HOST"].startswith("/"):
-        return f"postgresql://{db['USER']}:@/{db['NAME']}?host={db['HOST']}"
-    return (
-        f"postgresql://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
-    )
-
-
 def test_it_works_from_the_command_line() -> None:
     # In a process of its own, so anything else printed to stdout would come last.
-    env = {**os.environ, "DATABASE_URL": _database_url(), "DEBUG": "true"}
+    env = {**os.environ, "DATABASE_URL": tests_database_url(), "DEBUG": "true"}
     result = subprocess.run(
         [sys.executable, "manage.py", "create_api_key", "--name", "cli"],
         cwd=ROOT,

@@ -7,7 +7,7 @@ from urllib.parse import quote
 from django.db import connection
 
 
-def tests_database_url() -> str:
+def database_url_for_subprocess() -> str:
     db = connection.settings_dict
     # The embedded server listens on a Unix socket; dj-database-url puts its folder in
     # OPTIONS["host"] and leaves HOST empty.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dburl import tests_database_url
+from tests.dburl import database_url_for_subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_it_refuses_to_start_in_production_without_secret_key() -> None:
         ["manage.py", "check"],
         DEBUG="false",
         ALLOWED_HOSTS="billing.example.com",
-        DATABASE_URL=tests_database_url(),
+        DATABASE_URL=database_url_for_subprocess(),
     )
     assert result.returncode != 0
     assert "SECRET_KEY is required when DEBUG is false" in result.stderr
@@ -39,7 +39,7 @@ def test_it_refuses_to_start_in_production_without_allowed_hosts() -> None:
         DEBUG="false",
         SECRET_KEY="x" * 60,
         ALLOWED_HOSTS="",
-        DATABASE_URL=tests_database_url(),
+        DATABASE_URL=database_url_for_subprocess(),
     )
     assert result.returncode != 0
     assert "ALLOWED_HOSTS is required" in result.stderr
@@ -51,7 +51,7 @@ def test_it_passes_check_deploy_with_production_settings() -> None:
         DEBUG="false",
         SECRET_KEY="k" + "3Zq9-fT7_wLm2Pa8Rk1Vx5Nc0Hd4Gj6Ys" * 2,
         ALLOWED_HOSTS="billing.example.com",
-        DATABASE_URL=tests_database_url(),
+        DATABASE_URL=database_url_for_subprocess(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

@@ -15,7 +15,7 @@ from django.db import connection
 
 from plans.apikeys import api_key_authenticate
 from plans.models import ApiKey
-from tests.dburl import tests_database_url
+from tests.dburl import database_url_for_subprocess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,7 +83,7 @@ def test_the_printed_key_authenticates_over_http(live_server: Any) -> None:
 
 def test_it_works_from_the_command_line() -> None:
     # In a process of its own, so anything else printed to stdout would come last.
-    env = {**os.environ, "DATABASE_URL": tests_database_url(), "DEBUG": "true"}
+    env = {**os.environ, "DATABASE_URL": database_url_for_subprocess(), "DEBUG": "true"}
     result = subprocess.run(
         [sys.executable, "manage.py", "create_api_key", "--name", "cli"],
         cwd=ROOT,

@@ -16,6 +16,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from ledger.selectors import account_balance
 from metering import ingest, services, tasks
 from metering.models import Authorization, PeriodUsage, UsageRollup
 from plans import selectors as plan_selectors
@@ -209,7 +210,8 @@ def _fmt(value: Decimal) -> str:
 
 def balance_payload(customer: Customer) -> dict[str, Any]:
     """The balance as the API shows it; the portal renders the same numbers."""
-    balance = plan_selectors.customer_balance(customer=customer).balance
+    # The period's usage comes from PeriodUsage (one row), not from summing its entries.
+    balance = account_balance(account=customer.account)
     period = plan_selectors.period_current(customer=customer, at=balance.as_of)
     usage = PeriodUsage.objects.filter(period=period).first() if period else None
     used = usage.credits if usage else Decimal(0)

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from bench import ledger
+from bench import ledger, metering, portal
 
 # name -> (help, add its options, run it)
 BENCHMARKS = {
@@ -15,6 +15,12 @@ BENCHMARKS = {
         ledger.add_arguments,
         ledger.run,
     ),
+    "metering": (
+        "ingest, accepted -> balance and authorizations over HTTP (gunicorn + celery)",
+        metering.add_arguments,
+        metering.run,
+    ),
+    "portal": ("dashboard p95 at 1x, 10x and 100x history", portal.add_arguments, portal.run),
 }
 
 

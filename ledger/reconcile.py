@@ -34,7 +34,7 @@ def run_checks() -> list[Finding]:
     return [Finding(check=name, problems=check()) for name, check in _CHECKS.items()]
 
 
-def _rows(sql: str) -> list[tuple[object, ...]]:
+def query_rows(sql: str) -> list[tuple[object, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(sql)
         return list(cursor.fetchall())
@@ -44,7 +44,7 @@ def _rows(sql: str) -> list[tuple[object, ...]]:
 def grants_balance() -> list[str]:
     """Invariant 1: amount = remaining + everything the ledger took; the grant entry
     equals the amount; remaining within [0, amount]."""
-    rows = _rows(
+    rows = query_rows(
         """
         SELECT g.id, g.amount, g.remaining,
                COALESCE(SUM(e.credits), 0) AS entries_sum,
@@ -68,7 +68,7 @@ def grants_balance() -> list[str]:
 @register("account_posted_equals_entries")
 def accounts_posted() -> list[str]:
     """Invariant 2a: the sum of an account's grant entries = the credits left in its grants."""
-    rows = _rows(
+    rows = query_rows(
         """
         WITH entries AS (
             SELECT account_id, SUM(credits) AS total
@@ -94,7 +94,7 @@ def accounts_posted() -> list[str]:
 @register("account_held_equals_open_holds")
 def accounts_held() -> list[str]:
     """Invariant 2b: held = the sum of open holds = the sum of hold movements."""
-    rows = _rows(
+    rows = query_rows(
         """
         WITH open_holds AS (
             SELECT account_id, SUM(credits) AS total
@@ -119,7 +119,7 @@ def accounts_held() -> list[str]:
 @register("hold_resolved_once")
 def holds_resolved_once() -> list[str]:
     """Each hold has one hold entry, and a resolved hold exactly one resolving entry."""
-    rows = _rows(
+    rows = query_rows(
         """
         SELECT h.id, h.status,
                COUNT(*) FILTER (WHERE e.kind = 'hold') AS placed,
@@ -146,7 +146,7 @@ def append_only_triggers() -> list[str]:
         ("ledger_ledgerentry", "ledger_entry_append_only"),
         ("ledger_ledgeroperation", "ledger_operation_append_only"),
     }
-    rows = _rows(
+    rows = query_rows(
         """
         SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
         WHERE t.tgname IN ('ledger_entry_append_only', 'ledger_operation_append_only')

@@ -3,20 +3,12 @@ its credits equal the consume and overage entries that name it."""
 
 from __future__ import annotations
 
-from django.db import connection
-
-from ledger.reconcile import register
-
-
-def _rows(sql: str) -> list[tuple[object, ...]]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        return list(cursor.fetchall())
+from ledger.reconcile import query_rows, register
 
 
 @register("event_rated_exactly_once")
 def events_rated_once() -> list[str]:
-    rows = _rows(
+    rows = query_rows(
         """
         SELECT e.id, e.identifier, r.event_id IS NOT NULL, q.event_id IS NOT NULL
         FROM metering_meterevent e
@@ -35,7 +27,7 @@ def events_rated_once() -> list[str]:
 
 @register("event_credits_equal_its_entries")
 def events_charged_as_rated() -> list[str]:
-    rows = _rows(
+    rows = query_rows(
         """
         WITH charged AS (
             SELECT cause_id, -SUM(credits) AS credits

@@ -41,6 +41,7 @@ from ledger.models import (
     OperationKind,
 )
 from ledger.selectors import grant_is_usable, posted_in_scope
+from ledger.signals import credit_grant_created
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ def credit_grant_create(
         )
         if expires_at is not None and expires_at <= timezone.now():
             _close_grant(grant, operation, EntryKind.EXPIRE, GrantStatus.EXPIRED)
+        credit_grant_created.send(sender=CreditGrant, grant=grant, account=locked)
     return grant
 
 

@@ -19,8 +19,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from ledger import services as ledger
-from ledger.models import ZERO, Hold, HoldStatus
+from ledger.models import ZERO, Account, Hold, HoldStatus
 from metering.models import EventRating, MeterEvent, RatingQueue, RatingStatus
+from metering.signals import usage_rated
 from plans.models import Aggregation, Customer, PeriodStatus, SubscriptionPeriod
 from plans.rating import Rated, RateTable, RatingError
 
@@ -62,6 +63,9 @@ def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
             MeterEvent.objects.filter(pk__in=claimed).select_related("meter").order_by("pk")
         )
         customer = Customer.objects.select_related("account").get(pk=customer_id)
+        # The ledger's lock order starts here: the debits below take it anyway, and
+        # holding it from the start settles the numbers ``usage_rated`` receivers read.
+        list(Account.objects.select_for_update().filter(pk=customer.account_id).values("pk"))
         _Rater(customer, events).run()
         RatingQueue.objects.filter(event_id__in=claimed).delete()
     return len(claimed)
@@ -115,7 +119,15 @@ class _Rater:
                 item.overage = debit.overage
         EventRating.objects.bulk_create(self._rating(p) for p in priced)
         _rollups_add(self.customer.pk, [p for p in priced if p.rated])
-        _period_usage_add(self.customer.pk, [p for p in priced if p.rated and p.period])
+        charged = [p for p in priced if p.rated and p.period]
+        _period_usage_add(self.customer.pk, charged)
+        if charged:
+            usage_rated.send(
+                sender=Customer,
+                customer=self.customer,
+                period_ids={p.period.pk for p in charged if p.period},
+                credits=sum((p.credits for p in charged), ZERO),
+            )
 
     def _period_for(self, moment: datetime) -> SubscriptionPeriod | None:
         for period in reversed(self.periods):

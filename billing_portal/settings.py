@@ -82,6 +82,8 @@ INSTALLED_APPS = [
     "billing_portal.invoicing",
     "billing_portal.staff",
     "billing_portal.portal",
+    "billing_portal.outbound",
+    "billing_portal.alerts",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,1 @@
+"""Rating tells us a customer's usage moved: evaluate alerts and auto-recharge."""

@@ -1,0 +1,1 @@
+"""Ledger and invoicing events that become outgoing webhook events."""

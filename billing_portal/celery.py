@@ -34,4 +34,14 @@ app.conf.beat_schedule = {
         "task": "plans.tasks.periods_hand_to_invoicing",
         "schedule": 60.0,
     },
+    # Auto-recharges a webhook resolved, or whose task message was lost.
+    "reconcile-auto-recharges": {
+        "task": "billing_portal.alerts.tasks.recharge_attempts_reconcile_task",
+        "schedule": 60.0,
+    },
+    # Webhook retries and sends whose message was lost.
+    "send-due-webhooks": {
+        "task": "billing_portal.outbound.tasks.deliveries_send_due",
+        "schedule": 15.0,
+    },
 }

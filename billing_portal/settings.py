@@ -246,9 +246,24 @@ BILLING_GRACE_PERIOD_SECONDS = int(env("BILLING_GRACE_PERIOD_SECONDS", "3600"))
 METERING_MAX_EVENT_AGE_DAYS = int(env("METERING_MAX_EVENT_AGE_DAYS", "35"))
 METERING_MAX_EVENT_FUTURE_SECONDS = int(env("METERING_MAX_EVENT_FUTURE_SECONDS", "300"))
 
+# --- alerts and auto-recharge --------------------------------------------------------
+# Alert rules for customers who set none, by plan code ("*": every other plan).
+ALERT_DEFAULTS: dict[str, dict[str, object]] = {
+    "*": {"usage_thresholds": [50, 80, 100], "low_balance_credits": None},
+}
+# An hour is anomalous above this many times the trailing 7-day hourly average, and only
+# from this many credits up (so tiny numbers never alarm anyone).
+ALERT_BURN_FACTOR = env("ALERT_BURN_FACTOR", "5")
+ALERT_BURN_MIN_CREDITS = env("ALERT_BURN_MIN_CREDITS", "100")
+# After a failed auto-recharge payment: wait this long, doubling per failure in a row.
+AUTO_RECHARGE_BACKOFF_SECONDS = int(env("AUTO_RECHARGE_BACKOFF_SECONDS", "3600"))
+
 # --- Stripe ---------------------------------------------------------------------------
 STRIPE_API_KEY = env("STRIPE_API_KEY")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
+
+# Outgoing webhooks: first retry after this many seconds, doubling per failed attempt.
+OUTBOUND_WEBHOOK_BACKOFF_SECONDS = int(env("OUTBOUND_WEBHOOK_BACKOFF_SECONDS", "30"))
 
 LOGGING = {
     "version": 1,

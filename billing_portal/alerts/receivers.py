@@ -1,1 +1,30 @@
 """Rating tells us a customer's usage moved: evaluate alerts and auto-recharge."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import receiver
+
+from billing_portal.alerts import recharge, services
+from metering.signals import usage_rated
+from plans.models import Customer
+
+logger = logging.getLogger(__name__)
+
+
+@receiver(usage_rated, dispatch_uid="alerts_usage_rated")
+def _usage_rated(
+    sender: Any, *, customer: Customer, period_ids: set[int], credits: Decimal, **kwargs: Any
+) -> None:
+    # A savepoint: a failure here is logged and rolled back on its own, because an
+    # alert that cannot be evaluated must not stop the customer's usage being billed.
+    try:
+        with transaction.atomic():
+            balance = services.usage_evaluate(customer=customer, period_ids=period_ids)
+            recharge.auto_recharge_check(customer=customer, available=balance.available)
+    except Exception:
+        logger.exception("alerts for %s could not be evaluated", customer)

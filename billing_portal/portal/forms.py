@@ -58,7 +58,7 @@ class AlertSettingsForm(forms.ModelForm):
     recipients = forms.CharField(
         required=False,
         label="Recipients",
-        help_text="Comma-separated e-mail addresses. Empty: the customer's billing e-mail.",
+        help_text="Comma-separated e-mail addresses. Empty: the portal's owners and admins.",
         widget=forms.Textarea(attrs={"rows": 2}),
     )
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from django.test import Client
 from django.urls import reverse
 
+from billing_portal.alerts.models import Alert
 from billing_portal.invoicing.models import CreditNote, CreditNoteMethod, CreditNoteReason
 from billing_portal.invoicing.purchases import purchase_create
 from billing_portal.portal import urls as portal_urls
@@ -30,11 +31,15 @@ def test_another_customers_objects_are_404(client_owner: Client, acme: Customer)
         total=Decimal("1.00"),
         actor="staff",
     )
+    alert = Alert.objects.create(
+        customer=other, kind="low_balance", threshold="100", message="Low balance"
+    )
     urls = {
         "portal:checkout": (purchase.pk, ["get", "post"]),
         "portal:invoice": (purchase.invoice_id, ["get"]),
         "portal:credit_note": (note.pk, ["get"]),
         "portal:member_remove": (other_member.pk, ["post"]),
+        "portal:notification_read": (alert.pk, ["post"]),
     }
     named = {f"portal:{p.name}" for p in portal_urls.urlpatterns if "<" in str(p.pattern)}
     named.discard("portal:password_reset_confirm")  # names a user by signed token, not id
@@ -53,6 +58,8 @@ def test_another_customers_objects_are_404(client_owner: Client, acme: Customer)
     purchase.refresh_from_db()
     assert purchase.status == "pending"
     assert PortalMembership.objects.filter(pk=other_member.pk).exists()
+    alert.refresh_from_db()
+    assert alert.read_at is None
 
 
 def test_get_and_post_each_return_404_not_405(client_owner: Client, acme: Customer) -> None:

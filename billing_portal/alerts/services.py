@@ -1,0 +1,328 @@
+"""Alerts: evaluated each time rating charges a customer, each fired once.
+
+Evaluation runs inside the rating transaction under the customer's account lock, so it
+reads a settled balance and two workers never evaluate one customer at once. It is a few
+indexed reads; the alert insert is ``ON CONFLICT DO NOTHING`` on the unique (customer,
+period, kind, threshold), which is what makes an alert fire once even when the lock is
+not held (a direct call, a future caller). E-mail and webhooks leave after commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import connection, transaction
+from django.utils import timezone
+
+from billing_portal.alerts import selectors
+from billing_portal.alerts.models import Alert, AlertKind
+from billing_portal.outbound.models import EventType
+from billing_portal.outbound.services import event_publish
+from billing_portal.portal.selectors import credits_text
+from ledger.models import Account
+from ledger.selectors import Balance, account_balance
+from metering.models import PeriodUsage
+from plans.models import Customer, SubscriptionPeriod
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Candidate:
+    kind: str
+    threshold: str
+    period: SubscriptionPeriod | None
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def usage_evaluate(
+    *, customer: Customer, period_ids: set[int], now: datetime | None = None
+) -> Balance:
+    """Fire the alerts the customer's latest usage crossed; return the balance read."""
+    now = now or timezone.now()
+    # No savepoint of its own: inside rating, the receiver's savepoint covers this.
+    with transaction.atomic(savepoint=False):
+        # Rating holds this lock already; a direct caller takes it here.
+        list(Account.objects.select_for_update().filter(pk=customer.account_id).values("pk"))
+        balance = account_balance(account=customer.account, at=now)
+        periods = {
+            p.pk: p
+            for p in SubscriptionPeriod.objects.filter(pk__in=period_ids).select_related(
+                "plan_version__plan"
+            )
+        }
+        current = _current_period(customer, periods, now)
+        if current is not None:
+            periods[current.pk] = current
+        used = dict(
+            PeriodUsage.objects.filter(period_id__in=periods).values_list("period_id", "credits")
+        )
+        plan_code = current.plan_version.plan.code if current else None
+        rules = selectors.alert_rules_for(customer=customer, plan_code=plan_code)
+        candidates = [
+            *_usage_thresholds(
+                rules, [periods[pk] for pk in sorted(period_ids) if pk in periods], used
+            ),
+            *_balance_alerts(customer, rules, balance, current, used),
+            *_burn_alert(customer, current, now),
+        ]
+        _raise_new(customer, candidates, list(periods))
+    return balance
+
+
+def _current_period(
+    customer: Customer, periods: dict[int, SubscriptionPeriod], now: datetime
+) -> SubscriptionPeriod | None:
+    for period in periods.values():
+        if period.start <= now < period.end:
+            return period
+    # Usage charged to an earlier period (a late event): the current one is read apart.
+    return (
+        SubscriptionPeriod.objects.filter(
+            subscription__customer=customer, start__lte=now, end__gt=now
+        )
+        .select_related("plan_version__plan")
+        .order_by("-start")
+        .first()
+    )
+
+
+def _usage_thresholds(
+    rules: selectors.AlertRules, periods: list[SubscriptionPeriod], used: dict[int, Decimal]
+) -> list[_Candidate]:
+    found = []
+    for period in periods:
+        if period.included_credits <= 0:
+            continue  # no included credits: a share of nothing is meaningless
+        spent = used.get(period.pk, Decimal(0))
+        percent = (spent * 100 / period.included_credits).quantize(Decimal("0.01"), ROUND_DOWN)
+        for threshold in rules.usage_thresholds:
+            if percent >= threshold:
+                found.append(
+                    _Candidate(
+                        AlertKind.USAGE_THRESHOLD,
+                        str(threshold),
+                        period,
+                        f"{threshold}% of this period's included credits are used "
+                        f"({credits_text(spent)} of {credits_text(period.included_credits)}).",
+                        {
+                            "threshold_percent": threshold,
+                            "percent_used": str(percent),
+                            "used": str(spent),
+                            "included": str(period.included_credits),
+                        },
+                    )
+                )
+    return found
+
+
+def _balance_alerts(
+    customer: Customer,
+    rules: selectors.AlertRules,
+    balance: Balance,
+    period: SubscriptionPeriod | None,
+    used: dict[int, Decimal],
+) -> list[_Candidate]:
+    available = balance.available
+    numbers = {
+        "available": str(available),
+        "posted": str(balance.posted),
+        "held": str(balance.held),
+    }
+    found = []
+    low = rules.low_balance_credits
+    if low is not None and available < low:
+        found.append(
+            _Candidate(
+                AlertKind.LOW_BALANCE,
+                _plain(low),
+                period,
+                f"Available credits ({credits_text(available)}) fell below {credits_text(low)}.",
+                {**numbers, "low_balance_credits": str(low)},
+            )
+        )
+    limit = customer.spend_limit_credits
+    spent = used.get(period.pk, Decimal(0)) if period else Decimal(0)
+    if limit is not None and spent + balance.held >= limit:
+        found.append(
+            _Candidate(
+                AlertKind.SPEND_LIMIT_REACHED,
+                _plain(limit),
+                period,
+                f"The spend limit of {credits_text(limit)} credits is reached: new requests "
+                "are refused until the next period or until the limit is raised.",
+                {**numbers, "spend_limit": str(limit), "used": str(spent)},
+            )
+        )
+    if available <= 0:
+        found.append(
+            _Candidate(
+                AlertKind.BALANCE_DEPLETED,
+                "0",
+                period,
+                "The credit balance is used up.",
+                numbers,
+            )
+        )
+    return found
+
+
+def _plain(value: Decimal) -> str:
+    """17500.000000 -> "17500", 12.5 -> "12.5": the key an alert is told apart by."""
+    return f"{value.normalize():f}"
+
+
+def _burn_alert(
+    customer: Customer, period: SubscriptionPeriod | None, now: datetime
+) -> list[_Candidate]:
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    burn = selectors.burn_for(customer=customer, hour=hour)
+    factor = Decimal(str(getattr(settings, "ALERT_BURN_FACTOR", "5")))
+    minimum = Decimal(str(getattr(settings, "ALERT_BURN_MIN_CREDITS", "100")))
+    average = burn.hourly_average
+    if average is None or burn.this_hour < minimum or burn.this_hour <= average * factor:
+        return []
+    return [
+        _Candidate(
+            AlertKind.ANOMALOUS_BURN,
+            hour.isoformat(),
+            period,
+            f"{credits_text(burn.this_hour)} credits were used in the hour from "
+            f"{hour:%Y-%m-%d %H:%M} UTC, over {_plain(factor)} times the 7-day hourly "
+            f"average of {credits_text(average)}.",
+            {
+                "hour": hour.isoformat(),
+                "credits": str(burn.this_hour),
+                "hourly_average": str(average.quantize(Decimal("0.000001"))),
+                "factor": str(factor),
+            },
+        )
+    ]
+
+
+def _raise_new(customer: Customer, candidates: list[_Candidate], period_ids: list[int]) -> None:
+    if not candidates:
+        return
+    # One read skips what already fired, so the common case inserts nothing.
+    fired = set(
+        Alert.objects.filter(customer=customer, period_id__in=period_ids).values_list(
+            "period_id", "kind", "threshold"
+        )
+    )
+    for c in candidates:
+        if (c.period.pk if c.period else None, c.kind, c.threshold) not in fired:
+            alert_raise(
+                customer=customer,
+                kind=c.kind,
+                threshold=c.threshold,
+                period=c.period,
+                message=c.message,
+                data=c.data,
+            )
+
+
+def alert_raise(
+    *,
+    customer: Customer,
+    kind: str,
+    threshold: str,
+    period: SubscriptionPeriod | None,
+    message: str,
+    data: dict[str, Any],
+    now: datetime | None = None,
+) -> Alert | None:
+    """Store the alert unless it already fired; on the first time, notify after commit.
+
+    Returns the new alert, or None when this (customer, period, kind, threshold) fired
+    before: a concurrent caller's INSERT waits for the first to commit, then does nothing.
+    """
+    now = now or timezone.now()
+    # The table name is ours; every value is a parameter.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {Alert._meta.db_table}
+                (customer_id, period_id, kind, threshold, message, data, created_at)
+            VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s)
+            ON CONFLICT DO NOTHING
+            RETURNING id
+            """,
+            [
+                customer.pk,
+                period.pk if period else None,
+                kind,
+                threshold,
+                message,
+                json.dumps(data),
+                now,
+            ],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    alert = Alert.objects.select_related("period").get(pk=row[0])
+    logger.info("alert %s (%s %s) for %s", alert.pk, kind, threshold, customer)
+    # Stored in this transaction, sent to the operator's endpoints after commit.
+    event_publish(type=EventType.ALERT_TRIGGERED, data=alert_payload(alert), customer=customer)
+    if kind == AlertKind.BALANCE_DEPLETED:
+        event_publish(type=EventType.BALANCE_DEPLETED, data=alert_payload(alert), customer=customer)
+    from billing_portal.alerts.tasks import alert_email_task
+
+    alert_email_task.delay_on_commit(alert.pk)
+    return alert
+
+
+def alert_payload(alert: Alert) -> dict[str, Any]:
+    period = alert.period
+    return {
+        "id": alert.pk,
+        "kind": alert.kind,
+        "threshold": alert.threshold,
+        "message": alert.message,
+        "period": {"start": period.start.isoformat(), "end": period.end.isoformat()}
+        if period
+        else None,
+        "data": alert.data,
+        "created_at": alert.created_at.isoformat(),
+    }
+
+
+# --- after commit ----------------------------------------------------------------------
+
+
+def alert_email_send(*, alert: Alert) -> bool:
+    """E-mail the alert once; a re-run after success sends nothing.
+
+    Sent before it is marked: a crash in between sends it again on retry, rather than
+    never.
+    """
+    if alert.emailed_at is not None:
+        return False
+    customer = alert.customer
+    recipients = selectors.alert_recipients(customer=customer)
+    if recipients:
+        send_mail(
+            subject=f"[{customer.name}] {alert.get_kind_display()}",
+            message=f"{alert.message}\n\nAll alerts are listed under Notifications in the "
+            "billing portal.\n",
+            from_email=None,
+            recipient_list=recipients,
+        )
+    Alert.objects.filter(pk=alert.pk, emailed_at__isnull=True).update(emailed_at=timezone.now())
+    return bool(recipients)
+
+
+def alert_mark_read(*, alert: Alert) -> Alert:
+    if alert.read_at is None:
+        now = timezone.now()
+        Alert.objects.filter(pk=alert.pk, read_at__isnull=True).update(read_at=now)
+        alert.read_at = now
+    return alert

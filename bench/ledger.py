@@ -278,44 +278,61 @@ def _serve(index: int, inbox: Any, outbox: Any) -> None:
         connections["default"].close()
 
 
-def _process_main(index: int, database_name: str, inbox: Any, outbox: Any) -> None:
+def _process_main(first: int, database_name: str, inboxes: list[Any], outbox: Any) -> None:
+    """One client process: its clients are threads sharing the process, as the threads
+    of one API server process do (hold calls of one account combine within a process)."""
     try:
         env.django_setup(database_name)
     except BaseException:
-        outbox.put(("failed", index, traceback.format_exc()))
+        for i in range(len(inboxes)):
+            outbox.put(("failed", first + i, traceback.format_exc()))
         return
-    _serve(index, inbox, outbox)
+    threads = [
+        threading.Thread(target=_serve, args=(first + i, inbox, outbox), daemon=True)
+        for i, inbox in enumerate(inboxes)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _share(size: int, parts: int, part: int) -> tuple[int, int]:
+    """The clients [first, last) that process ``part`` of ``parts`` hosts."""
+    return size * part // parts, size * (part + 1) // parts
 
 
 class ClientPool:
     """``size`` long-lived clients; each run hands every client one task."""
 
-    def __init__(self, size: int, mode: str, database_name: str) -> None:
+    def __init__(self, size: int, processes: int, database_name: str) -> None:
+        """``processes`` = 0: every client a thread of this process; otherwise the
+        clients spread evenly over that many processes, as threads."""
         self.size = size
-        self.mode = mode
+        self.processes = processes
         self.database_name = database_name
         self.workers: list[Any] = []
         self.inboxes: list[Any] = []
         self.outbox: Any = None
 
     def __enter__(self) -> ClientPool:
-        if self.mode == "process":
+        if self.processes:
             ctx = multiprocessing.get_context("spawn")
             self.outbox = ctx.Queue()
-            for i in range(self.size):
-                inbox: Any = ctx.Queue()
+            self.inboxes = [ctx.Queue() for _ in range(self.size)]
+            for p in range(self.processes):
+                first, last = _share(self.size, self.processes, p)
                 worker: Any = ctx.Process(
                     target=_process_main,
-                    args=(i, self.database_name, inbox, self.outbox),
-                    name=f"bench-client-{i}",
+                    args=(first, self.database_name, self.inboxes[first:last], self.outbox),
+                    name=f"bench-clients-{p}",
                     daemon=True,
                 )
-                self.inboxes.append(inbox)
                 self.workers.append(worker)
         else:
             self.outbox = queue.Queue()
             for i in range(self.size):
-                inbox = queue.Queue()
+                inbox: Any = queue.Queue()
                 worker = threading.Thread(
                     target=_serve, args=(i, inbox, self.outbox), name=f"bench-client-{i}"
                 )
@@ -666,7 +683,14 @@ def measure_profile(pool: ClientPool, clients: int, args: argparse.Namespace) ->
 
 # --- output ------------------------------------------------------------------------------
 
-_PLURAL = {"process": "processes", "thread": "threads"}
+
+def layout(clients: int, processes: int) -> str:
+    """How the clients are laid out, in words."""
+    if processes == 0:
+        return f"{clients} client threads in one process"
+    if processes >= clients:
+        return f"{clients} client processes, one client each"
+    return f"{clients} clients as {processes} processes x {clients // processes} threads"
 
 
 def _count(n: int) -> str:
@@ -758,7 +782,7 @@ def markdown(
         f"- Date: {machine.date}",
         f"- Machine: {machine.describe()}",
         f"- Command: `{args.command_line}` (or `make bench BENCH_ARGS=ledger`)",
-        f"- Load: {args.clients} client {_PLURAL[args.mode]}, each with its own database "
+        f"- Load: {layout(args.clients, args.processes)}, each client with its own database "
         "connection, looping `hold_create` (hard stop, `allowance=0`) then `hold_capture` "
         "of an amount at or below the hold. A cycle is one `hold_create` plus one "
         f"`hold_capture`; latencies are per service call. {args.runs} rounds; each round "
@@ -857,10 +881,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prior ledger entries on the account, comma-separated (1000,10000,100000)",
     )
     parser.add_argument(
-        "--mode",
-        choices=("process", "thread"),
-        default="process",
-        help="clients as processes (default: no shared GIL) or threads",
+        "--processes",
+        type=int,
+        default=4,
+        help="client processes, the clients spread over them as threads, as in API server "
+        "processes with threads (4; 0 = every client a thread of this process)",
     )
     parser.add_argument(
         "--no-reference",
@@ -888,13 +913,13 @@ def run(args: argparse.Namespace) -> int:
     with env.bench_database() as database_name:
         machine = env.machine()
         print(
-            f"ledger: hold + capture on one hot customer, {args.clients} client "
-            f"{_PLURAL[args.mode]}, {args.runs} rounds x {args.duration:g} s per history size; "
+            f"ledger: hold + capture on one hot customer, {layout(args.clients, args.processes)}, "
+            f"{args.runs} rounds x {args.duration:g} s per history size; "
             f"database {database_name} on {machine.postgres} ({machine.database})",
             flush=True,
         )
         profiles: list[Profile] = []
-        with ClientPool(args.clients, args.mode, database_name) as pool:
+        with ClientPool(args.clients, args.processes, database_name) as pool:
             with _timed("all runs", args.verbose):
                 levels, floors = measure_levels(pool, args)
             for level in levels:

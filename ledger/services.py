@@ -1,5 +1,8 @@
 """Every write to credits: one transaction each, locks in one fixed order.
 
+Holds, captures and releases live in ``ledger.holds`` (batched per account) and are
+re-exported here.
+
 Lock order: the account row, then the grants touched (primary-key order), then the hold.
 Every writer of an account's grants or holds takes the account lock first, so two
 writers on one customer queue there and writers on different customers never meet.
@@ -7,15 +10,25 @@ writers on one customer queue there and writers on different customers never mee
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from decimal import Decimal
 
 from django.db import transaction
 from django.utils import timezone
 from djmoney.money import Money
 
+from ledger.drawing import (  # re-exported: callers use them from here
+    Cause,
+    Debit,
+    DebitRequest,
+    Drawer,
+    HoldDecision,
+    credits,
+    debit_from_operation,
+    draw_down_key,
+    non_negative,
+)
 from ledger.errors import (  # re-exported: callers catch them from here
     GrantNotActive,
     HoldNotOpen,
@@ -24,9 +37,14 @@ from ledger.errors import (  # re-exported: callers catch them from here
     InvalidRequest,
     LedgerError,
 )
+from ledger.holds import (  # re-exported: every write to credits is reachable from here
+    hold_capture,
+    hold_create,
+    hold_release,
+    holds_expire,
+)
 from ledger.models import (
     CATEGORY_RANK,
-    CREDIT_QUANTUM,
     ZERO,
     Account,
     CauseType,
@@ -34,52 +52,11 @@ from ledger.models import (
     EntryKind,
     GrantCategory,
     GrantStatus,
-    Hold,
-    HoldStatus,
     LedgerEntry,
     LedgerOperation,
     OperationKind,
 )
-from ledger.selectors import grant_is_usable, posted_in_scope
 from ledger.signals import credit_grant_created
-
-
-@dataclass(frozen=True)
-class Cause:
-    type: str
-    id: str = ""
-
-
-@dataclass
-class Debit:
-    """What a consumption or capture did: credits taken from grants and overage."""
-
-    operation: LedgerOperation
-    consumed: Decimal = ZERO
-    overage: Decimal = ZERO
-    entries: list[LedgerEntry] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class HoldDecision:
-    allowed: bool
-    hold: Hold | None
-    available: Decimal
-
-
-def credits(value: Decimal | int | str, *, param: str = "amount") -> Decimal:
-    """Parse a credit amount: exact, at most 6 decimal places, never a float."""
-    if isinstance(value, float):
-        raise InvalidAmount(f"{param} must be a decimal string, not a float", param=param)
-    try:
-        amount = Decimal(value)
-    except ArithmeticError as exc:
-        raise InvalidAmount(f"{param} must be a number, not {value!r}", param=param) from exc
-    if not amount.is_finite():
-        raise InvalidAmount(f"{param} must be a finite number", param=param)
-    if amount != amount.quantize(CREDIT_QUANTUM):
-        raise InvalidAmount(f"{param} has more than 6 decimal places: {value}", param=param)
-    return amount.quantize(CREDIT_QUANTUM)
 
 
 def _lock_account(account_id: int) -> Account:
@@ -107,15 +84,6 @@ def _replayed_operation(account: Account, kind: str, key: str | None) -> LedgerO
             param="idempotency_key",
         )
     return operation
-
-
-def _debit_from_operation(operation: LedgerOperation) -> Debit:
-    entries = list(
-        operation.entries.filter(kind__in=[EntryKind.CONSUME, EntryKind.OVERAGE]).order_by("pk")
-    )
-    consumed = -sum((e.credits for e in entries if e.kind == EntryKind.CONSUME), ZERO)
-    overage = -sum((e.credits for e in entries if e.kind == EntryKind.OVERAGE), ZERO)
-    return Debit(operation=operation, consumed=consumed, overage=overage, entries=entries)
 
 
 # --- grants ---------------------------------------------------------------------------
@@ -292,14 +260,6 @@ def credit_grants_expire_due(*, now: datetime | None = None, limit: int = 500) -
 # --- consumption ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DebitRequest:
-    amount: Decimal
-    cause: Cause
-    meter: str = ""
-    workspace: str | None = None
-
-
 def credits_consume(
     *,
     account: Account,
@@ -317,16 +277,16 @@ def credits_consume(
     Credits reserved by open holds are not taken: a plain debit may use only what is
     available, so a later capture finds what its hold promised.
     """
-    amount = _non_negative(amount)
+    amount = non_negative(amount)
     with transaction.atomic():
         locked = _lock_account(account.pk)
         replayed = _replayed_operation(locked, OperationKind.CONSUME, idempotency_key)
         if replayed is not None:
-            return _same_debit_or_conflict(_debit_from_operation(replayed), amount)
+            return _same_debit_or_conflict(debit_from_operation(replayed), amount)
         operation = _operation(
             locked, OperationKind.CONSUME, actor=actor, reason=reason, key=idempotency_key
         )
-        drawer = _Drawer(locked, operation, at or timezone.now())
+        drawer = Drawer(locked, operation, at or timezone.now())
         debit = drawer.debit(DebitRequest(amount, cause, meter, workspace))
         drawer.flush()
     return debit
@@ -351,111 +311,14 @@ def credits_consume_batch(
     carries no idempotency key.
     """
     for request in debits:
-        _non_negative(request.amount)
+        non_negative(request.amount)
     with transaction.atomic():
         locked = _lock_account(account.pk)
         operation = _operation(locked, OperationKind.CONSUME, actor=actor, key=None)
-        drawer = _Drawer(locked, operation, at or timezone.now())
+        drawer = Drawer(locked, operation, at or timezone.now())
         results = [drawer.debit(request) for request in debits]
         drawer.flush()
     return results
-
-
-def _non_negative(amount: Decimal | str) -> Decimal:
-    value = credits(amount)
-    if value < 0:
-        raise InvalidAmount("amount must not be negative", param="amount")
-    return value
-
-
-class _Drawer:
-    """An account's live grants, locked and read once, drawn down in memory.
-
-    The caller holds the account lock; ``flush`` writes every change at once.
-    """
-
-    def __init__(self, account: Account, operation: LedgerOperation, at: datetime) -> None:
-        self.account = account
-        self.operation = operation
-        self.at = at
-        self.grants = list(
-            CreditGrant.objects.filter(account=account, status=GrantStatus.ACTIVE, remaining__gt=0)
-            .order_by("pk")
-            .select_for_update()
-        )
-        self.touched: dict[int, CreditGrant] = {}
-        self.entries: list[LedgerEntry] = []
-
-    def debit(self, request: DebitRequest) -> Debit:
-        usable = sorted(
-            (
-                g
-                for g in self.grants
-                if g.remaining > 0 and grant_is_usable(g, request.meter, request.workspace, self.at)
-            ),
-            key=draw_down_key,
-        )
-        available = max(ZERO, sum((g.remaining for g in usable), ZERO) - self.account.held)
-        left = min(request.amount, available)
-        entry = _entry_factory(
-            self.account, self.operation, request.cause, request.meter, request.workspace
-        )
-        debit = Debit(operation=self.operation)
-        for grant in usable:
-            if left <= 0:
-                break
-            take = min(grant.remaining, left)
-            grant.remaining -= take
-            if grant.remaining == 0:
-                grant.status = GrantStatus.DEPLETED
-            self.touched[grant.pk] = grant
-            debit.entries.append(entry(EntryKind.CONSUME, credits=-take, grant=grant))
-            left -= take
-            debit.consumed += take
-        debit.overage = request.amount - debit.consumed
-        if debit.overage > 0:
-            debit.entries.append(entry(EntryKind.OVERAGE, credits=-debit.overage))
-        self.entries.extend(debit.entries)
-        return debit
-
-    def flush(self) -> None:
-        CreditGrant.objects.bulk_update(list(self.touched.values()), ["remaining", "status"])
-        LedgerEntry.objects.bulk_create(self.entries)
-
-
-_NEVER = datetime.max.replace(tzinfo=UTC)
-
-
-def draw_down_key(grant: CreditGrant) -> tuple[object, ...]:
-    """Lower priority number; earlier expiry (none last); free before paid; earlier
-    effective; earlier created."""
-    no_expiry = grant.expires_at is None
-    return (
-        grant.priority,
-        no_expiry,
-        grant.expires_at or _NEVER,
-        grant.category_rank,
-        grant.effective_at,
-        grant.pk,
-    )
-
-
-def _entry_factory(
-    account: Account, operation: LedgerOperation, cause: Cause, meter: str, workspace: str | None
-) -> Callable[..., LedgerEntry]:
-    def make(kind: str, **values: object) -> LedgerEntry:
-        return LedgerEntry(
-            operation=operation,
-            account=account,
-            kind=kind,
-            cause_type=cause.type,
-            cause_id=cause.id,
-            meter=meter,
-            workspace=workspace,
-            **values,
-        )
-
-    return make
 
 
 def credits_reverse(
@@ -549,159 +412,6 @@ def _write_off_closed(
             grant.status = GrantStatus.EXPIRED
             grant.closed_at = grant.closed_at or now
     return entries
-
-
-# --- holds ----------------------------------------------------------------------------
-
-
-def hold_create(
-    *,
-    account: Account,
-    amount: Decimal | str,
-    expires_at: datetime,
-    actor: str,
-    allowance: Decimal | None = ZERO,
-    meter: str = "",
-    workspace: str | None = None,
-    idempotency_key: str | None = None,
-) -> HoldDecision:
-    """Reserve credits if the policy allows.
-
-    ``allowance`` is how far below zero the policy lets available go: ``0`` for a hard
-    stop, a share of the allowance for a soft limit, ``None`` for no limit (postpaid).
-    A denied hold writes nothing.
-    """
-    amount = _non_negative(amount)
-    with transaction.atomic():
-        locked = _lock_account(account.pk)
-        now = timezone.now()
-        available = (
-            posted_in_scope(account=locked, meter=meter, workspace=workspace, at=now) - locked.held
-        )
-        if idempotency_key is not None:
-            existing = Hold.objects.filter(account=locked, idempotency_key=idempotency_key).first()
-            if existing is not None and existing.credits != amount:
-                raise IdempotencyConflict(
-                    f"idempotency key {idempotency_key!r} was already used for a hold of "
-                    f"{existing.credits} credits; use a new key for a new hold",
-                    param="idempotency_key",
-                )
-            if existing is not None:
-                return HoldDecision(allowed=True, hold=existing, available=available)
-        if allowance is not None and amount > available + allowance:
-            return HoldDecision(allowed=False, hold=None, available=available)
-        hold = Hold.objects.create(
-            account=locked,
-            credits=amount,
-            meter=meter,
-            workspace=workspace,
-            expires_at=expires_at,
-            idempotency_key=idempotency_key,
-        )
-        operation = _operation(locked, OperationKind.HOLD, actor=actor, key=None)
-        LedgerEntry.objects.create(
-            operation=operation,
-            account=locked,
-            kind=EntryKind.HOLD,
-            hold=hold,
-            held=amount,
-            cause_type=CauseType.HOLD,
-            cause_id=str(hold.pk),
-            meter=meter,
-            workspace=workspace,
-        )
-        locked.held += amount
-        locked.save(update_fields=["held"])
-    return HoldDecision(allowed=True, hold=hold, available=available - amount)
-
-
-def hold_capture(
-    *, hold: Hold, amount: Decimal | str, cause: Cause, actor: str, at: datetime | None = None
-) -> Debit:
-    """Charge the actual credits and release the rest of the hold, exactly once.
-
-    Above the hold, the extra comes only from credits nobody else has reserved; what is
-    left is overage, which the plan's policy bills (postpaid) or reports as leakage.
-    """
-    amount = _non_negative(amount)
-    with transaction.atomic():
-        account = _lock_account(hold.account_id)
-        locked = Hold.objects.select_for_update().get(pk=hold.pk)
-        if locked.status == HoldStatus.CAPTURED:
-            operation = LedgerOperation.objects.get(
-                entries__hold=locked, kind=OperationKind.CAPTURE
-            )
-            return _debit_from_operation(operation)
-        _require_open(locked)
-        at = at or timezone.now()
-        operation = _operation(account, OperationKind.CAPTURE, actor=actor, key=None)
-        locked.captured_credits = amount
-        _resolve_hold(account, locked, operation, HoldStatus.CAPTURED, EntryKind.CAPTURE)
-        # The hold is already out of `held`, so what it reserved counts as available.
-        drawer = _Drawer(account, operation, at)
-        debit = drawer.debit(DebitRequest(amount, cause, locked.meter, locked.workspace))
-        drawer.flush()
-    return debit
-
-
-def hold_release(*, hold: Hold, actor: str, reason: str = "released") -> Hold:
-    return _hold_release(hold, actor, reason, HoldStatus.RELEASED)
-
-
-def _hold_release(hold: Hold, actor: str, reason: str, status: str) -> Hold:
-    with transaction.atomic():
-        account = _lock_account(hold.account_id)
-        locked = Hold.objects.select_for_update().get(pk=hold.pk)
-        if locked.status in (HoldStatus.RELEASED, HoldStatus.EXPIRED):
-            return locked  # a retry: already done
-        _require_open(locked)
-        operation = _operation(account, OperationKind.RELEASE, actor=actor, reason=reason, key=None)
-        _resolve_hold(account, locked, operation, status, EntryKind.RELEASE)
-    return locked
-
-
-def _require_open(hold: Hold) -> None:
-    if hold.status != HoldStatus.OPEN:
-        raise HoldNotOpen(f"hold {hold.pk} is already {hold.status}", param="hold")
-
-
-def _resolve_hold(
-    account: Account, hold: Hold, operation: LedgerOperation, status: str, kind: str
-) -> None:
-    LedgerEntry.objects.create(
-        operation=operation,
-        account=account,
-        kind=kind,
-        hold=hold,
-        held=-hold.credits,
-        cause_type=CauseType.HOLD,
-        cause_id=str(hold.pk),
-        meter=hold.meter,
-        workspace=hold.workspace,
-    )
-    account.held -= hold.credits
-    account.save(update_fields=["held"])
-    hold.status = status
-    hold.resolved_at = timezone.now()
-    hold.save(update_fields=["status", "resolved_at", "captured_credits"])
-
-
-def holds_expire(*, now: datetime | None = None, limit: int = 1000) -> int:
-    """Release open holds past expires_at. Safe to run twice or from two workers."""
-    now = now or timezone.now()
-    due = list(
-        Hold.objects.filter(status=HoldStatus.OPEN, expires_at__lte=now)
-        .order_by("expires_at")
-        .values_list("pk", flat=True)[:limit]
-    )
-    count = 0
-    for hold in Hold.objects.filter(pk__in=due).order_by("pk"):
-        try:
-            result = _hold_release(hold, "system:expiry", "expired", HoldStatus.EXPIRED)
-        except HoldNotOpen:
-            continue  # captured meanwhile
-        count += result.status == HoldStatus.EXPIRED
-    return count
 
 
 def account_create() -> Account:

@@ -1,0 +1,213 @@
+"""The building blocks every write to credits shares: amounts, causes, debits, and the
+in-memory draw-down of an account's grants in the documented order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from django.db import connection
+
+from ledger.errors import InvalidAmount
+from ledger.models import (
+    CREDIT_QUANTUM,
+    ZERO,
+    Account,
+    CreditGrant,
+    EntryKind,
+    GrantStatus,
+    Hold,
+    LedgerEntry,
+    LedgerOperation,
+)
+from ledger.selectors import grant_is_usable
+
+
+@dataclass(frozen=True)
+class Cause:
+    type: str
+    id: str = ""
+
+
+@dataclass
+class Debit:
+    """What a consumption or capture did: credits taken from grants and overage."""
+
+    operation: LedgerOperation
+    consumed: Decimal = ZERO
+    overage: Decimal = ZERO
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HoldDecision:
+    allowed: bool
+    hold: Hold | None
+    available: Decimal
+
+
+def credits(value: Decimal | int | str, *, param: str = "amount") -> Decimal:
+    """Parse a credit amount: exact, at most 6 decimal places, never a float."""
+    if isinstance(value, float):
+        raise InvalidAmount(f"{param} must be a decimal string, not a float", param=param)
+    try:
+        amount = Decimal(value)
+    except ArithmeticError as exc:
+        raise InvalidAmount(f"{param} must be a number, not {value!r}", param=param) from exc
+    if not amount.is_finite():
+        raise InvalidAmount(f"{param} must be a finite number", param=param)
+    if amount != amount.quantize(CREDIT_QUANTUM):
+        raise InvalidAmount(f"{param} has more than 6 decimal places: {value}", param=param)
+    return amount.quantize(CREDIT_QUANTUM)
+
+
+def debit_from_operation(operation: LedgerOperation) -> Debit:
+    entries = list(
+        operation.entries.filter(kind__in=[EntryKind.CONSUME, EntryKind.OVERAGE]).order_by("pk")
+    )
+    consumed = -sum((e.credits for e in entries if e.kind == EntryKind.CONSUME), ZERO)
+    overage = -sum((e.credits for e in entries if e.kind == EntryKind.OVERAGE), ZERO)
+    return Debit(operation=operation, consumed=consumed, overage=overage, entries=entries)
+
+
+@dataclass(frozen=True)
+class DebitRequest:
+    amount: Decimal
+    cause: Cause
+    meter: str = ""
+    workspace: str | None = None
+
+
+def non_negative(amount: Decimal | str) -> Decimal:
+    value = credits(amount)
+    if value < 0:
+        raise InvalidAmount("amount must not be negative", param="amount")
+    return value
+
+
+class Drawer:
+    """An account's live grants, locked and read once, drawn down in memory.
+
+    The caller holds the account lock; ``flush`` writes every change at once.
+    """
+
+    def __init__(
+        self,
+        account: Account,
+        operation: LedgerOperation | None,
+        at: datetime,
+        *,
+        grants: list[CreditGrant] | None = None,
+    ) -> None:
+        """``grants``: the account's live grants if the caller already locked and read
+        them (in primary-key order)."""
+        self.account = account
+        self.operation = operation
+        self.at = at
+        if grants is None:
+            grants = list(
+                CreditGrant.objects.filter(
+                    account=account, status=GrantStatus.ACTIVE, remaining__gt=0
+                )
+                .order_by("pk")
+                .select_for_update()
+            )
+        self.grants = grants
+        self.touched: dict[int, CreditGrant] = {}
+        self.entries: list[LedgerEntry] = []
+
+    def debit(
+        self,
+        request: DebitRequest,
+        *,
+        operation: LedgerOperation | None = None,
+        at: datetime | None = None,
+    ) -> Debit:
+        operation = operation or self.operation
+        assert operation is not None
+        at = at or self.at
+        usable = sorted(
+            (
+                g
+                for g in self.grants
+                if g.remaining > 0 and grant_is_usable(g, request.meter, request.workspace, at)
+            ),
+            key=draw_down_key,
+        )
+        available = max(ZERO, sum((g.remaining for g in usable), ZERO) - self.account.held)
+        left = min(request.amount, available)
+        entry = entry_factory(
+            self.account, operation, request.cause, request.meter, request.workspace
+        )
+        debit = Debit(operation=operation)
+        for grant in usable:
+            if left <= 0:
+                break
+            take = min(grant.remaining, left)
+            grant.remaining -= take
+            if grant.remaining == 0:
+                grant.status = GrantStatus.DEPLETED
+            self.touched[grant.pk] = grant
+            debit.entries.append(entry(EntryKind.CONSUME, credits=-take, grant=grant))
+            left -= take
+            debit.consumed += take
+        debit.overage = request.amount - debit.consumed
+        if debit.overage > 0:
+            debit.entries.append(entry(EntryKind.OVERAGE, credits=-debit.overage))
+        self.entries.extend(debit.entries)
+        return debit
+
+    def flush(self) -> None:
+        self.flush_grants()
+        LedgerEntry.objects.bulk_create(self.entries)
+
+    def flush_grants(self) -> None:
+        if not self.touched:
+            return
+        grants = list(self.touched.values())
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                UPDATE ledger_creditgrant AS g SET remaining = v.remaining, status = v.status
+                FROM unnest(%s::bigint[], %s::numeric[], %s::text[]) AS v(id, remaining, status)
+                WHERE g.id = v.id
+                """,
+                [[g.pk for g in grants], [g.remaining for g in grants], [g.status for g in grants]],
+            )
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def draw_down_key(grant: CreditGrant) -> tuple[object, ...]:
+    """Lower priority number; earlier expiry (none last); free before paid; earlier
+    effective; earlier created."""
+    no_expiry = grant.expires_at is None
+    return (
+        grant.priority,
+        no_expiry,
+        grant.expires_at or _NEVER,
+        grant.category_rank,
+        grant.effective_at,
+        grant.pk,
+    )
+
+
+def entry_factory(
+    account: Account, operation: LedgerOperation, cause: Cause, meter: str, workspace: str | None
+) -> Callable[..., LedgerEntry]:
+    def make(kind: str, **values: object) -> LedgerEntry:
+        return LedgerEntry(
+            operation=operation,
+            account=account,
+            kind=kind,
+            cause_type=cause.type,
+            cause_id=cause.id,
+            meter=meter,
+            workspace=workspace,
+            **values,
+        )
+
+    return make

@@ -93,8 +93,8 @@ def authorization_create(
     if existing is not None:
         return existing
     now = timezone.now()
-    period = plan_selectors.period_current(customer=customer, at=now)
-    if period is None or plan_selectors.subscription_active(customer=customer) is None:
+    period = plan_selectors.period_in_force(customer=customer, at=now)
+    if period is None:
         return _store(
             customer,
             request,
@@ -107,8 +107,10 @@ def authorization_create(
         )
     credits, meter = _price(request, period, now)
     try:
-        with transaction.atomic():
+        if customer.spend_limit_credits is None:
             return _decide(customer, request, period, credits, meter, now, actor)
+        with transaction.atomic():
+            return _decide_within_spend_limit(customer, request, period, credits, meter, now, actor)
     except IntegrityError:
         # The same identifier decided concurrently: its answer is the answer.
         return Authorization.objects.get(customer=customer, identifier=request.identifier)
@@ -120,7 +122,7 @@ def _price(
     if request.credits is not None:
         return request.credits, None
     assert request.event_name is not None and request.value is not None
-    table = RateTable.load([period.plan_version.rate_card_id])
+    table = RateTable.cached([period.plan_version.rate_card_id])
     try:
         rated = table.rate(
             rate_card_id=period.plan_version.rate_card_id,
@@ -154,47 +156,51 @@ def _decide(
     now: datetime,
     actor: str,
 ) -> Authorization:
-    account = Account.objects.select_for_update().get(pk=customer.account_id)
+    """No spend limit: the plan's policy alone decides, in the ledger's hold call.
+
+    Outside any transaction, so concurrent authorizations of one customer in this
+    process share the ledger's transactions (see ledger.combiner).
+    """
     meter_code = meter.code if meter else ""
-    available = (
-        posted_in_scope(
-            account=account, meter=meter_code or None, workspace=request.workspace, at=now
-        )
-        - account.held
-    )
-    if _over_spend_limit(customer, period, account, credits):
-        return _store(
-            customer,
-            request,
-            AuthorizationDecision.DENY,
-            "spend_limit_reached",
-            credits,
-            available,
-            meter,
-            None,
-        )
     limit = allowance(period.plan_version, period)
-    expires_at = now + timedelta(seconds=request.ttl_seconds)
     if not request.hold:
+        available = posted_in_scope(
+            account=customer.account,
+            meter=meter_code or None,
+            workspace=request.workspace,
+            at=now,
+        ) - Account.objects.values_list("held", flat=True).get(pk=customer.account_id)
         allowed = limit is None or credits <= available + limit
-        decision = AuthorizationDecision.ALLOW if allowed else AuthorizationDecision.DENY
         return _store(
             customer,
             request,
-            decision,
+            AuthorizationDecision.ALLOW if allowed else AuthorizationDecision.DENY,
             "" if allowed else "insufficient_credits",
             credits,
             available,
             meter,
             None,
         )
+    return _hold(customer, request, credits, meter, now, actor, limit)
+
+
+def _hold(
+    customer: Customer,
+    request: AuthorizationRequest,
+    credits: Decimal,
+    meter: Meter | None,
+    now: datetime,
+    actor: str,
+    limit: Decimal | None,
+) -> Authorization:
+    expires_at = now + timedelta(seconds=request.ttl_seconds)
     held = ledger.hold_create(
-        account=account,
+        account=customer.account,
         amount=credits,
         expires_at=expires_at,
         actor=actor,
         allowance=limit,
-        meter=meter_code,
+        meter=meter.code if meter else "",
         workspace=request.workspace,
         idempotency_key=f"authorization:{request.identifier}",
     )
@@ -220,6 +226,53 @@ def _decide(
         held.hold,
         expires_at,
     )
+
+
+def _decide_within_spend_limit(
+    customer: Customer,
+    request: AuthorizationRequest,
+    period: SubscriptionPeriod,
+    credits: Decimal,
+    meter: Meter | None,
+    now: datetime,
+    actor: str,
+) -> Authorization:
+    """The customer's own monthly cap, checked and held under the account lock, so two
+    authorizations never both fit under it (inside the caller's transaction)."""
+    account = Account.objects.select_for_update().get(pk=customer.account_id)
+    meter_code = meter.code if meter else ""
+    available = (
+        posted_in_scope(
+            account=account, meter=meter_code or None, workspace=request.workspace, at=now
+        )
+        - account.held
+    )
+    if _over_spend_limit(customer, period, account, credits):
+        return _store(
+            customer,
+            request,
+            AuthorizationDecision.DENY,
+            "spend_limit_reached",
+            credits,
+            available,
+            meter,
+            None,
+        )
+    limit = allowance(period.plan_version, period)
+    if not request.hold:
+        allowed = limit is None or credits <= available + limit
+        decision = AuthorizationDecision.ALLOW if allowed else AuthorizationDecision.DENY
+        return _store(
+            customer,
+            request,
+            decision,
+            "" if allowed else "insufficient_credits",
+            credits,
+            available,
+            meter,
+            None,
+        )
+    return _hold(customer, request, credits, meter, now, actor, limit)
 
 
 def _over_spend_limit(

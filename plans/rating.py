@@ -9,6 +9,7 @@ meter counts each event as 1 unit whatever its value.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,11 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from ledger.models import CREDIT_QUANTUM
 from plans.models import Aggregation, Meter, Rate, RateCardVersion
+
+CACHE_SECONDS = 5.0
+# Rate tables by rate card ids, with when they were read; replaced whole, never mutated,
+# so threads share it without a lock.
+_cache: dict[frozenset[int], tuple[float, RateTable]] = {}
 
 
 class RatingError(Exception):
@@ -58,6 +64,20 @@ class RateTable:
         self._starts = {
             card: [v.effective_from for v in versions] for card, versions in self._versions.items()
         }
+
+    @classmethod
+    def cached(cls, rate_card_ids: Iterable[int]) -> RateTable:
+        """A table at most ``CACHE_SECONDS`` old, for estimates (authorizations): a
+        catalog change reaches them within that time. Charges are rated with a fresh
+        table (``load``)."""
+        key = frozenset(rate_card_ids)
+        now = time.monotonic()
+        found = _cache.get(key)
+        if found is not None and now - found[0] < CACHE_SECONDS:
+            return found[1]
+        table = cls.load(key)
+        _cache[key] = (now, table)
+        return table
 
     @classmethod
     def load(cls, rate_card_ids: Iterable[int]) -> RateTable:

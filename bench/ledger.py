@@ -3,13 +3,16 @@
 Target (performance notes): at least 1,000 hold + capture cycles per second with 32
 concurrent clients on one customer, p99 under 25 ms, zero overdraw.
 
-Every client is a separate process (or, with ``--mode thread``, a thread) with its own
-database connection. Each loops for a fixed time: ``hold_create`` with a hard stop
-(``allowance=0``), then ``hold_capture`` of an amount at or below the hold. A run uses a
-fresh account that already holds a given amount of ledger history (written in bulk
-before the run, not timed), so the same figure can be read at 1x, 10x and 100x the
-history. After each run the ledger is checked for overdraw and lost updates, and at the
-end the reconciliation checks run over the whole benchmark database.
+Every client has its own database connection; by default the 32 clients are threads of
+one process, calling the service as the threads of an API server process do, and
+``--processes N`` spreads them over N processes (``--layouts`` measures other layouts
+for comparison: the ledger combines one account's concurrent hold calls within a
+process, so the layout matters). Each client loops for a fixed time: ``hold_create``
+with a hard stop (``allowance=0``), then ``hold_capture`` of an amount at or below the
+hold. A run uses a fresh account that already holds a given amount of ledger history
+(written in bulk before the run, not timed), so the same figure can be read at 1x, 10x
+and 100x the history. After each run the ledger is checked for overdraw and lost
+updates, and at the end the reconciliation checks run over the whole benchmark database.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -56,28 +59,7 @@ class Task:
     warmup: float
     duration: float
     seed: int
-    profile: bool = False
     floor_row: int = 0  # > 0: the reference loop on this row instead of hold + capture
-
-
-@dataclass
-class CallProfile:
-    """Where one kind of service call spends its time, summed over calls."""
-
-    calls: int = 0
-    total: float = 0.0
-    lock_wait: float = 0.0  # the account's SELECT ... FOR UPDATE, waiting included
-    under_lock: float = 0.0  # from holding the account lock to the call's return
-    db: float = 0.0  # statements after the lock: round trip and server time
-    commit: float = 0.0  # COMMIT, WAL flush included
-    statements: int = 0
-
-    def add(self, other: CallProfile) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def mean(self, name: str) -> float:
-        return float(getattr(self, name)) / self.calls if self.calls else 0.0
 
 
 @dataclass
@@ -91,71 +73,7 @@ class ClientResult:
     requested: Decimal = ZERO
     consumed: Decimal = ZERO
     overage: Decimal = ZERO
-    profile: dict[str, CallProfile] = field(default_factory=dict)
     error: str = ""
-
-
-class _LockProbe:
-    """Times one service call: waiting for the account lock, then what runs under it."""
-
-    def __init__(self, wrapper: Any) -> None:
-        self.wrapper = wrapper
-        self.reset()
-        original = wrapper._commit
-
-        def timed_commit() -> Any:
-            started = time.perf_counter()
-            try:
-                return original()
-            finally:
-                self.commit += time.perf_counter() - started
-
-        wrapper._commit = timed_commit
-
-    def reset(self) -> None:
-        self.locked_at: float | None = None
-        self.lock_wait = 0.0
-        self.db = 0.0
-        self.commit = 0.0
-        self.statements = 0
-
-    def close(self) -> None:
-        with contextlib.suppress(AttributeError):
-            del self.wrapper._commit
-
-    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any):
-        started = time.perf_counter()
-        try:
-            return execute(sql, params, many, ctx)
-        finally:
-            done = time.perf_counter()
-            if self.locked_at is None:
-                if 'FROM "ledger_account"' in sql and "FOR UPDATE" in sql:
-                    self.locked_at = done
-                    self.lock_wait = done - started
-            else:
-                self.statements += 1
-                self.db += done - started
-
-    def call(self, result: ClientResult, name: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        self.reset()
-        started = time.perf_counter()
-        with self.wrapper.execute_wrapper(self):
-            value = fn(**kwargs)
-        done = time.perf_counter()
-        stats = result.profile.setdefault(name, CallProfile())
-        stats.add(
-            CallProfile(
-                calls=1,
-                total=done - started,
-                lock_wait=self.lock_wait,
-                under_lock=done - (self.locked_at or started),
-                db=self.db,
-                commit=self.commit,
-                statements=self.statements,
-            )
-        )
-        return value
 
 
 FLOOR_TABLE = "bench_row_lock_floor"
@@ -190,7 +108,6 @@ def client_loop(task: Task) -> ClientResult:
     """One client: hold then capture, again and again, until the window closes."""
     if task.floor_row:
         return floor_loop(task)
-    from django.db import connections
     from django.utils import timezone
 
     from ledger import services
@@ -202,56 +119,41 @@ def client_loop(task: Task) -> ClientResult:
     expires_at = timezone.now() + timedelta(hours=1)
     window_start = task.start_at + task.warmup
     window_end = window_start + task.duration
-    probe = _LockProbe(connections["default"]) if task.profile else None
-
-    def call(name: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        if probe is None:
-            return fn(**kwargs)
-        return probe.call(result, name, fn, **kwargs)
-
     time.sleep(max(0.0, task.start_at - time.time()))
     n = 0
-    try:
-        while time.time() < window_end:
-            n += 1
-            began = time.time()
-            t0 = time.perf_counter()
-            decision = call(
-                "hold_create",
-                services.hold_create,
-                account=account,
-                amount=HOLD_AMOUNT,
-                expires_at=expires_at,
-                actor="bench:client",
-                allowance=ZERO,
-            )
-            t1 = time.perf_counter()
-            if not decision.allowed or decision.hold is None:
-                result.denied += 1
-                continue
-            result.holds += 1
-            amount = rng.choice(CAPTURE_AMOUNTS)
-            debit = call(
-                "hold_capture",
-                services.hold_capture,
-                hold=decision.hold,
-                amount=amount,
-                cause=services.Cause("event", f"bench-{task.seed}-{n}"),
-                actor="bench:client",
-            )
-            t2 = time.perf_counter()
-            result.requested += amount
-            result.consumed += debit.consumed
-            result.overage += debit.overage
-            finished = began + (t2 - t0)
-            if window_start <= finished < window_end:
-                result.cycles += 1
-                result.hold_latency.append(t1 - t0)
-                result.capture_latency.append(t2 - t1)
-                result.cycle_latency.append(t2 - t0)
-    finally:
-        if probe is not None:
-            probe.close()
+    while time.time() < window_end:
+        n += 1
+        began = time.time()
+        t0 = time.perf_counter()
+        decision = services.hold_create(
+            account=account,
+            amount=HOLD_AMOUNT,
+            expires_at=expires_at,
+            actor="bench:client",
+            allowance=ZERO,
+        )
+        t1 = time.perf_counter()
+        if not decision.allowed or decision.hold is None:
+            result.denied += 1
+            continue
+        result.holds += 1
+        amount = rng.choice(CAPTURE_AMOUNTS)
+        debit = services.hold_capture(
+            hold=decision.hold,
+            amount=amount,
+            cause=services.Cause("event", f"bench-{task.seed}-{n}"),
+            actor="bench:client",
+        )
+        t2 = time.perf_counter()
+        result.requested += amount
+        result.consumed += debit.consumed
+        result.overage += debit.overage
+        finished = began + (t2 - t0)
+        if window_start <= finished < window_end:
+            result.cycles += 1
+            result.hold_latency.append(t1 - t0)
+            result.capture_latency.append(t2 - t1)
+            result.cycle_latency.append(t2 - t0)
     return result
 
 
@@ -543,6 +445,7 @@ class RunFigures:
     capture_p99: float
     cycle_p99: float
     denied: int
+    per_transaction: float  # ledger calls per committed transaction
 
 
 @dataclass
@@ -560,7 +463,27 @@ class LevelFigures:
         return [r.rate for r in self.runs]
 
 
+def _operations_since(account_id: int, after_id: int) -> tuple[int, int]:
+    """Ledger operations (one per call) of the account after ``after_id``, and the
+    transactions that wrote them."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), count(DISTINCT xmin::text) FROM ledger_ledgeroperation "
+            "WHERE account_id = %s AND id > %s",
+            [account_id, after_id],
+        )
+        calls, transactions = cursor.fetchone()
+    return calls, transactions
+
+
 def measure_run(pool: ClientPool, hot: HotAccount, args: argparse.Namespace, seed: int):
+    from django.db.models import Max
+
+    from ledger.models import LedgerOperation
+
+    before = LedgerOperation.objects.aggregate(m=Max("id"))["m"] or 0
     start_at = time.time() + 0.5
     tasks = [
         Task(hot.account_id, start_at, args.warmup, args.duration, seed=seed * 1000 + i)
@@ -576,9 +499,31 @@ def measure_run(pool: ClientPool, hot: HotAccount, args: argparse.Namespace, see
         capture_p99=percentile([x for r in results for x in r.capture_latency], 99),
         cycle_p99=percentile([x for r in results for x in r.cycle_latency], 99),
         denied=sum(r.denied for r in results),
+        per_transaction=_ratio(*_operations_since(hot.account_id, before)),
     )
     overdrawn, problems = verify(hot, results)
     return figures, overdrawn, problems
+
+
+def _ratio(calls: int, transactions: int) -> float:
+    return calls / transactions if transactions else 0.0
+
+
+@dataclass
+class LayoutFigures:
+    processes: int
+    level: LevelFigures
+
+
+def measure_layout(pool: ClientPool, processes: int, args: argparse.Namespace) -> LayoutFigures:
+    level = LevelFigures(history=args.history[0])
+    for run in range(args.runs):
+        hot = create_hot_account(level.history)
+        figures, overdrawn, problems = measure_run(pool, hot, args, seed=77_000 + run)
+        level.runs.append(figures)
+        level.overdrawn += overdrawn
+        level.problems.extend(problems)
+    return LayoutFigures(processes, level)
 
 
 @dataclass
@@ -649,38 +594,6 @@ def measure_levels(
     return levels, floors
 
 
-@dataclass
-class Profile:
-    clients: int
-    calls: dict[str, CallProfile]
-    rate: float
-
-    @property
-    def ceiling(self) -> float:
-        """Cycles/s if the account lock were busy all the time and nothing else limited."""
-        busy = sum(c.mean("under_lock") for c in self.calls.values())
-        return 1 / busy if busy else 0.0
-
-
-def measure_profile(pool: ClientPool, clients: int, args: argparse.Namespace) -> Profile:
-    hot = create_hot_account(args.history[0])
-    duration = max(2.0, args.duration / 2)
-    start_at = time.time() + 0.5
-    tasks = [
-        Task(hot.account_id, start_at, 0.5, duration, seed=900_000 + i, profile=True)
-        for i in range(clients)
-    ]
-    results = pool.run(tasks)
-    calls: dict[str, CallProfile] = {}
-    for result in results:
-        for name, stats in result.profile.items():
-            calls.setdefault(name, CallProfile()).add(stats)
-    overdrawn, problems = verify(hot, results)
-    if overdrawn or problems:
-        raise RuntimeError(f"profile run broke the ledger: {problems}")
-    return Profile(clients, calls, sum(r.cycles for r in results) / duration)
-
-
 # --- output ------------------------------------------------------------------------------
 
 
@@ -710,7 +623,19 @@ def level_line(level: LevelFigures, base: LevelFigures) -> str:
         f"{med / base.median('rate'):.2f}x of the {_count(base.history)} rate; "
         f"per call p50 {ms(level.median('call_p50'))}, p99 {ms(level.median('call_p99'))} "
         f"({level.median('call_p99') / TARGET_P99:.2f}x of 25 ms); "
-        f"cycle p99 {ms(level.median('cycle_p99'))}; overdraw {level.overdrawn}"
+        f"cycle p99 {ms(level.median('cycle_p99'))}; "
+        f"{level.median('per_transaction'):.1f} calls per transaction; "
+        f"overdraw {level.overdrawn}"
+    )
+
+
+def layout_line(item: LayoutFigures, clients: int) -> str:
+    lv = item.level
+    return (
+        f"ledger hold+capture, {layout(clients, item.processes)}: "
+        f"{rate(lv.median('rate'))} median ({_spread(lv.rates)}), call p99 "
+        f"{ms(lv.median('call_p99'))}, {lv.median('per_transaction'):.1f} calls per "
+        f"transaction, overdraw {lv.overdrawn}"
     )
 
 
@@ -721,24 +646,6 @@ def floor_line(floor: FloorFigures, clients: int) -> str:
         f"{floor.rows} row(s): {rate(med)} median ({_spread(floor.rates)}), p99 "
         f"{ms(median(floor.p99s))}; at two such calls per cycle at most "
         f"{med / 2:,.0f} cycles/s, {med / 2 / TARGET_RATE:.2f}x of target"
-    )
-
-
-def _python(c: CallProfile) -> float:
-    return c.mean("under_lock") - c.mean("db") - c.mean("commit")
-
-
-def profile_line(profile: Profile) -> str:
-    parts = [
-        f"{name} {ms(c.mean('under_lock'))} under the account lock "
-        f"({c.mean('statements'):.1f} statements {ms(c.mean('db'))}, "
-        f"commit {ms(c.mean('commit'))}, Python {ms(_python(c))}), "
-        f"waiting {ms(c.mean('lock_wait'))}"
-        for name, c in profile.calls.items()
-    ]
-    return (
-        f"ledger profile, {profile.clients} client(s): {'; '.join(parts)}; "
-        f"lock-bound ceiling {rate(profile.ceiling)}, measured {rate(profile.rate)}"
     )
 
 
@@ -768,7 +675,7 @@ def markdown(
     args: argparse.Namespace,
     levels: list[LevelFigures],
     floors: list[FloorFigures],
-    profiles: list[Profile],
+    layouts: list[LayoutFigures],
     problems: list[str],
 ) -> str:
     base = levels[0]
@@ -792,8 +699,8 @@ def markdown(
         "",
         "| history entries | cycles/s (median) | spread (min-max) | vs 1,000/s "
         f"| vs {_count(base.history)} | call p50 | call p99 | p99 vs 25 ms | cycle p99 "
-        "| overdraw |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| calls per transaction | overdraw |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for level in levels:
         med = level.median("rate")
@@ -802,7 +709,8 @@ def markdown(
             f"| {med / TARGET_RATE:.2f}x | {med / base.median('rate'):.2f}x "
             f"| {ms(level.median('call_p50'))} | {ms(level.median('call_p99'))} "
             f"| {level.median('call_p99') / TARGET_P99:.2f}x "
-            f"| {ms(level.median('cycle_p99'))} | {level.overdrawn} |"
+            f"| {ms(level.median('cycle_p99'))} | {level.median('per_transaction'):.1f} "
+            f"| {level.overdrawn} |"
         )
     if floors:
         lines += [
@@ -822,27 +730,30 @@ def markdown(
                 f"| {floor.rows} | {med:,.0f} | {_spread(floor.rates)} "
                 f"| {ms(median(floor.p99s))} | {med / 2:,.0f} | {med / 2 / TARGET_RATE:.2f}x |"
             )
-    if profiles:
+    if layouts:
         lines += [
             "",
-            "Where the time goes (means per call, from an instrumented run on the "
-            f"{_count(base.history)} history; the instrumentation costs a little). The "
-            "account row lock serialises every call on one customer, so the time it is held "
-            "bounds the rate: ceiling = 1 / (`hold_create` + `hold_capture` time under the "
-            "lock).",
+            "The same hold + capture loop on the "
+            f"{_count(base.history)} history with the 32 clients laid out differently. The "
+            "ledger combines the hold calls of one account that arrive together in one "
+            "process into one transaction (`ledger.combiner`), so the more callers share a "
+            "process, the fewer transactions queue on the customer's row; clients in "
+            "separate processes each pay a whole transaction. Calls per transaction are "
+            "counted in PostgreSQL (`xmin` of the run's ledger operations).",
             "",
-            "| clients | call | statements after the lock | under the lock | of which SQL "
-            "| of which COMMIT | of which Python | waiting for the lock | ceiling | measured |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| layout | cycles/s (median) | spread | vs 1,000/s | call p99 | p99 vs 25 ms "
+            "| calls per transaction | overdraw |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for profile in profiles:
-            for name, c in profile.calls.items():
-                lines.append(
-                    f"| {profile.clients} | `{name}` | {c.mean('statements'):.1f} "
-                    f"| {ms(c.mean('under_lock'))} | {ms(c.mean('db'))} "
-                    f"| {ms(c.mean('commit'))} | {ms(_python(c))} | {ms(c.mean('lock_wait'))} "
-                    f"| {rate(profile.ceiling)} | {rate(profile.rate)} |"
-                )
+        for item in layouts:
+            lv = item.level
+            med = lv.median("rate")
+            lines.append(
+                f"| {layout(args.clients, item.processes)} | {med:,.0f} | {_spread(lv.rates)} "
+                f"| {med / TARGET_RATE:.2f}x | {ms(lv.median('call_p99'))} "
+                f"| {lv.median('call_p99') / TARGET_P99:.2f}x "
+                f"| {lv.median('per_transaction'):.1f} | {lv.overdrawn} |"
+            )
     last = levels[-1]
     lines += [
         "",
@@ -883,9 +794,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--processes",
         type=int,
-        default=4,
+        default=0,
         help="client processes, the clients spread over them as threads, as in API server "
-        "processes with threads (4; 0 = every client a thread of this process)",
+        "processes with threads (0 = every client a thread of this process)",
     )
     parser.add_argument(
         "--no-reference",
@@ -893,7 +804,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip the one-row UPDATE reference",
     )
-    parser.add_argument("--no-profile", action="store_true", help="skip the profile runs")
+    parser.add_argument(
+        "--layouts",
+        type=lambda v: [int(x) for x in v.split(",") if x.strip()],
+        default=[2, 4, 32],
+        help="other client layouts (process counts) measured on the first history size, "
+        "for comparison (2,4,32; empty to skip)",
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
 
@@ -918,7 +835,7 @@ def run(args: argparse.Namespace) -> int:
             f"database {database_name} on {machine.postgres} ({machine.database})",
             flush=True,
         )
-        profiles: list[Profile] = []
+        layouts: list[LayoutFigures] = []
         with ClientPool(args.clients, args.processes, database_name) as pool:
             with _timed("all runs", args.verbose):
                 levels, floors = measure_levels(pool, args)
@@ -926,18 +843,21 @@ def run(args: argparse.Namespace) -> int:
                 print(level_line(level, levels[0]), flush=True)
             for floor in floors:
                 print(floor_line(floor, args.clients), flush=True)
-            if not args.no_profile:
-                for clients in sorted({1, args.clients}):
-                    profile = measure_profile(pool, clients, args)
-                    profiles.append(profile)
-                    print(profile_line(profile), flush=True)
+        for processes in args.layouts:
+            if processes == args.processes:
+                continue
+            with ClientPool(args.clients, processes, database_name) as pool:
+                item = measure_layout(pool, processes, args)
+            layouts.append(item)
+            print(layout_line(item, args.clients), flush=True)
         problems = [p for level in levels for p in level.problems]
+        problems += [p for item in layouts for p in item.level.problems]
         problems += [f"{f.check}: {p}" for f in run_checks() for p in f.problems]
     print(verdict_line(levels, problems), flush=True)
     for problem in problems[:20]:
         print(f"  problem: {problem}")
     if not args.no_docs:
-        body = markdown(machine, args, levels, floors, profiles, problems)
+        body = markdown(machine, args, levels, floors, layouts, problems)
         path = report.write_section("ledger", body)
         print(f"ledger: results written to {path.relative_to(env.ROOT)}")
     return 1 if problems else 0

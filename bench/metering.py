@@ -614,6 +614,11 @@ class Service:
         self.process = None
 
 
+def shared_cache_url(broker: Broker, logs: Path) -> str:
+    """The broker's Redis database when there is one, else a cache in files."""
+    return broker.url if broker.redis_db is not None else f"file://{logs / 'cache'}"
+
+
 class Services:
     """gunicorn (the Procfile's command line, 2 workers) and, when asked, a worker."""
 
@@ -631,6 +636,9 @@ class Services:
             "SECURE_SSL_REDIRECT": "false",
             "API_RATE_LIMIT": args.rate_limit,
             "CELERY_BROKER_URL": broker.url,
+            # Shared by web and worker, as in production: it holds the rate limiter's
+            # counters and the flag that stops ingest sending a rating task when one waits.
+            "CACHE_URL": shared_cache_url(broker, self.logs),
             "CELERY_TASK_ALWAYS_EAGER": "false",
             "PYTHONUNBUFFERED": "1",
         }
@@ -1166,20 +1174,19 @@ def profile_rating(setup: Setup, customers: int) -> RequestProfile:
 
     from ledger import services as ledger
     from metering import rating
-    from metering.models import EventRating
 
     probe = PhaseProbe()
     probe.patch(rating, "events_rate_for_customer", "claim, load and dequeue the batch")
     probe.patch(rating._Rater, "__init__", "load periods and the rate table")
     probe.patch(rating._Rater, "_price", "price each event")
     probe.patch(ledger, "credits_consume_batch", "ledger: lock the account, operation")
-    probe.patch(ledger._Drawer, "__init__", "ledger: lock and read the grants")
-    probe.patch(ledger._Drawer, "debit", "ledger: draw down per event")
-    probe.patch(ledger._Drawer, "flush", "ledger: write grants and entries")
-    probe.patch(rating._Rater, "_rating", "build each EventRating")
-    probe.patch(EventRating.objects, "bulk_create", "INSERT the ratings")
+    probe.patch(ledger.Drawer, "__init__", "ledger: lock and read the grants")
+    probe.patch(ledger.Drawer, "debit", "ledger: draw down per event")
+    probe.patch(ledger.Drawer, "flush", "ledger: write grants and entries")
+    probe.patch(rating, "_ratings_insert", "INSERT the ratings")
     probe.patch(rating, "_rollups_add", "hourly usage rollups")
     probe.patch(rating, "_period_usage_add", "period usage")
+    probe.patch(rating.usage_rated, "send", "usage_rated receivers")
     probe.patch(connection, "_commit", "COMMIT")
     events = 0
     total = 0.0
@@ -1933,6 +1940,12 @@ def auth_cpu_lines(res: Results) -> list[str]:
     ]
 
 
+def lag_cpu_line(res: Results) -> str:
+    return "metering paced ingest + rating: " + _cpu_parts(
+        [r.cpu for r in res.lags], [r.achieved * r.cpu.wall / 1000 for r in res.lags], "1000 events"
+    )
+
+
 def exhaustion_line(ex: Exhaustion) -> str:
     return (
         f"metering hard stop: {ex.requests} authorizations of {_credits(ex.per)} credits raced "
@@ -2069,7 +2082,8 @@ def markdown(res: Results, args: argparse.Namespace, analysis: list[str]) -> str
         f"on a free loopback port and `celery -A "
         f"billing_portal worker --concurrency {args.worker_concurrency}`, both with "
         f"`DEBUG=false` and `API_RATE_LIMIT={args.rate_limit}`; broker: "
-        f"{res.broker.description}",
+        f"{res.broker.description}; `CACHE_URL`: the broker's Redis database (or files "
+        "without Redis), shared by both as in production",
         "- Clients: separate processes without Django, speaking HTTP/1.0 to 127.0.0.1, each "
         "bounded by a request count and a deadline; every figure is the median of the runs "
         "and the spread is min-max.",
@@ -2460,10 +2474,11 @@ def _lag_analysis(res: Results, args: argparse.Namespace) -> list[str]:
             f"- Where rating's time goes (profile, per 1000 events, {ms(profile.total)}): "
             + "; ".join(f"{p.name} {ms(p.seconds)} (SQL {ms(p.sql)})" for p in top)
             + f"; COMMIT {ms(profile.phase('COMMIT').seconds)}. "
-            f"{python / profile.total * 100 if profile.total else 0:.0f}% of it is Python: "
-            "1000 `MeterEvent` model instances loaded per batch, and one `EventRating` plus "
-            "one or two `LedgerEntry` instances built and `bulk_create`d per event, every "
-            "field converted one value at a time."
+            f"{python / profile.total * 100 if profile.total else 0:.0f}% of it is Python. "
+            "Rating reads its events as tuples in the statement that dequeues them and "
+            "writes ratings and rollups as arrays; the ledger still builds one or two "
+            "`LedgerEntry` instances per event and `bulk_create`s them, every field "
+            "converted one value at a time."
         )
     if not met:
         web_1000 = (
@@ -2479,20 +2494,17 @@ def _lag_analysis(res: Results, args: argparse.Namespace) -> list[str]:
             "",
             "What would fix it:",
             "",
-            "1. Rate set-based instead of through model instances: claim and dequeue in one "
-            "`DELETE FROM metering_ratingqueue WHERE event_id IN (SELECT ... FOR UPDATE SKIP "
-            "LOCKED LIMIT n) RETURNING ...`, read the events as tuples, price them in one "
-            "pass, and write the ratings and ledger entries with the array `INSERT ... SELECT "
-            "FROM unnest(...)` that ingest already uses, instead of `bulk_create`.",
+            "1. Write the ledger entries set-based, as rating now writes its ratings and "
+            "rollups: the array `INSERT ... SELECT FROM unnest(...)` instead of a "
+            "`LedgerEntry` instance per entry and `bulk_create`.",
             "2. Book the ledger per batch where the invariants allow it: one consume entry per "
             "grant and one overage entry per batch, each event's `EventRating` keeping its "
             "credits and the batch operation (the `event_credits_equal_its_entries` check "
             "would then compare per operation).",
-            "3. Enqueue less, and keep the worker's connection: every accepted batch enqueues a "
-            f"rating task ({args.lag_rate / args.lag_batch:,.0f} tasks/s at this pace), and "
-            "Celery's Django fixup closes the worker's database connection after every task, "
-            "so each task opens a new one; enqueue only when no rating task is pending, and "
-            "let the worker keep its connection.",
+            "3. Keep the worker's connection: ingest sends a rating task only when none is "
+            "waiting (a flag in the shared cache), but Celery's Django fixup still closes the "
+            "worker's database connection after every task unless `CELERY_DB_REUSE_MAX` is "
+            "set, so each task opens a new one.",
         ]
         if web_1000 is not None:
             web_100 = _group(cpus, units, "web")
@@ -2713,6 +2725,13 @@ def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
             print(drain_line(res.drain), flush=True)
             if res.drain.profile:
                 print(profile_line(res.drain.profile), flush=True)
+                if args.verbose:
+                    for phase in res.drain.profile.phases:
+                        print(
+                            f"  {phase.name}: {ms(phase.seconds)} (SQL {ms(phase.sql)}, "
+                            f"{phase.statements:.1f} statements per batch)",
+                            flush=True,
+                        )
             for i in range(args.runs):
                 res.lags.append(lag_run(ctx))
                 res.balance_latencies += balance_check(ctx)
@@ -2728,6 +2747,7 @@ def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
             res.balance = balance_cost(ctx)
             services.worker.stop()  # figure 3 needs no rating
             print(lag_line(res, args), flush=True)
+            print(lag_cpu_line(res), flush=True)
             print(
                 f"metering GET balance: {ms(res.balance.busy)} with {res.balance.events:,} "
                 f"rated events in the period, {ms(res.balance.fresh)} with none",

@@ -1,5 +1,6 @@
 """Invariant 3 for `manage.py reconcile`: every accepted event is rated exactly once, and
-its credits equal the consume and overage entries that name it."""
+its credits equal the consume and overage entries that name it; every queued row names
+an event (the queue's reference is not a foreign key)."""
 
 from __future__ import annotations
 
@@ -45,4 +46,22 @@ def events_charged_as_rated() -> list[str]:
     return [
         f"event {pk}: rated at {credits} credits, ledger entries charge {charged}"
         for pk, credits, charged in rows
+    ]
+
+
+@register("rating_queue_rows_have_events")
+def queue_rows_have_events() -> list[str]:
+    # Ingest writes a queue row in the statement that writes its event, so none should
+    # ever be missing one; rating leaves such a row queued rather than guess.
+    rows = query_rows(
+        """
+        SELECT q.event_id, q.customer_id
+        FROM metering_ratingqueue q
+        LEFT JOIN metering_meterevent e ON e.id = q.event_id
+        WHERE e.id IS NULL
+        ORDER BY q.event_id
+        """
+    )
+    return [
+        f"queued event {pk} (customer {customer_id}): no such event" for pk, customer_id in rows
     ]

@@ -43,9 +43,16 @@ class MeterEvent(models.Model):
 class RatingQueue(models.Model):
     """Accepted events not yet rated. A rating worker claims rows with SKIP LOCKED and
     deletes them in the transaction that writes their ledger entries, so an event is
-    rated exactly once even when a worker dies mid-batch."""
+    rated exactly once even when a worker dies mid-batch.
 
-    event = models.OneToOneField(MeterEvent, on_delete=models.PROTECT, primary_key=True)
+    The reference to the event is not a foreign key: the row is written by the statement
+    that writes its event and deleted by rating, and the per-row foreign-key trigger cost
+    ingest more than writing the row. The ``rating_queue_rows_have_events`` reconcile
+    check looks for a row whose event is missing instead."""
+
+    event = models.OneToOneField(
+        MeterEvent, on_delete=models.PROTECT, primary_key=True, db_constraint=False
+    )
     customer_id = models.BigIntegerField(db_index=True)
     enqueued_at = models.DateTimeField(auto_now_add=True)
 

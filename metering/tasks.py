@@ -1,11 +1,58 @@
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
+from celery.contrib.django.task import DjangoTask
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
 
 from metering import rating
 
+# Set while a rating task is waiting in the broker; the task clears it before it claims
+# anything, so an event committed after the clear is either claimed by that task or
+# sends a new one. The timeout bounds what a lost message costs (the beat sweep, every
+# 2 s, runs the task anyway and clears the flag).
+SCHEDULED_KEY = "metering:rating-scheduled"
+SCHEDULED_TIMEOUT = 5
 
-@shared_task(acks_late=True)
+# Caches each process keeps to itself: a flag there would not be seen by the worker
+# that clears it, so with one of them every accepted batch sends its task.
+_UNSHARED_CACHES = {
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+}
+
+
+def scheduled_flag_shared() -> bool:
+    return settings.CACHES["default"]["BACKEND"] not in _UNSHARED_CACHES
+
+
+class RatingTask(DjangoTask):
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
+        """Send the task after commit unless one is already waiting: ingest calls this for
+        every accepted batch, and one waiting task rates every customer's queue."""
+        if args or kwargs:
+            super().delay_on_commit(*args, **kwargs)
+            return
+        transaction.on_commit(self._send_unless_scheduled)
+
+    def _send_unless_scheduled(self) -> None:
+        shared = scheduled_flag_shared()
+        if shared and not cache.add(SCHEDULED_KEY, 1, timeout=SCHEDULED_TIMEOUT):
+            return
+        try:
+            self.delay()
+        except Exception:
+            if shared:
+                cache.delete(SCHEDULED_KEY)
+            raise
+
+
+@shared_task(base=RatingTask, acks_late=True)
 def events_rate_pending(rounds: int | None = None) -> int:
     # Safe to run any number of times at once: workers claim disjoint queue rows.
+    if scheduled_flag_shared():
+        cache.delete(SCHEDULED_KEY)
     return rating.events_rate_pending(rounds=rounds)

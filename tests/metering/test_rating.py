@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.core.cache import cache
+from django.db import connection
 
 from ledger.models import LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
+from metering import tasks
 from metering.ingest import events_ingest
 from metering.models import EventRating, PeriodUsage, RatingQueue, UsageRollup
 from metering.rating import events_rate_pending
@@ -182,3 +185,81 @@ def test_a_max_meter_charges_only_new_peaks_within_a_period(clock: time_machine.
     assert credits == {"s1": Decimal(300), "s2": Decimal(0), "s3": Decimal(200), "s4": Decimal(0)}
     assert UsageRollup.objects.get().value == Decimal(5)
     _clean()
+
+
+def test_a_queue_row_without_its_event_is_reported_and_left_queued(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    acme = customer()
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+    events_ingest(events=[_event("real", START)])
+    # The queue's reference to its event is not a foreign key: nothing stops this row.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO metering_ratingqueue (event_id, customer_id, enqueued_at) "
+            "VALUES (987654321, %s, now())",
+            [acme.pk],
+        )
+
+    assert events_rate_pending() == 1
+
+    assert EventRating.objects.get().event.identifier == "real"
+    assert list(RatingQueue.objects.values_list("event_id", flat=True)) == [987654321]
+    problems = {f.check: f.problems for f in run_checks() if f.problems}
+    assert problems == {
+        "rating_queue_rows_have_events": [
+            f"queued event 987654321 (customer {acme.pk}): no such event"
+        ]
+    }
+
+
+@pytest.fixture
+def shared_flag(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
+    """The scheduled flag as with a cache every process shares (this process's cache
+    plays it), and the tasks sent, recorded instead of reaching a broker."""
+    sent: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(tasks, "scheduled_flag_shared", lambda: True)
+    monkeypatch.setattr(
+        tasks.events_rate_pending,
+        "apply_async",
+        lambda args=None, kwargs=None, **options: sent.append((args, kwargs)),
+    )
+    cache.delete(tasks.SCHEDULED_KEY)
+    yield sent
+    cache.delete(tasks.SCHEDULED_KEY)
+
+
+def test_ingest_sends_no_rating_task_while_one_is_waiting_and_all_is_rated(
+    clock: time_machine.Traveller,
+    shared_flag: list[tuple[Any, ...]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    load_demo_catalog()
+    subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+    for batch in range(3):
+        with django_capture_on_commit_callbacks(execute=True):
+            events_ingest(events=[_event(f"e-{batch}", START)])
+            tasks.events_rate_pending.delay_on_commit()
+    assert len(shared_flag) == 1  # the first batch sent it; the others found it waiting
+
+    assert tasks.events_rate_pending() == 3  # the task, run: it rates all three batches
+
+    with django_capture_on_commit_callbacks(execute=True):
+        events_ingest(events=[_event("after", START)])
+        tasks.events_rate_pending.delay_on_commit()
+    assert len(shared_flag) == 2  # the task cleared the flag before claiming
+    assert tasks.events_rate_pending() == 1
+    assert EventRating.objects.count() == 4
+    _clean()
+
+
+def test_without_a_shared_cache_every_batch_sends_its_rating_task(
+    clock: time_machine.Traveller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[object] = []
+    monkeypatch.setattr(tasks.events_rate_pending, "delay", lambda: sent.append(1))
+    assert not tasks.scheduled_flag_shared()  # the tests' cache is per process
+    for _ in range(2):
+        tasks.events_rate_pending._send_unless_scheduled()
+    assert sent == [1, 1]

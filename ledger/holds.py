@@ -32,6 +32,9 @@ from ledger.drawing import (
     Drawer,
     HoldDecision,
     debit_from_operation,
+    entries_insert,
+    entries_saved,
+    grants_update,
     non_negative,
 )
 from ledger.errors import HoldNotOpen, IdempotencyConflict, LedgerError
@@ -230,23 +233,6 @@ _INSERT_OPERATIONS = """
     INSERT INTO ledger_ledgeroperation (id, account_id, kind, actor, reason, memo, created_at)
     SELECT v.id, %s, v.kind, v.actor, v.reason, '', %s
     FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS v(id, kind, actor, reason)
-"""
-_INSERT_ENTRIES = """
-    INSERT INTO ledger_ledgerentry (operation_id, account_id, kind, grant_id, hold_id, credits,
-                                    held, cause_type, cause_id, meter, workspace, created_at)
-    SELECT v.operation_id, %s, v.kind, v.grant_id, v.hold_id, v.credits, v.held, v.cause_type,
-           v.cause_id, v.meter, v.workspace, %s
-    FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::numeric[],
-                %s::numeric[], %s::text[], %s::text[], %s::text[], %s::text[])
-        WITH ORDINALITY AS v(operation_id, kind, grant_id, hold_id, credits, held, cause_type,
-                             cause_id, meter, workspace, n)
-    ORDER BY v.n
-    RETURNING id
-"""
-_UPDATE_GRANTS = """
-    UPDATE ledger_creditgrant AS g SET remaining = v.remaining, status = v.status
-    FROM unnest(%s::bigint[], %s::numeric[], %s::text[]) AS v(id, remaining, status)
-    WHERE g.id = v.id
 """
 _RESOLVE_HOLDS = """
     UPDATE ledger_hold AS h
@@ -448,8 +434,6 @@ class _Batch:
             operation=operation,
             at=request.at or self.now,
         )
-        for entry in debit.entries:
-            entry.created_at = self.now
         self.entries.extend(debit.entries)
         self.captured[hold.pk] = debit
         return debit
@@ -501,37 +485,11 @@ class _Batch:
             )
         entries = self.entries
         if entries:
-            statements.append(
-                (
-                    _INSERT_ENTRIES,
-                    [
-                        account_id,
-                        self.now,
-                        [e.operation_id for e in entries],
-                        [e.kind for e in entries],
-                        [e.grant_id for e in entries],
-                        [e.hold_id for e in entries],
-                        [e.credits for e in entries],
-                        [e.held for e in entries],
-                        [e.cause_type for e in entries],
-                        [e.cause_id for e in entries],
-                        [e.meter for e in entries],
-                        [e.workspace for e in entries],
-                    ],
-                )
-            )
+            entries_at = len(statements)
+            statements.append(entries_insert(account_id, self.now, entries))
         grants = list(self.drawer.touched.values())
         if grants:
-            statements.append(
-                (
-                    _UPDATE_GRANTS,
-                    [
-                        [g.pk for g in grants],
-                        [g.remaining for g in grants],
-                        [g.status for g in grants],
-                    ],
-                )
-            )
+            statements.append(grants_update(grants))
         if self.resolved:
             holds = self.resolved
             statements.append(
@@ -551,10 +509,7 @@ class _Batch:
             return
         results = _pipelined(statements)
         if entries:
-            ids = results[2 - (not self.new_holds) - (not self.operations)]
-            for entry, (pk,) in zip(entries, ids, strict=True):
-                entry.pk = pk
-                entry._state.adding = False
+            entries_saved(entries, results[entries_at])
         for operation in self.operations:
             operation._state.adding = False
 

@@ -119,6 +119,7 @@ class Drawer:
         self.grants = grants
         self.touched: dict[int, CreditGrant] = {}
         self.entries: list[LedgerEntry] = []
+        self._usable: dict[tuple[str | None, str | None, datetime], list[CreditGrant]] = {}
 
     def debit(
         self,
@@ -130,14 +131,20 @@ class Drawer:
         operation = operation or self.operation
         assert operation is not None
         at = at or self.at
-        usable = sorted(
-            (
-                g
-                for g in self.grants
-                if g.remaining > 0 and grant_is_usable(g, request.meter, request.workspace, at)
-            ),
-            key=draw_down_key,
-        )
+        # Which grants may pay, in draw-down order, depends only on the scope and the
+        # time: worked out once per batch, not per debit. A grant drawn to zero stays in
+        # the list and is skipped.
+        scope = (request.meter, request.workspace, at)
+        usable = self._usable.get(scope)
+        if usable is None:
+            usable = self._usable[scope] = sorted(
+                (
+                    g
+                    for g in self.grants
+                    if grant_is_usable(g, request.meter, request.workspace, at)
+                ),
+                key=draw_down_key,
+            )
         available = max(ZERO, sum((g.remaining for g in usable), ZERO) - self.account.held)
         left = min(request.amount, available)
         entry = entry_factory(
@@ -147,6 +154,8 @@ class Drawer:
         for grant in usable:
             if left <= 0:
                 break
+            if grant.remaining <= 0:
+                continue
             take = min(grant.remaining, left)
             grant.remaining -= take
             if grant.remaining == 0:

@@ -247,10 +247,6 @@ METERING_MAX_EVENT_AGE_DAYS = int(env("METERING_MAX_EVENT_AGE_DAYS", "35"))
 METERING_MAX_EVENT_FUTURE_SECONDS = int(env("METERING_MAX_EVENT_FUTURE_SECONDS", "300"))
 
 # --- alerts and auto-recharge --------------------------------------------------------
-# Alert rules for customers who set none, by plan code ("*": every other plan).
-ALERT_DEFAULTS: dict[str, dict[str, object]] = {
-    "*": {"usage_thresholds": [50, 80, 100], "low_balance_credits": None},
-}
 # An hour is anomalous above this many times the trailing 7-day hourly average, and only
 # from this many credits up (so tiny numbers never alarm anyone).
 ALERT_BURN_FACTOR = env("ALERT_BURN_FACTOR", "5")

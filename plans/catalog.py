@@ -4,6 +4,11 @@ Loading is all or nothing: the whole file is checked first and every problem is
 reported with the entry and field it concerns; only a clean file is applied, in one
 transaction. Loading the same file twice changes nothing. A plan or rate card version
 that is in use is never edited: the change becomes a new version.
+
+A plan's ``alerts`` (the alert rules of subscribers who set none in the portal) are part
+of its version like its price: changing only them on a plan in use makes a new version,
+which new subscriptions and plan changes get, while current subscribers keep the alerts
+they subscribed with. Rules a customer saved in the portal always win over the plan's.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from plans.models import (
     RateCard,
     RateCardVersion,
     SubscriptionPeriod,
+    default_alert_usage_thresholds,
 )
 from plans.money import as_money
 
@@ -70,6 +76,17 @@ class RolloverSpec(msgspec.Struct, forbid_unknown_fields=True):
     max_credits: Number
 
 
+DEFAULT_USAGE_THRESHOLDS = tuple(default_alert_usage_thresholds())
+MAX_USAGE_THRESHOLDS = 10
+
+
+class AlertsSpec(msgspec.Struct, forbid_unknown_fields=True):
+    usage_thresholds: list[int] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_USAGE_THRESHOLDS)
+    )
+    low_balance_credits: Number | None = None
+
+
 class PlanSpec(msgspec.Struct, forbid_unknown_fields=True):
     code: str
     name: str
@@ -79,6 +96,7 @@ class PlanSpec(msgspec.Struct, forbid_unknown_fields=True):
     overage: OverageSpec
     included_credits: Number = "0"
     rollover: RolloverSpec | None = None
+    alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
 
 
 class PackSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -141,7 +159,9 @@ def _refuse_floats(node: Any, path: str) -> None:
             _refuse_floats(value, f"{path}.{key}" if path else str(key))
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            _refuse_floats(value, f"{path}[{index}]")
+            code = value.get("code") if isinstance(value, dict) else None
+            label = f" ({code})" if isinstance(code, str) else ""
+            _refuse_floats(value, f"{path}[{index}]{label}")
 
 
 def _readable_path(message: str, raw: dict[str, Any]) -> str:
@@ -341,6 +361,25 @@ def _check_plans(checker: _Checker, card_codes: set[str]) -> None:
         checker.decimal(f"{where}.overage.soft_limit_percent", overage.soft_limit_percent, places=2)
         if plan.rollover is not None:
             checker.decimal(f"{where}.rollover.max_credits", plan.rollover.max_credits, places=6)
+        _check_alerts(checker, f"{where}.alerts", plan.alerts)
+
+
+def _check_alerts(checker: _Checker, where: str, alerts: AlertsSpec) -> None:
+    thresholds = alerts.usage_thresholds
+    for threshold in thresholds:
+        if not 1 <= threshold <= 100:
+            checker.add(
+                f"{where}.usage_thresholds",
+                f"{threshold} is not a whole percentage from 1 to 100",
+            )
+    if len(set(thresholds)) != len(thresholds):
+        checker.add(f"{where}.usage_thresholds", "lists a threshold twice")
+    if len(thresholds) > MAX_USAGE_THRESHOLDS:
+        checker.add(
+            f"{where}.usage_thresholds",
+            f"lists {len(thresholds)} thresholds; at most {MAX_USAGE_THRESHOLDS}",
+        )
+    checker.decimal(f"{where}.low_balance_credits", alerts.low_balance_credits, places=6)
 
 
 def _check_packs(checker: _Checker) -> None:
@@ -482,6 +521,7 @@ def _plan_values(spec: PlanSpec, currency: str) -> dict[str, Any]:
     overage = spec.overage
     price = overage.price_per_credit
     percent = overage.soft_limit_percent
+    low = spec.alerts.low_balance_credits
     return {
         "name": spec.name,
         "interval": spec.interval,
@@ -494,6 +534,9 @@ def _plan_values(spec: PlanSpec, currency: str) -> dict[str, Any]:
         if price is not None
         else None,
         "rollover_max_credits": Decimal(str(spec.rollover.max_credits)) if spec.rollover else None,
+        # Sorted, so the same thresholds in another order are no change.
+        "alert_usage_thresholds": sorted(spec.alerts.usage_thresholds),
+        "alert_low_balance_credits": Decimal(str(low)) if low is not None else None,
     }
 
 
@@ -620,6 +663,19 @@ def _dump_plan(version: PlanVersion) -> dict[str, Any]:
     }
     if version.rollover_max_credits is not None:
         out["rollover"] = {"max_credits": _number(version.rollover_max_credits)}
+    alerts = _dump_alerts(version)
+    if alerts:
+        out["alerts"] = alerts
+    return out
+
+
+def _dump_alerts(version: PlanVersion) -> dict[str, Any]:
+    """Only what differs from the defaults, so a file without ``alerts`` dumps without."""
+    out: dict[str, Any] = {}
+    if tuple(version.alert_usage_thresholds) != DEFAULT_USAGE_THRESHOLDS:
+        out["usage_thresholds"] = list(version.alert_usage_thresholds)
+    if version.alert_low_balance_credits is not None:
+        out["low_balance_credits"] = _number(version.alert_low_balance_credits)
     return out
 
 

@@ -105,6 +105,10 @@ class OveragePolicy(models.TextChoices):
     POSTPAID = "postpaid"
 
 
+def default_alert_usage_thresholds() -> list[int]:
+    return [50, 80, 100]
+
+
 class PlanVersion(models.Model):
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="versions")
     version = models.PositiveIntegerField()
@@ -119,6 +123,12 @@ class PlanVersion(models.Model):
         max_digits=19, decimal_places=8, default_currency="USD", null=True, blank=True
     )
     rollover_max_credits = CreditField(null=True, blank=True)
+    # Alert rules for subscribers who set none of their own in the portal: percent of the
+    # period's included credits used, and a low-balance alert (None: no such alert).
+    alert_usage_thresholds = ArrayField(
+        models.PositiveSmallIntegerField(), default=default_alert_usage_thresholds, blank=True
+    )
+    alert_low_balance_credits = CreditField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = models.Manager()
@@ -132,6 +142,11 @@ class PlanVersion(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(included_credits__gte=0), name="plans_included_credits_gte_0"
+            ),
+            models.CheckConstraint(
+                condition=Q(alert_low_balance_credits__isnull=True)
+                | Q(alert_low_balance_credits__gte=0),
+                name="plans_alert_low_balance_gte_0",
             ),
         ]
 

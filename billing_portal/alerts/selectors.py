@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
-from django.conf import settings
 from django.db.models import Min, Q, QuerySet, Sum
 
 from billing_portal.alerts.models import Alert
@@ -15,9 +13,11 @@ from billing_portal.portal.models import AlertSettings, PortalMembership, Role
 from ledger.models import ZERO
 from metering.api import balance_payload
 from metering.models import UsageRollup
-from plans.models import Customer
+from plans.models import Customer, PlanVersion, SubscriptionPeriod, default_alert_usage_thresholds
+from plans.selectors import subscription_active
 
-DEFAULT_USAGE_THRESHOLDS = (50, 80, 100)
+# Without a plan (no active subscription): the plans' own default.
+DEFAULT_USAGE_THRESHOLDS = tuple(default_alert_usage_thresholds())
 BURN_WINDOW = timedelta(days=7)
 # Less history than this and an average says nothing about what is normal.
 BURN_MIN_HISTORY = timedelta(hours=24)
@@ -28,32 +28,59 @@ class AlertRules:
     usage_thresholds: tuple[int, ...]
     low_balance_credits: Decimal | None
     recipients: tuple[str, ...]
+    # False: the plan's defaults, which a period takes from the plan version it is on.
+    customer_set: bool = False
+
+    def usage_thresholds_of(self, period: SubscriptionPeriod) -> tuple[int, ...]:
+        if self.customer_set:
+            return self.usage_thresholds
+        return tuple(period.plan_version.alert_usage_thresholds)
 
 
-def alert_rules_for(*, customer: Customer, plan_code: str | None) -> AlertRules:
-    """The customer's own settings, or the defaults for their plan when they set none."""
+def alert_rules_for(*, customer: Customer, period: SubscriptionPeriod | None) -> AlertRules:
+    """The customer's own settings, or when they set none the defaults of the plan version
+    of ``period`` (else of their active subscription)."""
     own = AlertSettings.objects.filter(customer=customer).first()
     if own is not None:
         return AlertRules(
             usage_thresholds=tuple(own.usage_thresholds),
             low_balance_credits=own.low_balance_credits,
             recipients=tuple(own.recipients),
+            customer_set=True,
         )
-    defaults = _plan_defaults(plan_code)
-    low = defaults.get("low_balance_credits")
-    return AlertRules(
-        usage_thresholds=tuple(
-            int(t) for t in defaults.get("usage_thresholds", DEFAULT_USAGE_THRESHOLDS)
-        ),
-        low_balance_credits=Decimal(str(low)) if low is not None else None,
-        recipients=(),
+    if period is not None:
+        return plan_alert_rules(plan_version=period.plan_version)
+    return alert_defaults_for(customer=customer)
+
+
+def alert_defaults_for(*, customer: Customer) -> AlertRules:
+    """The defaults of the customer's active subscription's plan version."""
+    subscription = subscription_active(customer=customer)
+    return plan_alert_rules(plan_version=subscription.plan_version if subscription else None)
+
+
+def alert_settings_for(*, customer: Customer) -> AlertSettings:
+    """The customer's saved settings, else unsaved ones holding their plan's defaults: the
+    portal shows these without saving, since a saved row overrides the plan from then on."""
+    own = AlertSettings.objects.filter(customer=customer).first()
+    if own is not None:
+        return own
+    defaults = alert_defaults_for(customer=customer)
+    return AlertSettings(
+        customer=customer,
+        usage_thresholds=list(defaults.usage_thresholds),
+        low_balance_credits=defaults.low_balance_credits,
     )
 
 
-def _plan_defaults(plan_code: str | None) -> dict[str, Any]:
-    """``settings.ALERT_DEFAULTS``: by plan code, with "*" for every other plan."""
-    table: dict[str, dict[str, Any]] = getattr(settings, "ALERT_DEFAULTS", {})
-    return table.get(plan_code or "", table.get("*", {}))
+def plan_alert_rules(*, plan_version: PlanVersion | None) -> AlertRules:
+    if plan_version is None:
+        return AlertRules(DEFAULT_USAGE_THRESHOLDS, None, ())
+    return AlertRules(
+        usage_thresholds=tuple(plan_version.alert_usage_thresholds),
+        low_balance_credits=plan_version.alert_low_balance_credits,
+        recipients=(),
+    )
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,7 @@ def usage_evaluate(
         used = dict(
             PeriodUsage.objects.filter(period_id__in=periods).values_list("period_id", "credits")
         )
-        plan_code = current.plan_version.plan.code if current else None
-        rules = selectors.alert_rules_for(customer=customer, plan_code=plan_code)
+        rules = selectors.alert_rules_for(customer=customer, period=current)
         candidates = [
             *_usage_thresholds(
                 rules, [periods[pk] for pk in sorted(period_ids) if pk in periods], used
@@ -104,7 +103,7 @@ def _usage_thresholds(
             continue  # no included credits: a share of nothing is meaningless
         spent = used.get(period.pk, Decimal(0))
         percent = (spent * 100 / period.included_credits).quantize(Decimal("0.01"), ROUND_DOWN)
-        for threshold in rules.usage_thresholds:
+        for threshold in rules.usage_thresholds_of(period):
             if percent >= threshold:
                 found.append(
                     _Candidate(

@@ -19,8 +19,22 @@ from billing_portal.portal.models import AlertSettings, AutoRecharge, PortalMemb
 from plans.models import Customer
 
 
-def alert_settings_get(*, customer: Customer) -> AlertSettings:
-    settings, _ = AlertSettings.objects.get_or_create(customer=customer)
+def alert_settings_set(
+    *,
+    customer: Customer,
+    usage_thresholds: list[int],
+    low_balance_credits: Decimal | None,
+    recipients: list[str],
+) -> AlertSettings:
+    """Save the customer's own alert rules; from then on they replace the plan's defaults."""
+    settings, _ = AlertSettings.objects.update_or_create(
+        customer=customer,
+        defaults={
+            "usage_thresholds": usage_thresholds,
+            "low_balance_credits": low_balance_credits,
+            "recipients": recipients,
+        },
+    )
     return settings
 
 

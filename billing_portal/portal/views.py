@@ -19,6 +19,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from billing_portal import stripe_adapter
+from billing_portal.alerts import selectors as alert_selectors
 from billing_portal.invoicing.models import CreditNote, PurchaseStatus
 from billing_portal.invoicing.purchases import (
     purchase_checkout_start,
@@ -126,7 +127,7 @@ def dashboard(request: PortalRequest) -> HttpResponse:
 
 def _controls_context(request: PortalRequest, **forms_given: Any) -> dict[str, Any]:
     customer = request.membership.customer
-    alerts = services.alert_settings_get(customer=customer)
+    alerts = alert_selectors.alert_settings_for(customer=customer)
     recharge = services.auto_recharge_get(customer=customer)
     return {
         "alert_form": forms_given.get("alert_form") or forms.AlertSettingsForm(instance=alerts),
@@ -160,11 +161,12 @@ def _controls_invalid(request: PortalRequest, partial: str, **form: Any) -> Http
 @require_POST
 @portal_view(manage=True)
 def alerts_save(request: PortalRequest) -> HttpResponse:
-    alerts = services.alert_settings_get(customer=request.membership.customer)
+    customer = request.membership.customer
+    alerts = alert_selectors.alert_settings_for(customer=customer)
     form = forms.AlertSettingsForm(request.POST, instance=alerts)
     if not form.is_valid():
         return _controls_invalid(request, "alerts", alert_form=form)
-    form.save()
+    services.alert_settings_set(customer=customer, **form.cleaned_data)
     return _controls_saved(request, "alerts", "Alert settings saved.")
 
 

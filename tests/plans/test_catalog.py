@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
+from decimal import Decimal
 from io import StringIO
 from pathlib import Path
 
@@ -17,6 +19,12 @@ from tests.plans.factories import DEMO_CATALOG, customer, load_demo_catalog, pla
 pytestmark = pytest.mark.django_db
 
 DEMO = DEMO_CATALOG.read_text()
+PRO_ROLLOVER = 'rollover: {max_credits: "5000"}'
+
+
+def _pro_alerts(alerts: str) -> str:
+    """The demo file with ``alerts`` set on the pro plan."""
+    return DEMO.replace(PRO_ROLLOVER, f"{PRO_ROLLOVER}\n    alerts: {alerts}")
 
 
 def _snapshot() -> dict[str, object]:
@@ -52,6 +60,8 @@ def _snapshot() -> dict[str, object]:
                 "soft_limit_percent",
                 "overage_price_per_credit",
                 "rollover_max_credits",
+                "alert_usage_thresholds",
+                "alert_low_balance_credits",
             )
         ),
         "packs": sorted(
@@ -86,6 +96,49 @@ def test_a_dump_loads_back_to_the_same_catalog() -> None:
     catalog.load(dumped)
     assert _snapshot() == before
     assert _command("dump_catalog") == dumped
+
+
+def test_plan_alerts_load_and_dump_back_to_the_same_catalog() -> None:
+    catalog.load(_pro_alerts('{usage_thresholds: [90, 25], low_balance_credits: "1000.5"}'))
+    pro = PlanVersion.objects.get(plan__code="pro")
+    assert pro.alert_usage_thresholds == [25, 90]
+    assert pro.alert_low_balance_credits == Decimal("1000.5")
+    dumped = _command("dump_catalog")
+    assert "alerts:\n    usage_thresholds:\n    - 25\n    - 90\n" in dumped
+    assert "low_balance_credits: '1000.5'" in dumped
+    before = _snapshot()
+    for model in (Rate, RateCardVersion, PlanVersion, Plan, CreditPack, Meter):
+        model.objects.all().delete()
+    catalog.load(dumped)
+    assert _snapshot() == before
+    assert _command("dump_catalog") == dumped
+
+
+def test_a_file_without_alerts_gets_the_defaults_and_dumps_without_them() -> None:
+    without = re.sub(r"\n    alerts: .*", "", DEMO)
+    assert "alerts" not in without
+    catalog.load(without)
+    assert set(PlanVersion.objects.values_list("alert_low_balance_credits", flat=True)) == {None}
+    assert all(
+        v == [50, 80, 100]
+        for v in PlanVersion.objects.values_list("alert_usage_thresholds", flat=True)
+    )
+    assert "alerts" not in _command("dump_catalog")
+    # The defaults written out, in any order, are no change either.
+    written = without.replace(
+        PRO_ROLLOVER, f"{PRO_ROLLOVER}\n    alerts: {{usage_thresholds: [100, 80, 50]}}"
+    )
+    assert catalog.load(written) == []
+
+
+def test_changing_only_the_alerts_of_a_plan_in_use_makes_a_new_version() -> None:
+    load_demo_catalog()
+    subscription = subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+    out = catalog.load(_pro_alerts("{usage_thresholds: [90]}"))
+    assert out == ["plan pro: version 2 created (subscriptions stay on the version they have)"]
+    subscription.refresh_from_db()
+    assert subscription.plan_version.alert_usage_thresholds == [50, 80, 100]
+    assert PlanVersion.objects.get(plan__code="pro", version=2).alert_usage_thresholds == [90]
 
 
 def test_a_plan_in_use_gets_a_new_version_and_subscriptions_keep_theirs() -> None:
@@ -198,6 +251,43 @@ BAD = [
         "plans[2] (team).overage.soft_limit_percent: is required for the soft_limit policy",
     ),
     (DEMO.replace("code: team", "code: pro"), "plans[2]: code 'pro' is already used by plans[1]"),
+    (
+        _pro_alerts("{usage_thresholds: [0, 50, 101]}"),
+        "plans[1] (pro).alerts.usage_thresholds: 101 is not a whole percentage from 1 to 100",
+    ),
+    (
+        _pro_alerts("{usage_thresholds: [0]}"),
+        "plans[1] (pro).alerts.usage_thresholds: 0 is not a whole percentage from 1 to 100",
+    ),
+    (
+        _pro_alerts("{usage_thresholds: [50, 80, 50]}"),
+        "plans[1] (pro).alerts.usage_thresholds: lists a threshold twice",
+    ),
+    (
+        _pro_alerts(f"{{usage_thresholds: {list(range(1, 12))}}}"),
+        "plans[1] (pro).alerts.usage_thresholds: lists 11 thresholds; at most 10",
+    ),
+    (
+        _pro_alerts('{usage_thresholds: ["50"]}'),
+        "plans[1] (pro).alerts.usage_thresholds[0]: Expected `int`, got `str`",
+    ),
+    (
+        _pro_alerts("{low_balance_credits: 1000.5}"),
+        "plans[1] (pro).alerts.low_balance_credits: "
+        'write decimals as quoted strings, e.g. "1000.5"',
+    ),
+    (
+        _pro_alerts('{low_balance_credits: "-5"}'),
+        "plans[1] (pro).alerts.low_balance_credits: must be zero or more, not -5",
+    ),
+    (
+        _pro_alerts('{low_balance_credits: "0.0000001"}'),
+        "plans[1] (pro).alerts.low_balance_credits: has more than 6 decimal places",
+    ),
+    (
+        _pro_alerts("{usage: [50]}"),
+        "plans[1] (pro).alerts: Object contains unknown field `usage`",
+    ),
     (
         DEMO.replace('credits: "10000"', 'credits: "0"'),
         "credit_packs[0] (pack_10k).credits: must be greater than 0",

@@ -52,6 +52,16 @@ def test_it_alerts_once_when_available_falls_below_the_low_balance(
     assert "fell below 17,500" in email.body
 
 
+def test_without_settings_the_plans_low_balance_applies(clock: time_machine.Traveller) -> None:
+    load_demo_catalog()
+    starter = subscribed_customer("starter-co", plan_code="starter")  # 2,000; alerts below 200
+    use(starter, 1, tokens="120000")  # 1,800 used, 200 left
+    assert fired(starter, AlertKind.LOW_BALANCE) == []
+    use(starter, 1, tokens="10000")  # 150 more: 50 left
+    assert fired(starter, AlertKind.LOW_BALANCE) == [("low_balance", "200")]
+    assert "fell below 200" in Alert.objects.get(kind=AlertKind.LOW_BALANCE).message
+
+
 def test_it_alerts_once_when_the_spend_limit_is_reached(
     acme: Customer, django_capture_on_commit_callbacks: Any
 ) -> None:

@@ -14,12 +14,14 @@ from billing_portal.alerts.models import Alert, AlertKind
 from billing_portal.alerts.services import alert_raise, usage_evaluate
 from billing_portal.outbound.models import OutboundEvent
 from metering.models import EventRating
+from plans import catalog
 from plans.models import Customer, SubscriptionPeriod
 from tests.billing_portal.alerts.factories import NOW, alert_settings, events_add, fired, rate, use
 from tests.billing_portal.portal.factories import member, subscribed_customer
-from tests.plans.factories import load_demo_catalog
+from tests.plans.factories import DEMO_CATALOG, load_demo_catalog
 
 THREADS = 4
+DEMO = DEMO_CATALOG.read_text()
 
 
 def _in_threads(work: Any, count: int = THREADS) -> list[BaseException]:
@@ -121,14 +123,28 @@ def test_it_uses_the_customers_own_thresholds(clock: time_machine.Traveller) -> 
 
 
 @pytest.mark.django_db
-def test_without_settings_it_uses_the_plan_defaults(
-    clock: time_machine.Traveller, settings: Any
+def test_without_settings_the_plans_catalog_alerts_set_the_thresholds(
+    clock: time_machine.Traveller,
 ) -> None:
-    settings.ALERT_DEFAULTS = {"pro": {"usage_thresholds": [10]}, "*": {"usage_thresholds": [90]}}
-    load_demo_catalog()
+    rollover = 'rollover: {max_credits: "5000"}'
+    catalog.load(DEMO.replace(rollover, f"{rollover}\n    alerts: {{usage_thresholds: [25]}}"))
     acme = subscribed_customer("acme")
-    use(acme, 2)  # 15%
-    assert fired(acme) == [("usage_threshold", "10")]
+    use(acme, 3)  # 4,500 of 20,000: 22.5%
+    assert fired(acme) == []
+    use(acme, 1)  # 6,000: 30%
+    assert fired(acme) == [("usage_threshold", "25")]
+    use(acme, 7)  # 16,500: 82.5%, past what would be the 50 and 80% defaults
+    assert fired(acme) == [("usage_threshold", "25")]
+
+
+@pytest.mark.django_db
+def test_the_customers_own_settings_win_over_the_plans(clock: time_machine.Traveller) -> None:
+    rollover = 'rollover: {max_credits: "5000"}'
+    catalog.load(DEMO.replace(rollover, f"{rollover}\n    alerts: {{usage_thresholds: [25]}}"))
+    acme = subscribed_customer("acme")
+    alert_settings(acme, usage_thresholds=[50])
+    use(acme, 8)  # 12,000 of 20,000: 60%
+    assert fired(acme) == [("usage_threshold", "50")]
 
 
 @pytest.mark.django_db

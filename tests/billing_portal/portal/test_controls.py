@@ -7,6 +7,8 @@ from django.test import Client
 from billing_portal.portal.models import AlertSettings, AutoRecharge
 from plans.models import CreditPack, Customer
 from tests.billing_portal.portal.conftest import HTMX
+from tests.billing_portal.portal.factories import member, subscribed_customer
+from tests.plans.factories import load_demo_catalog
 
 
 def test_it_shows_the_defaults(client_owner: Client) -> None:
@@ -14,6 +16,24 @@ def test_it_shows_the_defaults(client_owner: Client) -> None:
     assert 'value="50, 80, 100"' in html
     assert "Monthly spend limit" in html
     assert "Auto-recharge" in html
+
+
+def test_it_shows_the_plans_alert_defaults_without_saving_them(db: None) -> None:
+    load_demo_catalog()
+    starter = subscribed_customer("starter-co", "starter")  # low-balance alert below 200
+    client = Client()
+    client.force_login(member(starter))
+    html = client.get("/portal/controls/").content.decode()
+    assert 'value="50, 80, 100"' in html
+    assert 'name="low_balance_credits" value="200' in html
+    assert "your plan's defaults until you save your own" in html
+    assert not AlertSettings.objects.filter(customer=starter).exists()
+
+
+def test_an_invalid_save_keeps_the_plans_defaults(client_owner: Client, acme: Customer) -> None:
+    response = client_owner.post("/portal/controls/alerts/", {"usage_thresholds": "lots"})
+    assert response.status_code == 200
+    assert not AlertSettings.objects.filter(customer=acme).exists()
 
 
 def test_it_saves_alert_settings(client_owner: Client, acme: Customer) -> None:

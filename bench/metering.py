@@ -1133,7 +1133,6 @@ def profile_auth(setup: Setup, customer: str, requests: int) -> list[RequestProf
     from metering import api as metering_api
     from metering import services
     from plans import api as plans_api
-    from plans import selectors
 
     client = _client_for(setup.key)
     tag = secrets.token_hex(4)
@@ -1152,13 +1151,10 @@ def profile_auth(setup: Setup, customer: str, requests: int) -> list[RequestProf
     probe = PhaseProbe()
     _common_phases(probe)
     probe.patch(metering_api.AuthorizationsApi.InputSerializer, "is_valid", "validate the body")
-    probe.patch(metering_api, "_customer_for_body", "look up the customer")
-    probe.patch(services, "authorization_create", "authorization_create (own queries)")
-    probe.patch(selectors, "period_current", "current period")
-    probe.patch(selectors, "subscription_active", "active subscription")
+    probe.patch(services, "authorization_create_for", "authorization_create (own work)")
+    probe.patch(services, "_context", "read customer, earlier answer and plan (one query)")
     probe.patch(services, "_price", "price the estimate (rate card)")
-    probe.patch(services, "_decide", "decide: lock the account, sum grants")
-    probe.patch(ledger, "hold_create", "hold_create (under the lock)")
+    probe.patch(ledger, "hold_create", "hold_create (the ledger's batch)")
     probe.patch(services, "_store", "store the authorization")
     auth = _profile("POST /api/v1/authorizations", probe, authorize, requests)
     probe = PhaseProbe()

@@ -48,6 +48,8 @@ class HoldDecision:
     allowed: bool
     hold: Hold | None
     available: Decimal
+    # Rows returned by the caller's record statement (see ledger.holds.Record).
+    recorded: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def credits(value: Decimal | int | str, *, param: str = "amount") -> Decimal:

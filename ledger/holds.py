@@ -62,6 +62,13 @@ class _HoldRequest:
     meter: str
     workspace: str | None
     idempotency_key: str | None
+    record: Record | None = None
+
+
+# A caller's own row about the decision (an authorization, say), written in the hold's
+# transaction: built from the decision, it returns the statement to run and its
+# parameters; the rows it returns are handed back in ``HoldDecision.recorded``.
+Record = Callable[[HoldDecision], tuple[str, Sequence[Any]]]
 
 
 @dataclass(frozen=True)
@@ -94,16 +101,25 @@ def hold_create(
     meter: str = "",
     workspace: str | None = None,
     idempotency_key: str | None = None,
+    record: Record | None = None,
 ) -> HoldDecision:
     """Reserve credits if the policy allows.
 
     ``allowance`` is how far below zero the policy lets available go: ``0`` for a hard
     stop, a share of the allowance for a soft limit, ``None`` for no limit (postpaid).
-    A denied hold writes nothing. The same ``idempotency_key`` again returns the first
-    hold.
+    A denied hold writes nothing of the ledger's. The same ``idempotency_key`` again
+    returns the first hold. ``record`` writes the caller's own row about the decision in
+    the same transaction (see ``Record``), so the two are committed together.
     """
     request = _HoldRequest(
-        non_negative(amount), expires_at, actor, allowance, meter, workspace, idempotency_key
+        non_negative(amount),
+        expires_at,
+        actor,
+        allowance,
+        meter,
+        workspace,
+        idempotency_key,
+        record,
     )
     result = _call(account.pk, request)
     assert isinstance(result, HoldDecision)
@@ -220,7 +236,12 @@ _HOLDS_BY_KEY = f"""
     SELECT {", ".join(_HOLD_FIELDS)} FROM ledger_hold
     WHERE account_id = %s AND idempotency_key = ANY(%s::text[])
 """
-_NEW_IDS = "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)"
+# Ids for the batch's new holds and operations (one operation per request).
+_NEW_IDS = """
+    SELECT CASE WHEN n <= %s THEN nextval(pg_get_serial_sequence('ledger_hold', 'id')) END,
+           nextval(pg_get_serial_sequence('ledger_ledgeroperation', 'id'))
+    FROM generate_series(1, %s) AS n
+"""
 
 _INSERT_HOLDS = """
     INSERT INTO ledger_hold (id, account_id, credits, status, meter, workspace, expires_at,
@@ -279,6 +300,7 @@ class _Batch:
         self.operations: list[LedgerOperation] = []
         self.entries: list[LedgerEntry] = []  # in the order they happened
         self.captured: dict[int, Debit] = {}
+        self.records: list[tuple[HoldDecision, tuple[str, Sequence[Any]]]] = []
         self.held_before = account.held
 
     @classmethod
@@ -297,14 +319,24 @@ class _Batch:
         new_holds = sum(isinstance(r, _HoldRequest) for r in requests)
         needs_grants = any(not isinstance(r, _ReleaseRequest) for r in requests)
         account_id = account.pk
-        statements: list[tuple[str, Sequence[Any]]] = [
-            (_LOCK_GRANTS, [account_id if needs_grants else None]),
-            (_LOCK_HOLDS, [account_id, hold_ids]),
-            (_HOLDS_BY_KEY, [account_id, keys]),
-            (_NEW_IDS, ["ledger_hold", new_holds]),
-            (_NEW_IDS, ["ledger_ledgeroperation", len(requests)]),
+        # Only the statements this batch needs, in the lock order: grants, then holds.
+        wanted: list[tuple[str, str, Sequence[Any]]] = [
+            ("ids", _NEW_IDS, [new_holds, len(requests)]),
         ]
-        grant_rows, hold_rows, key_rows, hold_ids_new, op_ids = _pipelined(statements)
+        if needs_grants:
+            wanted.append(("grants", _LOCK_GRANTS, [account_id]))
+        if hold_ids:
+            wanted.append(("holds", _LOCK_HOLDS, [account_id, hold_ids]))
+        if keys:
+            wanted.append(("keys", _HOLDS_BY_KEY, [account_id, keys]))
+        rows = dict(
+            zip(
+                [name for name, _, _ in wanted],
+                _pipelined([(sql, params) for _, sql, params in wanted]),
+                strict=True,
+            )
+        )
+        grant_rows, hold_rows, key_rows = (rows.get(k, []) for k in ("grants", "holds", "keys"))
         grants = [_instance(CreditGrant, _GRANT_FIELDS, row) for row in grant_rows]
         batch = cls(account, grants, timezone.now())
         batch.holds = {row[0]: _instance(Hold, _HOLD_FIELDS, row) for row in hold_rows}
@@ -312,8 +344,8 @@ class _Batch:
             hold = _instance(Hold, _HOLD_FIELDS, row)
             batch.by_key[hold.idempotency_key] = hold
         batch.keys_read = set(keys)
-        batch.hold_ids = [row[0] for row in hold_ids_new]
-        batch.operation_ids = [row[0] for row in op_ids]
+        batch.hold_ids = [row[0] for row in rows["ids"][:new_holds]]
+        batch.operation_ids = [row[1] for row in rows["ids"]]
         return batch
 
     def apply(self, request: _HoldCall) -> object:
@@ -346,6 +378,12 @@ class _Batch:
         return self.by_key.get(key)
 
     def _hold(self, request: _HoldRequest) -> HoldDecision:
+        decision = self._decide(request)
+        if request.record is not None:
+            self.records.append((decision, request.record(decision)))
+        return decision
+
+    def _decide(self, request: _HoldRequest) -> HoldDecision:
         posted = sum(
             (
                 g.remaining
@@ -505,9 +543,13 @@ class _Batch:
             )
         if self.account.held != self.held_before:
             statements.append((_UPDATE_HELD, [self.account.held, account_id]))
+        records_at = len(statements)
+        statements.extend(statement for _, statement in self.records)
         if not statements:
             return
         results = _pipelined(statements)
+        for (decision, _), rows in zip(self.records, results[records_at:], strict=True):
+            decision.recorded.extend(rows)
         if entries:
             entries_saved(entries, results[entries_at])
         for operation in self.operations:

@@ -409,10 +409,10 @@ class AuthorizationsApi(BaseApiView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        customer = _customer_for_body(values.pop("customer"))
+        external_id = values.pop("customer")
         try:
-            authorization = services.authorization_create(
-                customer=customer,
+            authorization = services.authorization_create_for(
+                external_id=external_id,
                 request=services.AuthorizationRequest(**values),
                 actor=actor(request),
             )

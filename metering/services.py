@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from ledger import services as ledger
-from ledger.models import ZERO, Account, LedgerEntry
+from ledger.models import ZERO, Account, Hold, LedgerEntry
 from ledger.selectors import posted_in_scope
 from metering.models import (
     Authorization,
@@ -32,7 +32,6 @@ from metering.models import (
     RatingStatus,
 )
 from metering.rating import dimensions_key, events_rate_for_customer
-from plans import selectors as plan_selectors
 from plans.models import (
     Customer,
     Meter,
@@ -40,6 +39,7 @@ from plans.models import (
     PeriodStatus,
     PlanVersion,
     SubscriptionPeriod,
+    SubscriptionStatus,
 )
 from plans.rating import RateTable, RatingError
 
@@ -80,6 +80,75 @@ class AuthorizationRequest:
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What deciding an authorization reads, in one round trip."""
+
+    customer_id: int
+    account_id: int
+    spend_limit: Decimal | None
+    existing_id: int | None  # an authorization with this identifier, if decided before
+    period_id: int | None  # the period of the active subscription in force now
+    included: Decimal
+    rate_card_id: int | None
+    overage_policy: str | None
+    soft_limit_percent: Decimal | None
+
+    @property
+    def allowance(self) -> Decimal | None:
+        """How far below zero the plan lets available go (None: no limit)."""
+        return allowance_for(self.overage_policy, self.soft_limit_percent, self.included)
+
+
+_CONTEXT = """
+    SELECT c.id, c.account_id, c.spend_limit_credits,
+           (SELECT a.id FROM metering_authorization a
+            WHERE a.customer_id = c.id AND a.identifier = %(identifier)s),
+           p.id, p.included_credits, v.rate_card_id, v.overage_policy, v.soft_limit_percent
+    FROM plans_customer c
+    LEFT JOIN LATERAL (
+        SELECT p.id, p.included_credits, p.plan_version_id
+        FROM plans_subscriptionperiod p
+        JOIN plans_subscription s ON s.id = p.subscription_id
+        WHERE s.customer_id = c.id AND s.status = %(active)s
+          AND p.start <= %(at)s AND p."end" > %(at)s
+        ORDER BY p.start DESC
+        LIMIT 1
+    ) p ON true
+    LEFT JOIN plans_planversion v ON v.id = p.plan_version_id
+    WHERE c.external_id = %(external_id)s
+"""
+
+
+def _context(external_id: str, identifier: str, at: datetime) -> _Context | None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CONTEXT,
+            {
+                "external_id": external_id,
+                "identifier": identifier,
+                "at": at,
+                "active": SubscriptionStatus.ACTIVE,
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    customer_id, account_id, spend_limit, existing_id, period_id, included, *plan = row
+    rate_card_id, overage_policy, soft_limit_percent = plan
+    return _Context(
+        customer_id=customer_id,
+        account_id=account_id,
+        spend_limit=spend_limit,
+        existing_id=existing_id,
+        period_id=period_id,
+        included=included or ZERO,
+        rate_card_id=rate_card_id,
+        overage_policy=overage_policy,
+        soft_limit_percent=soft_limit_percent,
+    )
+
+
 def authorization_create(
     *, customer: Customer, request: AuthorizationRequest, actor: str
 ) -> Authorization:
@@ -87,45 +156,64 @@ def authorization_create(
 
     The same identifier again returns the first authorization, decided once.
     """
-    existing = Authorization.objects.filter(
-        customer=customer, identifier=request.identifier
-    ).first()
-    if existing is not None:
-        return existing
+    return authorization_create_for(external_id=customer.external_id, request=request, actor=actor)
+
+
+def authorization_create_for(
+    *, external_id: str, request: AuthorizationRequest, actor: str
+) -> Authorization:
+    """:func:`authorization_create` for a customer named by its external id (404 if none).
+
+    The hot path of the API: one query reads the customer, an earlier answer for the
+    identifier and the plan in force; the ledger's hold call decides; one insert stores
+    the answer.
+    """
     now = timezone.now()
-    period = plan_selectors.period_in_force(customer=customer, at=now)
-    if period is None:
-        return _store(
-            customer,
-            request,
-            AuthorizationDecision.DENY,
-            "no_active_subscription",
-            ZERO,
-            ZERO,
-            None,
-            None,
+    context = _context(external_id, request.identifier, now) if "\x00" not in external_id else None
+    if context is None:
+        raise MeteringError(
+            404, "unknown_customer", f"no customer with external_id {external_id!r}", "customer"
         )
-    credits, meter = _price(request, period, now)
+    if context.existing_id is not None:
+        return Authorization.objects.select_related("hold").get(pk=context.existing_id)
     try:
-        if customer.spend_limit_credits is None:
-            return _decide(customer, request, period, credits, meter, now, actor)
-        with transaction.atomic():
-            return _decide_within_spend_limit(customer, request, period, credits, meter, now, actor)
+        return _decide(context, request, now, actor)
     except IntegrityError:
         # The same identifier decided concurrently: its answer is the answer.
-        return Authorization.objects.get(customer=customer, identifier=request.identifier)
+        return Authorization.objects.select_related("hold").get(
+            customer_id=context.customer_id, identifier=request.identifier
+        )
+
+
+def _decide(
+    context: _Context, request: AuthorizationRequest, now: datetime, actor: str
+) -> Authorization:
+    if context.period_id is None or context.rate_card_id is None:
+        return _store(
+            context, request, AuthorizationDecision.DENY, "no_active_subscription", ZERO, ZERO
+        )
+    credits, meter = _price(request, context.rate_card_id, now)
+    if context.spend_limit is not None:
+        with transaction.atomic():
+            return _decide_within_spend_limit(context, request, credits, meter, now, actor)
+    if not request.hold:
+        available = _available(context, meter, request.workspace, now)
+        return _dry_run(context, request, credits, meter, available)
+    # Outside any transaction, so concurrent authorizations of one customer in this
+    # process share the ledger's transactions (see ledger.combiner).
+    return _hold(context, request, credits, meter, now, actor)
 
 
 def _price(
-    request: AuthorizationRequest, period: SubscriptionPeriod, now: datetime
+    request: AuthorizationRequest, rate_card_id: int, now: datetime
 ) -> tuple[Decimal, Meter | None]:
     if request.credits is not None:
         return request.credits, None
     assert request.event_name is not None and request.value is not None
-    table = RateTable.cached([period.plan_version.rate_card_id])
+    table = RateTable.cached([rate_card_id])
     try:
         rated = table.rate(
-            rate_card_id=period.plan_version.rate_card_id,
+            rate_card_id=rate_card_id,
             event_name=request.event_name,
             value=request.value,
             dimensions=request.dimensions or {},
@@ -139,99 +227,109 @@ def _price(
 
 def allowance(version: PlanVersion, period: SubscriptionPeriod) -> Decimal | None:
     """How far below zero the plan lets available go (None: no limit)."""
-    if version.overage_policy == OveragePolicy.HARD_STOP:
+    return allowance_for(
+        version.overage_policy, version.soft_limit_percent, period.included_credits
+    )
+
+
+def allowance_for(
+    policy: str | None, soft_limit_percent: Decimal | None, included: Decimal
+) -> Decimal | None:
+    if policy == OveragePolicy.HARD_STOP:
         return ZERO
-    if version.overage_policy == OveragePolicy.SOFT_LIMIT:
-        percent = version.soft_limit_percent or ZERO
-        return (period.included_credits * percent / 100).quantize(Decimal("0.000001"))
+    if policy == OveragePolicy.SOFT_LIMIT:
+        percent = soft_limit_percent or ZERO
+        return (included * percent / 100).quantize(Decimal("0.000001"))
     return None
 
 
-def _decide(
-    customer: Customer,
+def _available(
+    context: _Context, meter: Meter | None, workspace: str | None, now: datetime
+) -> Decimal:
+    account = Account(pk=context.account_id)
+    posted = posted_in_scope(
+        account=account, meter=meter.code if meter else None, workspace=workspace, at=now
+    )
+    return posted - Account.objects.values_list("held", flat=True).get(pk=context.account_id)
+
+
+def _dry_run(
+    context: _Context,
     request: AuthorizationRequest,
-    period: SubscriptionPeriod,
     credits: Decimal,
     meter: Meter | None,
-    now: datetime,
-    actor: str,
+    available: Decimal,
 ) -> Authorization:
-    """No spend limit: the plan's policy alone decides, in the ledger's hold call.
-
-    Outside any transaction, so concurrent authorizations of one customer in this
-    process share the ledger's transactions (see ledger.combiner).
-    """
-    meter_code = meter.code if meter else ""
-    limit = allowance(period.plan_version, period)
-    if not request.hold:
-        available = posted_in_scope(
-            account=customer.account,
-            meter=meter_code or None,
-            workspace=request.workspace,
-            at=now,
-        ) - Account.objects.values_list("held", flat=True).get(pk=customer.account_id)
-        allowed = limit is None or credits <= available + limit
-        return _store(
-            customer,
-            request,
-            AuthorizationDecision.ALLOW if allowed else AuthorizationDecision.DENY,
-            "" if allowed else "insufficient_credits",
-            credits,
-            available,
-            meter,
-            None,
-        )
-    return _hold(customer, request, credits, meter, now, actor, limit)
+    limit = context.allowance
+    allowed = limit is None or credits <= available + limit
+    return _store(
+        context,
+        request,
+        AuthorizationDecision.ALLOW if allowed else AuthorizationDecision.DENY,
+        "" if allowed else "insufficient_credits",
+        credits,
+        available,
+        meter,
+    )
 
 
 def _hold(
-    customer: Customer,
+    context: _Context,
     request: AuthorizationRequest,
     credits: Decimal,
     meter: Meter | None,
     now: datetime,
     actor: str,
-    limit: Decimal | None,
 ) -> Authorization:
+    """Hold the estimate; the answer is stored in the hold's own transaction."""
     expires_at = now + timedelta(seconds=request.ttl_seconds)
+    answers: list[Authorization] = []
+
+    def record(held: ledger.HoldDecision) -> tuple[str, list[Any]]:
+        if held.allowed:
+            answer = _authorization(
+                context,
+                request,
+                AuthorizationDecision.ALLOW,
+                "",
+                credits,
+                held.available,
+                meter,
+                held.hold,
+                expires_at,
+            )
+        else:
+            answer = _authorization(
+                context,
+                request,
+                AuthorizationDecision.DENY,
+                "insufficient_credits",
+                credits,
+                held.available,
+                meter,
+            )
+        answers.append(answer)
+        return _INSERT_AUTHORIZATION_ONCE, _insert_params(answer)
+
     held = ledger.hold_create(
-        account=customer.account,
+        account=Account(pk=context.account_id),
         amount=credits,
         expires_at=expires_at,
         actor=actor,
-        allowance=limit,
+        allowance=context.allowance,
         meter=meter.code if meter else "",
         workspace=request.workspace,
         idempotency_key=f"authorization:{request.identifier}",
+        record=record,
     )
-    if not held.allowed:
-        return _store(
-            customer,
-            request,
-            AuthorizationDecision.DENY,
-            "insufficient_credits",
-            credits,
-            held.available,
-            meter,
-            None,
-        )
-    return _store(
-        customer,
-        request,
-        AuthorizationDecision.ALLOW,
-        "",
-        credits,
-        held.available,
-        meter,
-        held.hold,
-        expires_at,
-    )
+    if not held.recorded:
+        raise IntegrityError("the identifier was decided concurrently")
+    return _saved(answers[-1], held.recorded[0][0])
 
 
 def _decide_within_spend_limit(
-    customer: Customer,
+    context: _Context,
     request: AuthorizationRequest,
-    period: SubscriptionPeriod,
     credits: Decimal,
     meter: Meter | None,
     now: datetime,
@@ -239,66 +337,57 @@ def _decide_within_spend_limit(
 ) -> Authorization:
     """The customer's own monthly cap, checked and held under the account lock, so two
     authorizations never both fit under it (inside the caller's transaction)."""
-    account = Account.objects.select_for_update().get(pk=customer.account_id)
-    meter_code = meter.code if meter else ""
-    available = (
-        posted_in_scope(
-            account=account, meter=meter_code or None, workspace=request.workspace, at=now
-        )
-        - account.held
+    account = Account.objects.select_for_update().get(pk=context.account_id)
+    available = _available(context, meter, request.workspace, now)
+    used = (
+        PeriodUsage.objects.filter(period_id=context.period_id)
+        .values_list("credits", flat=True)
+        .first()
+        or ZERO
     )
-    if _over_spend_limit(customer, period, account, credits):
+    assert context.spend_limit is not None
+    if used + account.held + credits > context.spend_limit:
         return _store(
-            customer,
+            context,
             request,
             AuthorizationDecision.DENY,
             "spend_limit_reached",
             credits,
             available,
             meter,
-            None,
         )
-    limit = allowance(period.plan_version, period)
     if not request.hold:
-        allowed = limit is None or credits <= available + limit
-        decision = AuthorizationDecision.ALLOW if allowed else AuthorizationDecision.DENY
-        return _store(
-            customer,
-            request,
-            decision,
-            "" if allowed else "insufficient_credits",
-            credits,
-            available,
-            meter,
-            None,
-        )
-    return _hold(customer, request, credits, meter, now, actor, limit)
+        return _dry_run(context, request, credits, meter, available)
+    return _hold(context, request, credits, meter, now, actor)
 
 
-def _over_spend_limit(
-    customer: Customer, period: SubscriptionPeriod, account: Account, credits: Decimal
-) -> bool:
-    if customer.spend_limit_credits is None:
-        return False
-    used = (
-        PeriodUsage.objects.filter(period=period).values_list("credits", flat=True).first() or ZERO
-    )
-    return used + account.held + credits > customer.spend_limit_credits
+_INSERT_AUTHORIZATION = """
+    INSERT INTO metering_authorization
+        (customer_id, identifier, request_hash, decision, reason, credits, available, hold_id,
+         dry_run, meter_id, workspace, expires_at, created_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    RETURNING id
+"""
+# In the hold's transaction: a concurrent answer for the identifier wins without failing
+# the hold batch (the same identifier got the same hold, by its idempotency key).
+_INSERT_AUTHORIZATION_ONCE = _INSERT_AUTHORIZATION.replace(
+    "RETURNING id", "ON CONFLICT (customer_id, identifier) DO NOTHING RETURNING id"
+)
 
 
-def _store(
-    customer: Customer,
+def _authorization(
+    context: _Context,
     request: AuthorizationRequest,
     decision: str,
     reason: str,
     credits: Decimal,
     available: Decimal,
-    meter: Meter | None,
-    hold: Any,
+    meter: Meter | None = None,
+    hold: Hold | None = None,
     expires_at: datetime | None = None,
 ) -> Authorization:
-    return Authorization.objects.create(
-        customer=customer,
+    return Authorization(
+        customer_id=context.customer_id,
         identifier=request.identifier,
         request_hash=request.fingerprint(),
         decision=decision,
@@ -310,7 +399,50 @@ def _store(
         meter=meter,
         workspace=request.workspace,
         expires_at=expires_at,
+        created_at=timezone.now(),
     )
+
+
+def _insert_params(a: Authorization) -> list[Any]:
+    return [
+        a.customer_id,
+        a.identifier,
+        a.request_hash,
+        a.decision,
+        a.reason,
+        a.credits,
+        a.available,
+        a.hold_id,
+        a.dry_run,
+        a.meter_id,
+        a.workspace,
+        a.expires_at,
+        a.created_at,
+    ]
+
+
+def _saved(authorization: Authorization, pk: int) -> Authorization:
+    authorization.pk = pk
+    authorization._state.adding = False
+    authorization._state.db = connection.alias
+    return authorization
+
+
+def _store(
+    context: _Context,
+    request: AuthorizationRequest,
+    decision: str,
+    reason: str,
+    credits: Decimal,
+    available: Decimal,
+    meter: Meter | None = None,
+) -> Authorization:
+    """Store an answer that holds nothing (a deny, a dry run)."""
+    authorization = _authorization(context, request, decision, reason, credits, available, meter)
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_AUTHORIZATION, _insert_params(authorization))
+        (pk,) = cursor.fetchone()
+    return _saved(authorization, pk)
 
 
 def authorization_release(*, authorization: Authorization, actor: str) -> Authorization:

@@ -159,3 +159,40 @@ def test_a_hold_inside_a_transaction_is_part_of_it() -> None:
     assert Account.objects.get(pk=account.pk).held == 0
     assert not Hold.objects.filter(account=account).exists()
     assert not LedgerOperation.objects.filter(account=account, kind="hold").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_callers_record_is_written_in_the_holds_transaction() -> None:
+    account = Account.objects.create()
+    grant(account, "100")
+    expires = timezone.now() + timedelta(minutes=5)
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE decisions (hold_id bigint, allowed boolean)")
+
+    def record(decision: services.HoldDecision) -> tuple[str, list[object]]:
+        hold_id = decision.hold.pk if decision.hold else None
+        return (
+            "INSERT INTO decisions VALUES (%s, %s) RETURNING hold_id, allowed",
+            [hold_id, decision.allowed],
+        )
+
+    allowed = services.hold_create(
+        account=account, amount="60", expires_at=expires, actor="t", record=record
+    )
+    denied = services.hold_create(
+        account=account, amount="60", expires_at=expires, actor="t", record=record
+    )
+    assert allowed.hold is not None
+    assert allowed.recorded == [(allowed.hold.pk, True)]
+    assert denied.recorded == [(None, False)]
+
+    def failing(decision: services.HoldDecision) -> tuple[str, list[object]]:
+        return "INSERT INTO no_such_table VALUES (%s)", [1]
+
+    with pytest.raises(Exception, match="no_such_table"):
+        services.hold_create(
+            account=account, amount="10", expires_at=expires, actor="t", record=failing
+        )
+    # The failed record took its hold with it: nothing reserved, nothing stored.
+    assert Account.objects.get(pk=account.pk).held == Decimal("60")
+    assert Hold.objects.filter(account=account).count() == 1

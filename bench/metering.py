@@ -647,6 +647,7 @@ class Services:
             [
                 *[sys.executable, "-m", "gunicorn", "billing_portal.wsgi"],
                 *["--bind", f"{HOST}:{self.port}", "--workers", str(args.web_workers)],
+                *["--threads", str(args.web_threads)],
                 *["--access-logfile", "-", "--no-control-socket"],
             ],
             self.environ,
@@ -2073,8 +2074,9 @@ def markdown(res: Results, args: argparse.Namespace, analysis: list[str]) -> str
         f"- Command: `{args.command_line}` (or `make bench BENCH_ARGS=metering`); "
         f"{res.elapsed / 60:.1f} minutes",
         f"- Services, started by the benchmark on its own database and stopped at the end: "
-        f"`gunicorn billing_portal.wsgi --workers {args.web_workers} --access-logfile -` (the "
-        "Procfile's line, its control socket off; sync workers, one connection per request) "
+        f"`gunicorn billing_portal.wsgi --workers {args.web_workers} --threads "
+        f"{args.web_threads} --access-logfile -` (the Procfile's line, its control socket "
+        "off; each request on a new connection) "
         f"on a free loopback port and `celery -A "
         f"billing_portal worker --concurrency {args.worker_concurrency}`, both with "
         f"`DEBUG=false` and `API_RATE_LIMIT={args.rate_limit}`; broker: "
@@ -2413,7 +2415,7 @@ def _ingest_analysis(res: Results, args: argparse.Namespace) -> list[str]:
             f"{len(fix) + 2}. Once the CPU cost is down, let waits overlap: more gunicorn "
             f"workers than CPUs (`WEB_CONCURRENCY` 4-5 on {os.cpu_count()} CPUs, gunicorn's "
             "2 x CPUs + 1), so a worker waiting for its INSERT or its COMMIT's WAL flush does "
-            f"not leave a CPU idle; with {args.web_workers} sync workers on "
+            f"not leave a CPU idle; with {args.web_workers} workers on "
             f"{os.cpu_count()} CPUs it does whenever nothing else is runnable. This helps "
             "only on a machine with CPU to spare, which this shared one rarely has.",
         ]
@@ -2529,8 +2531,9 @@ def _auth_analysis(res: Results, args: argparse.Namespace) -> list[str]:
         f"{ceiling(get_ms, 1):,.0f}/s here even alone: API-key authentication, a customer "
         "read and a new connection per request.) The hot account's row lock is not what "
         "limits it "
-        f"over HTTP: with {args.web_workers} sync workers at most {args.web_workers} requests "
-        "wait for it.",
+        f"over HTTP: the {args.web_threads} threads of a worker that authorize for one "
+        "customer at once share the ledger's transactions (`ledger.combiner`), so at most "
+        f"{args.web_workers} transactions, one per worker, wait for it.",
     ]
     if len(res.auth_profiles) == 2:
         auth, get = res.auth_profiles
@@ -2630,6 +2633,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth-clients", type=int, default=32, help="concurrent clients (32)")
     parser.add_argument("--auth-duration", type=float, help="measured seconds per phase (5)")
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers (2)")
+    parser.add_argument(
+        "--web-threads",
+        type=int,
+        default=8,
+        help="gunicorn threads per worker (8, as the Procfile)",
+    )
     parser.add_argument(
         "--worker-concurrency", type=int, default=2, help="celery worker processes (2)"
     )

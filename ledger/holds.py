@@ -196,12 +196,11 @@ def holds_apply(account_id: int, take: Callable[[], list[_HoldCall]]) -> list[ob
 
 
 def _lock_account(account_id: int) -> Account:
-    with connection.cursor() as cursor:
-        cursor.execute(_LOCK_ACCOUNT, [account_id])
-        row = cursor.fetchone()
-    if row is None:
+    # Pipelined, so the transaction's BEGIN travels with it: one round trip, not two.
+    [rows] = _pipelined([(_LOCK_ACCOUNT, [account_id])])
+    if not rows:
         raise Account.DoesNotExist(f"account {account_id} does not exist")
-    return _instance(Account, ["id", "held"], row)
+    return _instance(Account, ["id", "held"], rows[0])
 
 
 # --- one batch ------------------------------------------------------------------------

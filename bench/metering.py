@@ -1259,6 +1259,54 @@ class Level:
         return [float(getattr(r, name)) for r in self.runs]
 
 
+def rss_mib(pids: set[int]) -> dict[int, float]:
+    """Resident memory of each process, in MiB (from /proc/PID/status)."""
+    found = {}
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        if match:
+            found[pid] = int(match.group(1)) / 1024
+    return found
+
+
+@dataclass
+class Memory:
+    """A service's resident memory as events go through it: one sample per measured run,
+    the first taken once the processes are warm."""
+
+    service: str
+    samples: list[tuple[int, dict[int, float]]] = field(default_factory=list)
+
+    def sample(self, events: int, pids: set[int]) -> None:
+        self.samples.append((events, rss_mib(pids)))
+
+    @property
+    def events(self) -> int:
+        return self.samples[-1][0] - self.samples[0][0] if self.samples else 0
+
+    def largest(self, index: int) -> float:
+        """The largest process (the worker, not its parent) at a sample."""
+        return max(self.samples[index][1].values(), default=0.0)
+
+    @property
+    def growth(self) -> float:
+        first = self.largest(0)
+        return self.largest(-1) / first - 1 if first else 0.0
+
+    def line(self) -> str:
+        if len(self.samples) < 2:
+            return f"metering memory, {self.service}: not sampled"
+        return (
+            f"metering memory, {self.service}: largest process {self.largest(0):.1f} MiB once "
+            f"warm, {self.largest(-1):.1f} MiB after {self.events:,} more events "
+            f"({self.growth * 100:+.1f}%)"
+        )
+
+
 @dataclass
 class Context:
     args: argparse.Namespace
@@ -1267,6 +1315,9 @@ class Context:
     pool: ClientPool
     meter: CpuMeter
     problems: list[str] = field(default_factory=list)
+    web_memory: Memory = field(default_factory=lambda: Memory("gunicorn (web)"))
+    worker_memory: Memory = field(default_factory=lambda: Memory("celery worker (rating)"))
+    rated: int = 0  # events rated so far (approximately, for the memory samples)
 
     @property
     def port(self) -> int:
@@ -1336,6 +1387,7 @@ def measure_ingest(ctx: Context) -> tuple[list[Level], RequestProfile | None, li
     levels: list[Level] = []
     profile = None
     loaded = 0
+    done = 0  # events accepted so far
     for rows in args.levels:
         level = Level(rows)
         if rows > loaded:
@@ -1349,6 +1401,8 @@ def measure_ingest(ctx: Context) -> tuple[list[Level], RequestProfile | None, li
         for run in range(args.runs):
             last_of_first = not levels and run == args.runs - 1
             level.runs.append(ingest_run(ctx, paths if last_of_first and args.profile else None))
+            done += level.runs[-1].events
+            ctx.web_memory.sample(done, ctx.services.web.pids())
             if args.verbose:
                 r = level.runs[-1]
                 print(
@@ -1413,6 +1467,8 @@ def measure_drain(ctx: Context) -> Drain:
     cpu = tracker.result()
     if _queued():
         ctx.problems.append("rating did not drain the backlog within 10 minutes")
+    ctx.rated += queued
+    ctx.worker_memory.sample(ctx.rated, ctx.services.worker.pids())  # warm: a backlog rated
     return Drain(queued, cpu.wall, cpu, profile)
 
 
@@ -1846,6 +1902,7 @@ class Results:
     exhaustion: Exhaustion | None = None
     loads: list[float] = field(default_factory=list)
     elapsed: float = 0.0
+    memory: list[Memory] = field(default_factory=list)
 
     @property
     def lag_p99(self) -> float:
@@ -2279,6 +2336,25 @@ def markdown(res: Results, args: argparse.Namespace, analysis: list[str]) -> str
                 f"fit), overdraw {_credits(ex.overdraw)}.",
             ]
         lines += _profile_table(res.auth_profiles)
+    sampled = [mem for mem in res.memory if len(mem.samples) > 1]
+    if sampled:
+        lines += [
+            "",
+            "### Memory",
+            "",
+            "Target: ingesting a million events in one run does not grow a worker's memory. "
+            "Resident memory (`VmRSS`) of the largest process of each service, sampled once "
+            "it is warm (after the first ingest run; after the rating backlog) and again at "
+            "the end of its figure:",
+            "",
+            "| service | warm | at the end | events between | growth |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for mem in sampled:
+            lines.append(
+                f"| {mem.service} | {mem.largest(0):.1f} MiB | {mem.largest(-1):.1f} MiB "
+                f"| {mem.events:,} | {mem.growth * 100:+.1f}% |"
+            )
     lines += [
         "",
         "Checked at the end: `ledger.reconcile.run_checks()` over the whole benchmark "
@@ -2713,6 +2789,7 @@ def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
 
         ctx = Context(args, setup, services, pool, CpuMeter(groups))
         res = Results(machine=machine, broker=broker, problems=ctx.problems)
+        res.memory = [ctx.web_memory, ctx.worker_memory]
         if "ingest" in args.figures:
             res.levels, res.ingest_profile, res.paths = measure_ingest(ctx)
             res.loads += [r.load for level in res.levels for r in level.runs]
@@ -2725,6 +2802,7 @@ def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
                 print(path_line(db_path), flush=True)
             if res.ingest_profile:
                 print(profile_line(res.ingest_profile), flush=True)
+            print(ctx.web_memory.line(), flush=True)
         if "lag" in args.figures:
             res.drain = measure_drain(ctx)
             print(drain_line(res.drain), flush=True)
@@ -2739,6 +2817,8 @@ def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
                         )
             for i in range(args.runs):
                 res.lags.append(lag_run(ctx))
+                ctx.rated += round(res.lags[-1].achieved * args.lag_duration)
+                ctx.worker_memory.sample(ctx.rated, services.worker.pids())
                 res.balance_latencies += balance_check(ctx)
                 if args.verbose:
                     r = res.lags[-1]
@@ -2749,6 +2829,7 @@ def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
                         flush=True,
                     )
             res.loads += [r.load for r in res.lags]
+            print(ctx.worker_memory.line(), flush=True)
             res.balance = balance_cost(ctx)
             services.worker.stop()  # figure 3 needs no rating
             print(lag_line(res, args), flush=True)

@@ -1,5 +1,6 @@
 """Auto-recharge: buy the customer's chosen pack when ``available`` falls under their
-threshold, at most once per trigger, one at a time, within a monthly cap.
+threshold, at most once per trigger, one at a time, within monthly caps on the number of
+recharges and, when set, on the money they spend.
 
 The check runs in the rating transaction under the account lock and only writes a
 pending :class:`RechargeAttempt`; the purchase and the charge run after commit in a task.
@@ -12,13 +13,16 @@ previous attempt has resolved.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from djmoney.money import Money
 
 from billing_portal.alerts.models import AlertKind, RechargeAttempt, RechargeStatus
 from billing_portal.alerts.services import alert_raise
@@ -35,14 +39,32 @@ logger = logging.getLogger(__name__)
 ACTOR = "system:auto_recharge"
 SOURCE = "auto_recharge"
 FAILED = (RechargeStatus.DECLINED, RechargeStatus.FAILED)
+# What counts against the money cap: paid, or possibly being paid.
+SPENDING = (RechargeStatus.SUCCEEDED, RechargeStatus.PENDING)
 MAX_BACKOFF_DOUBLINGS = 6
 # A pending attempt whose task has not started a charge by then lost its message.
 STALE_AFTER = timedelta(minutes=5)
 
 
 def month_start(now: datetime) -> datetime:
-    local = timezone.localtime(now)
-    return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    """The start of the calendar month (UTC) the caps count in."""
+    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class CapStop:
+    """Why a monthly cap refuses the next recharge.
+
+    ``suffix`` keys the skipped attempt (``<month>:cap<suffix>``) and the alert
+    (``<month><suffix>``). The count cap and the money cap share the empty suffix: a month
+    gets one "cap reached" alert whichever cap stops it first, as the customer's fix is the
+    same (wait for next month or raise a cap). A currency mismatch is a setting to correct,
+    not a cap reached, so it keeps its own key and still alerts after a cap did.
+    """
+
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+    suffix: str = ""
 
 
 def auto_recharge_check(
@@ -72,11 +94,9 @@ def auto_recharge_check(
         return None  # backing off after a failed payment
     this_month = [a for a in attempts if a.created_at >= start]
     month = f"{start:%Y-%m}"
-    succeeded = sum(a.status == RechargeStatus.SUCCEEDED for a in this_month)
-    if succeeded >= rule.max_recharges_per_month:
-        if any(a.status == RechargeStatus.SKIPPED_CAP for a in this_month):
-            return None
-        return _cap_reached(customer, rule, month, succeeded, now)
+    stop = _count_cap_stop(rule, this_month) or _money_cap_stop(rule, this_month)
+    if stop is not None:
+        return _cap_reached(customer, rule, month, stop, this_month, now)
     made = sum(a.status != RechargeStatus.SKIPPED_CAP for a in this_month)
     attempt = _attempt_insert(customer, rule, f"{month}:{made}", RechargeStatus.PENDING, now)
     if attempt is not None:
@@ -107,19 +127,85 @@ def _attempt_insert(
         return None
 
 
+def _count_cap_stop(rule: AutoRecharge, this_month: list[RechargeAttempt]) -> CapStop | None:
+    succeeded = sum(a.status == RechargeStatus.SUCCEEDED for a in this_month)
+    if succeeded < rule.max_recharges_per_month:
+        return None
+    return CapStop(
+        message=f"Auto-recharge bought {succeeded} packs this month, its monthly cap: "
+        "no more are bought until next month. Buy a pack or raise the cap to keep going.",
+        data={"recharges": succeeded, "cap": rule.max_recharges_per_month},
+    )
+
+
+def _money_cap_stop(rule: AutoRecharge, this_month: list[RechargeAttempt]) -> CapStop | None:
+    """Refuse the pack if this month's spend plus its price would pass the money cap."""
+    if rule.max_amount_per_month is None:
+        return None
+    assert rule.pack is not None
+    cap, price = as_money(rule.max_amount_per_month), as_money(rule.pack.price)
+    spending = [as_money(a.amount) for a in this_month if a.status in SPENDING]
+    if any(m.currency != cap.currency for m in [price, *spending]):
+        return _currency_stop(cap, price, spending)
+    spent = sum(spending, Money(0, cap.currency))
+    if spent + price <= cap:
+        return None
+    return CapStop(
+        message=f"Auto-recharge spent {spent} this month; another pack at {price} would pass "
+        f"its monthly cap of {cap}: no more are bought until next month. Buy a pack or raise "
+        "the cap to keep going.",
+        data={
+            "spent": str(spent.amount),
+            "price": str(price.amount),
+            "amount_cap": str(cap.amount),
+            "currency": cap.currency.code,
+        },
+    )
+
+
+def _currency_stop(cap: Money, price: Money, spending: list[Money]) -> CapStop:
+    # Comparing amounts in two currencies needs a rate we do not have; a cap is a safety
+    # limit, so refuse rather than guess.
+    reasons = []
+    if price.currency != cap.currency:
+        reasons.append(f"the pack costs {price}")
+    others = sorted({m.currency.code for m in spending} - {cap.currency.code})
+    if others:
+        reasons.append(f"this month's recharges were paid in {', '.join(others)}")
+    return CapStop(
+        message=f"Auto-recharge did not buy a pack: its monthly cap is {cap} in "
+        f"{cap.currency.code}, but {' and '.join(reasons)}, and amounts in different "
+        f"currencies are not converted. Set the cap in {price.currency.code} to keep going.",
+        data={
+            "amount_cap": str(cap.amount),
+            "currency": cap.currency.code,
+            "price": str(price.amount),
+            "price_currency": price.currency.code,
+        },
+        suffix=":currency",
+    )
+
+
 def _cap_reached(
-    customer: Customer, rule: AutoRecharge, month: str, succeeded: int, now: datetime
+    customer: Customer,
+    rule: AutoRecharge,
+    month: str,
+    stop: CapStop,
+    this_month: list[RechargeAttempt],
+    now: datetime,
 ) -> RechargeAttempt | None:
-    attempt = _attempt_insert(customer, rule, f"{month}:cap", RechargeStatus.SKIPPED_CAP, now)
+    key = f"{month}:cap{stop.suffix}"
+    if any(a.trigger_key == key for a in this_month):
+        return None  # skipped and alerted already this month
+    attempt = _attempt_insert(customer, rule, key, RechargeStatus.SKIPPED_CAP, now)
     if attempt is not None:
         alert_raise(
             customer=customer,
             kind=AlertKind.AUTO_RECHARGE_CAP_REACHED,
-            threshold=month,
+            threshold=f"{month}{stop.suffix}",
             period=None,
-            message=f"Auto-recharge bought {succeeded} packs this month, its monthly cap: "
-            "no more are bought until next month. Buy a pack or raise the cap to keep going.",
-            data={"month": month, "recharges": succeeded, "cap": rule.max_recharges_per_month},
+            message=stop.message,
+            data={"month": month, **stop.data},
             now=now,
         )
     return attempt

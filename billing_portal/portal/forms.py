@@ -14,6 +14,7 @@ from django.utils import timezone
 from billing_portal.portal.models import AlertSettings, AutoRecharge, Role
 from billing_portal.portal.selectors import credits_text
 from plans.models import CreditPack, Plan
+from plans.money import as_money
 from plans.services import plan_version_current
 
 MAX_CREDITS = Decimal("1000000000000")
@@ -116,11 +117,43 @@ class AutoRechargeForm(forms.ModelForm):
     max_recharges_per_month = forms.IntegerField(
         min_value=1, max_value=31, label="At most this many recharges a month"
     )
+    # An amount only: the service stores it in the customer's currency.
+    max_amount_per_month = forms.DecimalField(
+        required=False,
+        max_digits=14,
+        decimal_places=2,
+        label="At most this much spent a month",
+        help_text="Auto-recharge buys no pack that would take this calendar month's "
+        "auto-recharge spending past this amount. Leave empty for no money cap.",
+    )
 
     class Meta:
         model = AutoRecharge
         fields = ["enabled", "threshold_credits", "pack", "max_recharges_per_month"]
         labels = {"enabled": "Turn on auto-recharge"}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        currency = self.instance.customer.currency
+        field = self.fields["max_amount_per_month"]
+        field.label = f"{field.label} ({currency})"
+        if self.instance.max_amount_per_month is None:
+            return
+        cap = as_money(self.instance.max_amount_per_month)
+        if not self.is_bound:
+            self.initial["max_amount_per_month"] = cap.amount
+        if cap.currency.code != currency:
+            field.help_text += (
+                f" The saved cap is in {cap.currency.code}; saving sets it in {currency}."
+            )
+
+    def clean_max_amount_per_month(self) -> Decimal | None:
+        amount: Decimal | None = self.cleaned_data["max_amount_per_month"]
+        if amount is not None and amount <= 0:
+            raise forms.ValidationError(
+                "Enter an amount greater than 0, or leave it empty for no money cap."
+            )
+        return amount
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

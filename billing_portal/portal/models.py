@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
+from djmoney.models.fields import MoneyField
 
 from ledger.models import CreditField
 
@@ -90,7 +91,14 @@ class AutoRecharge(models.Model):
         "plans.CreditPack", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     max_recharges_per_month = models.PositiveSmallIntegerField(default=3)
+    # What auto-recharge may spend in a calendar month; null: no money cap. Compared only
+    # with a pack price in the same currency, never converted.
+    max_amount_per_month = MoneyField(
+        max_digits=14, decimal_places=2, default_currency="USD", null=True, blank=True
+    )
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = models.Manager()
 
     class Meta:
         constraints = [
@@ -102,6 +110,10 @@ class AutoRecharge(models.Model):
             models.CheckConstraint(
                 condition=Q(threshold_credits__isnull=True) | Q(threshold_credits__gte=0),
                 name="portal_auto_recharge_threshold_gte_0",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_amount_per_month__isnull=True) | Q(max_amount_per_month__gt=0),
+                name="portal_auto_recharge_max_amount_gt_0",
             ),
         ]
 

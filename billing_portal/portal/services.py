@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from decimal import Decimal
+from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
@@ -14,9 +15,10 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
+from djmoney.money import Money
 
 from billing_portal.portal.models import AlertSettings, AutoRecharge, PortalMembership
-from plans.models import Customer
+from plans.models import CreditPack, Customer
 
 
 def alert_settings_set(
@@ -40,6 +42,31 @@ def alert_settings_set(
 
 def auto_recharge_get(*, customer: Customer) -> AutoRecharge:
     recharge, _ = AutoRecharge.objects.get_or_create(customer=customer)
+    return recharge
+
+
+def auto_recharge_set(
+    *,
+    customer: Customer,
+    enabled: bool,
+    threshold_credits: Decimal | None,
+    pack: CreditPack | None,
+    max_recharges_per_month: int,
+    max_amount_per_month: Decimal | None,
+) -> AutoRecharge:
+    """Save the customer's auto-recharge rule; its money cap is in the customer's currency."""
+    cap = None if max_amount_per_month is None else Money(max_amount_per_month, customer.currency)
+    values: dict[str, Any] = {
+        "enabled": enabled,
+        "threshold_credits": threshold_credits,
+        "pack": pack,
+        "max_recharges_per_month": max_recharges_per_month,
+        "max_amount_per_month": cap,
+        # Named too: an update saves only the fields named here, and the money's currency
+        # lives in a column of its own.
+        "max_amount_per_month_currency": customer.currency,
+    }
+    recharge, _ = AutoRecharge.objects.update_or_create(customer=customer, defaults=values)
     return recharge
 
 

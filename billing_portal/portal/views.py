@@ -189,7 +189,7 @@ def auto_recharge_save(request: PortalRequest) -> HttpResponse:
     form = forms.AutoRechargeForm(request.POST, instance=recharge)
     if not form.is_valid():
         return _controls_invalid(request, "recharge", recharge_form=form)
-    form.save()
+    services.auto_recharge_set(customer=request.membership.customer, **form.cleaned_data)
     return _controls_saved(request, "recharge", "Auto-recharge settings saved.")
 
 

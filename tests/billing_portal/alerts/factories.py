@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.utils import timezone
+from djmoney.money import Money
 
 from billing_portal.alerts.models import Alert
 from billing_portal.portal.models import AlertSettings, AutoRecharge
@@ -56,17 +58,23 @@ def alert_settings(customer: Customer, **fields: object) -> AlertSettings:
 
 
 def auto_recharge(
-    customer: Customer, *, threshold: str = "5000", pack: str = "pack_10k", cap: int = 3
+    customer: Customer,
+    *,
+    threshold: str = "5000",
+    pack: str = "pack_10k",
+    cap: int = 3,
+    amount_cap: Money | None = None,
 ) -> AutoRecharge:
-    rule, _ = AutoRecharge.objects.update_or_create(
-        customer=customer,
-        defaults={
-            "enabled": True,
-            "threshold_credits": Decimal(threshold),
-            "pack": CreditPack.objects.get(code=pack),
-            "max_recharges_per_month": cap,
-        },
-    )
+    values: dict[str, Any] = {
+        "enabled": True,
+        "threshold_credits": Decimal(threshold),
+        "pack": CreditPack.objects.get(code=pack),
+        "max_recharges_per_month": cap,
+        "max_amount_per_month": amount_cap,
+        # An update saves only the fields named here; the currency is a column of its own.
+        "max_amount_per_month_currency": amount_cap.currency.code if amount_cap else "USD",
+    }
+    rule, _ = AutoRecharge.objects.update_or_create(customer=customer, defaults=values)
     return rule
 
 

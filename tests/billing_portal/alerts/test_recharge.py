@@ -19,6 +19,7 @@ from billing_portal.alerts.recharge import recharge_attempts_reconcile
 from billing_portal.alerts.tasks import recharge_attempt_run_task
 from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import CreditPackPurchase, PurchaseStatus
+from billing_portal.portal.models import AutoRecharge
 from ledger.models import CreditGrant, GrantCategory
 from ledger.selectors import account_balance
 from plans.models import CreditPack, Customer
@@ -199,6 +200,68 @@ def test_the_monthly_cap_stops_buying_and_alerts_once(
     committed(acme, 1, tokens=big)
     assert RechargeAttempt.objects.latest("pk").trigger_key == "2026-11:0"
     assert CreditPackPurchase.objects.filter(status=PurchaseStatus.PAID).count() == 3
+
+
+def test_the_money_cap_stops_the_pack_that_would_pass_it(
+    acme: Customer, clock: time_machine.Traveller, committed: Any
+) -> None:
+    auto_recharge(acme, threshold="5000", pack="pack_10k", amount_cap=Money("60.00", "USD"))
+    big = "500000"  # 7,500 credits
+    committed(acme, 3, tokens=big)  # 0 left: recharge 1 for 35.00
+    committed(acme, 1, tokens=big)  # 2,500 left: 70.00 would pass 60.00
+    committed(acme, 1, tokens=big)
+
+    statuses = list(RechargeAttempt.objects.order_by("pk").values_list("status", flat=True))
+    assert statuses == [RechargeStatus.SUCCEEDED, RechargeStatus.SKIPPED_CAP]
+    assert CreditPackPurchase.objects.count() == 1
+    assert fired(acme, AlertKind.AUTO_RECHARGE_CAP_REACHED) == [
+        ("auto_recharge_cap_reached", "2026-10")
+    ]
+    alert = Alert.objects.get(kind=AlertKind.AUTO_RECHARGE_CAP_REACHED)
+    assert "would pass its monthly cap of $60.00" in alert.message
+    assert alert.data["spent"] == "35.00"
+    subjects = [m.subject for m in mail.outbox]
+    assert subjects.count("[Acme] Auto-recharge monthly cap reached") == 1
+
+    clock.move_to(datetime(2026, 11, 1, 0, 30, tzinfo=UTC))  # a new calendar month (UTC)
+    committed(acme, 1, tokens=big)
+    assert RechargeAttempt.objects.latest("pk").status == RechargeStatus.SUCCEEDED
+    assert CreditPackPurchase.objects.filter(status=PurchaseStatus.PAID).count() == 2
+
+
+def test_the_money_cap_allows_spending_up_to_it(acme: Customer, committed: Any) -> None:
+    auto_recharge(acme, threshold="5000", pack="pack_10k", amount_cap=Money("70.00", "USD"))
+    committed(acme, 3, tokens="500000")
+    committed(acme, 1, tokens="500000")
+    assert CreditPackPurchase.objects.filter(status=PurchaseStatus.PAID).count() == 2
+    assert not Alert.objects.filter(kind=AlertKind.AUTO_RECHARGE_CAP_REACHED).exists()
+
+
+def test_a_money_cap_in_another_currency_is_refused_with_an_alert(
+    acme: Customer, committed: Any
+) -> None:
+    auto_recharge(acme, threshold="5000", pack="pack_10k", amount_cap=Money("500.00", "EUR"))
+    committed(acme, 11)  # 3,500 left
+    committed(acme, 1)
+
+    attempt = RechargeAttempt.objects.get()
+    assert (attempt.status, attempt.trigger_key) == (
+        RechargeStatus.SKIPPED_CAP,
+        "2026-10:cap:currency",
+    )
+    assert not CreditPackPurchase.objects.exists()
+    (alert,) = Alert.objects.filter(kind=AlertKind.AUTO_RECHARGE_CAP_REACHED)
+    assert alert.threshold == "2026-10:currency"
+    assert "cap is €500.00 in EUR, but the pack costs $35.00" in alert.message
+    assert "not converted" in alert.message
+
+
+def test_the_database_refuses_a_money_cap_that_is_not_positive(acme: Customer) -> None:
+    rules = AutoRecharge.objects.filter(customer=acme)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        rules.update(max_amount_per_month=Decimal("0.00"))
+    with pytest.raises(IntegrityError), transaction.atomic():
+        rules.update(max_amount_per_month=Decimal("-1.00"))
 
 
 def test_a_pack_no_longer_sold_fails_the_attempt_and_says_why(

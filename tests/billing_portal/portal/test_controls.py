@@ -3,6 +3,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.test import Client
+from djmoney.money import Money
 
 from billing_portal.portal.models import AlertSettings, AutoRecharge
 from plans.models import CreditPack, Customer
@@ -126,6 +127,51 @@ def test_it_saves_auto_recharge(client_owner: Client, acme: Customer) -> None:
     assert recharge.threshold_credits == Decimal(1000)
     assert recharge.pack is not None and recharge.pack.code == "pack_10k"
     assert recharge.max_recharges_per_month == 2
+
+
+def _recharge_form(**changes: str) -> dict[str, object]:
+    return {
+        "enabled": "on",
+        "threshold_credits": "1000",
+        "pack": CreditPack.objects.get(code="pack_10k").pk,
+        "max_recharges_per_month": "3",
+        **changes,
+    }
+
+
+def test_it_saves_and_clears_the_auto_recharge_money_cap(
+    client_owner: Client, acme: Customer
+) -> None:
+    Customer.objects.filter(pk=acme.pk).update(currency="EUR")
+    url = "/portal/controls/auto-recharge/"
+    assert client_owner.get("/portal/controls/").status_code == 200  # creates the rule
+    response = client_owner.post(url, _recharge_form(max_amount_per_month="60.00"))
+    assert response.status_code == 302
+    recharge = AutoRecharge.objects.get(customer=acme)
+    assert recharge.max_amount_per_month == Money("60.00", "EUR")
+    html = client_owner.get("/portal/controls/").content.decode()
+    assert "At most this much spent a month (EUR)" in html
+    assert 'name="max_amount_per_month" value="60.00"' in html
+
+    client_owner.post(url, _recharge_form(max_amount_per_month=""))
+    recharge.refresh_from_db()
+    assert recharge.max_amount_per_month is None
+
+
+def test_it_refuses_a_money_cap_that_is_not_a_positive_amount_in_cents(
+    client_owner: Client, acme: Customer
+) -> None:
+    url = "/portal/controls/auto-recharge/"
+    for amount, error in [
+        ("-5", "Enter an amount greater than 0, or leave it empty for no money cap."),
+        ("0", "Enter an amount greater than 0, or leave it empty for no money cap."),
+        ("10.005", "Ensure that there are no more than 2 decimal places."),
+    ]:
+        response = client_owner.post(url, _recharge_form(max_amount_per_month=amount))
+        assert response.status_code == 200
+        assert error in response.content.decode()
+        assert 'id="id_max_amount_per_month-error"' in response.content.decode()
+    assert not AutoRecharge.objects.filter(customer=acme, enabled=True).exists()
 
 
 def test_it_needs_a_pack_and_threshold_to_turn_on_auto_recharge(

@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from billing_portal.alerts.models import Alert
 from billing_portal.portal.models import AlertSettings
 from ledger.selectors import account_balance
 from plans.models import Customer
@@ -156,4 +157,37 @@ def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     assert os.path.getsize(ARTIFACTS / "portal-dashboard.png") > 10_000
     # The ORM calls above ran beside playwright's event loop, in a context of their own:
     # close their connection here, where it can be reached.
+    connections.close_all()
+
+
+def test_an_alert_shows_as_a_banner_and_is_marked_read_in_place(
+    page: Any, live_server: Any
+) -> None:
+    load_demo_catalog()
+    acme = subscribed_customer("acme", days_ago=3)
+    owner = member(acme)
+    for n in range(5):  # 5 x 2,400 of the plan's 20,000 included credits: 60 %
+        usage(acme, f"burst-{n}")
+    alert = Alert.objects.get(customer=acme, kind="usage_threshold", threshold="50")
+    base = live_server.url
+
+    page.goto(f"{base}/portal/login/")
+    page.fill("input[name=username]", owner.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/portal/")
+    assert alert.message in page.inner_text("#alert-banner")
+    _shot(page, "portal-alert-banner.png")
+
+    page.evaluate("window.__stay = 1")
+    page.click("#alert-banner button")
+    page.wait_for_selector("#alert-banner li", state="detached")
+    assert page.evaluate("window.__stay") == 1, "marked read in place, no reload"
+    alert.refresh_from_db()
+    assert alert.read_at is not None
+
+    page.goto(f"{base}/portal/notifications/")
+    assert alert.message in page.inner_text("body")
+    page.goto(f"{base}/portal/")
+    assert page.inner_text("#alert-banner").strip() == ""
     connections.close_all()

@@ -103,8 +103,9 @@ def invoice_for_period(*, period: SubscriptionPeriod) -> Invoice:
 
 
 def _store_lines(invoice: Invoice, lines: list[_Line], currency: str) -> None:
-    for spec in lines:
-        line = InvoiceLine.objects.create(
+    # Two statements per invoice, not two per line: period close writes thousands at once.
+    stored = InvoiceLine.objects.bulk_create(
+        InvoiceLine(
             invoice=invoice,
             kind=spec.kind,
             description=spec.description,
@@ -117,9 +118,13 @@ def _store_lines(invoice: Invoice, lines: list[_Line], currency: str) -> None:
             service_period_start=spec.start,
             service_period_end=spec.end,
         )
-        InvoiceLineEntry.objects.bulk_create(
-            InvoiceLineEntry(line=line, entry=e) for e in spec.entries
-        )
+        for spec in lines
+    )
+    InvoiceLineEntry.objects.bulk_create(
+        InvoiceLineEntry(line=line, entry=e)
+        for line, spec in zip(stored, lines, strict=True)
+        for e in spec.entries
+    )
 
 
 def _period_lines(period: SubscriptionPeriod) -> list[_Line]:

@@ -291,7 +291,6 @@ class _Batch:
         self.drawer = Drawer(account, None, now, grants=grants)
         self.holds: dict[int, Hold] = {}  # locked, by pk: the ones captured or released
         self.by_key: dict[str, Hold] = {}  # holds with an idempotency key, old and new
-        self.keys_read: set[str] = set()
         self.hold_ids: list[int] = []  # allocated for new holds
         self.operation_ids: list[int] = []  # allocated for operations
         self.new_holds: list[Hold] = []
@@ -342,7 +341,6 @@ class _Batch:
         for row in key_rows:
             hold = _instance(Hold, _HOLD_FIELDS, row)
             batch.by_key[hold.idempotency_key] = hold
-        batch.keys_read = set(keys)
         batch.hold_ids = [row[0] for row in rows["ids"][:new_holds]]
         batch.operation_ids = [row[1] for row in rows["ids"]]
         return batch
@@ -369,13 +367,6 @@ class _Batch:
         self.operations.append(operation)
         return operation
 
-    def _existing(self, key: str) -> Hold | None:
-        if key not in self.by_key and key not in self.keys_read:  # pragma: no cover
-            found = Hold.objects.filter(account=self.account, idempotency_key=key).first()
-            if found is not None:
-                self.by_key[key] = found
-        return self.by_key.get(key)
-
     def _hold(self, request: _HoldRequest) -> HoldDecision:
         decision = self._decide(request)
         if request.record is not None:
@@ -394,7 +385,7 @@ class _Batch:
         )
         available = posted - self.account.held
         key = request.idempotency_key
-        existing = self._existing(key) if key is not None else None
+        existing = self.by_key.get(key) if key is not None else None
         if existing is not None:
             if existing.credits != request.amount:
                 raise IdempotencyConflict(

@@ -37,8 +37,6 @@ from plans.models import (
     Meter,
     OveragePolicy,
     PeriodStatus,
-    PlanVersion,
-    SubscriptionPeriod,
     SubscriptionStatus,
 )
 from plans.rating import RateTable, RatingError
@@ -223,13 +221,6 @@ def _price(
         param = "event_name" if error.code == "unknown_event_name" else "dimensions"
         raise MeteringError(400, error.code, error.message, param) from error
     return rated.credits, rated.meter
-
-
-def allowance(version: PlanVersion, period: SubscriptionPeriod) -> Decimal | None:
-    """How far below zero the plan lets available go (None: no limit)."""
-    return allowance_for(
-        version.overage_policy, version.soft_limit_percent, period.included_credits
-    )
 
 
 def allowance_for(

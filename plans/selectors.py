@@ -21,21 +21,6 @@ def subscription_active(*, customer: Customer) -> Subscription | None:
     )
 
 
-def period_in_force(*, customer: Customer, at: datetime) -> SubscriptionPeriod | None:
-    """The period of the customer's active subscription that covers ``at`` (one query)."""
-    return (
-        SubscriptionPeriod.objects.filter(
-            subscription__customer=customer,
-            subscription__status=SubscriptionStatus.ACTIVE,
-            start__lte=at,
-            end__gt=at,
-        )
-        .select_related("plan_version")
-        .order_by("-start")
-        .first()
-    )
-
-
 def period_current(*, customer: Customer, at: datetime | None = None) -> SubscriptionPeriod | None:
     at = at or timezone.now()
     return (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,11 +17,8 @@ from typing import Any
 
 import pytest
 import requests
-from django.core.cache import cache
 from django.utils import timezone
 
-from billing_portal.celery import app as celery_app
-from ledger import reconcile
 from ledger import services as ledger
 from ledger.models import CreditGrant, GrantCategory, Hold, HoldStatus
 from metering.models import Authorization, EventRating, MeterEvent
@@ -30,9 +26,13 @@ from metering.rating import events_rate_pending
 from plans.apikeys import api_key_create
 from plans.models import Customer
 from plans.services import subscription_start
-from tests.plans.factories import customer, load_demo_catalog, plan
+from tests.metering.http_support import assert_reconciled
+from tests.plans.factories import customer, plan
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("http_api_environment"),
+]
 
 API = "/api/v1"
 PRO_INCLUDED = Decimal(20000)
@@ -133,30 +133,9 @@ def credits(balance: dict[str, Any]) -> tuple[Decimal, Decimal, Decimal]:
     return Decimal(balance["posted"]), Decimal(balance["held"]), Decimal(balance["available"])
 
 
-def assert_reconciled() -> None:
-    problems = {f.check: f.problems for f in reconcile.run_checks() if f.problems}
-    assert problems == {}
-
-
-@pytest.fixture(autouse=True)
-def _environment() -> Iterator[None]:
-    eager = {"task_always_eager": True, "task_eager_propagates": True}
-    saved = {name: celery_app.conf.get(name) for name in eager}
-    celery_app.conf.update(eager)
-    cache.clear()
-    load_demo_catalog()
-    yield
-    cache.clear()
-    celery_app.conf.update(saved)
-
-
 @pytest.fixture
-def api(live_server: Any) -> Api:
-    # Django's test server listens with a backlog of 10 connections; 32 clients at once
-    # would be reset by the kernel before the server sees them.
-    live_server.thread.httpd.socket.listen(128)
-    _, secret = api_key_create(name="backend")
-    return Api(live_server.url, secret)
+def api(api_server: tuple[str, str]) -> Api:
+    return Api(*api_server)
 
 
 # --- allow, and what a hold does to the balance ------------------------------------------

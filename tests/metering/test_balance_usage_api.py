@@ -4,7 +4,6 @@ contract, the numbers behind them once rating has caught up, and query validatio
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,18 +11,19 @@ from typing import Any
 
 import pytest
 import requests
-from django.core.cache import cache
 from django.utils import timezone
 
-from billing_portal.celery import app as celery_app
-from ledger import reconcile
 from metering.rating import events_rate_pending
 from plans.apikeys import api_key_create
 from plans.models import Customer, SubscriptionPeriod
 from plans.services import subscription_start
-from tests.plans.factories import customer, load_demo_catalog, plan
+from tests.metering.http_support import assert_reconciled
+from tests.plans.factories import customer, plan
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("http_api_environment"),
+]
 
 API = "/api/v1"
 SIX_PLACES = re.compile(r"^-?\d+\.\d{6}$")
@@ -102,22 +102,9 @@ def error_of(response: requests.Response) -> dict[str, Any]:
     return error
 
 
-@pytest.fixture(autouse=True)
-def _environment() -> Iterator[None]:
-    eager = {"task_always_eager": True, "task_eager_propagates": True}
-    saved = {name: celery_app.conf.get(name) for name in eager}
-    celery_app.conf.update(eager)
-    cache.clear()
-    load_demo_catalog()
-    yield
-    cache.clear()
-    celery_app.conf.update(saved)
-
-
 @pytest.fixture
-def api(live_server: Any) -> Api:
-    _, secret = api_key_create(name="backend")
-    return Api(live_server.url, secret)
+def api(api_server: tuple[str, str]) -> Api:
+    return Api(*api_server)
 
 
 # --- balance --------------------------------------------------------------------------
@@ -178,8 +165,7 @@ def test_hard_stop_usage_beyond_the_grants_is_recorded_as_overage(api: Api) -> N
     )
     assert (body["period"]["used"], body["period"]["overage"]) == ("2250.000000", "250.000000")
     assert body["grants"] == [] or body["grants"][0]["remaining"] == "0.000000"
-    problems = {f.check: f.problems for f in reconcile.run_checks() if f.problems}
-    assert problems == {}
+    assert_reconciled()
 
 
 def test_balance_without_a_subscription_and_refusals(api: Api) -> None:

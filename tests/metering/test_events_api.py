@@ -13,7 +13,6 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,12 +21,9 @@ from typing import Any
 
 import pytest
 import requests
-from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing_portal.celery import app as celery_app
-from ledger import reconcile
 from ledger.models import EntryKind, LedgerEntry
 from metering import ingest
 from metering.models import (
@@ -42,9 +38,13 @@ from metering.rating import events_rate_pending
 from plans.apikeys import api_key_create
 from plans.models import Customer, PeriodStatus, SubscriptionPeriod
 from plans.services import subscription_start
-from tests.plans.factories import customer, load_demo_catalog, plan
+from tests.metering.http_support import assert_reconciled
+from tests.plans.factories import customer, plan
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("http_api_environment"),
+]
 
 API = "/api/v1"
 PRO_INCLUDED = Decimal(20000)
@@ -149,31 +149,9 @@ def consume_entries(subscriber: Customer) -> int:
     ).count()
 
 
-def assert_reconciled() -> None:
-    problems = {f.check: f.problems for f in reconcile.run_checks() if f.problems}
-    assert problems == {}
-
-
-@pytest.fixture(autouse=True)
-def _environment() -> Iterator[None]:
-    # No broker in tests: the enqueue the API does runs the rating task in place.
-    eager = {"task_always_eager": True, "task_eager_propagates": True}
-    saved = {name: celery_app.conf.get(name) for name in eager}
-    celery_app.conf.update(eager)
-    cache.clear()
-    load_demo_catalog()
-    yield
-    cache.clear()
-    celery_app.conf.update(saved)
-
-
 @pytest.fixture
-def api(live_server: Any) -> Api:
-    # Django's test server listens with a backlog of 10 connections: room for more
-    # concurrent clients, so the kernel does not reset them.
-    live_server.thread.httpd.socket.listen(128)
-    _, secret = api_key_create(name="backend")
-    return Api(live_server.url, secret)
+def api(api_server: tuple[str, str]) -> Api:
+    return Api(*api_server)
 
 
 @pytest.fixture

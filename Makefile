@@ -5,18 +5,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 
-.PHONY: run test install install-dev bench clean-db
+.PHONY: run test install install-dev lock bench clean-db
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Runtime dependencies only: `make run` on a fresh clone does not wait for the dev tools.
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install $(PIP_FLAGS) -e .
+# Installs come from the lock only (pinned versions, checked hashes); pyproject.toml holds the
+# ranges the lock is made from (`make lock`). The checkout itself goes on the path through a
+# .pth file, as an editable install would, with nothing to build.
+$(VENV)/.installed: requirements/runtime.txt | $(VENV)/bin/python
+	$(PY) -m pip install $(PIP_FLAGS) --require-hashes -r requirements/runtime.txt
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' | \
+	  xargs -I{} sh -c 'echo "$(CURDIR)" > {}/billing-portal.pth'
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[dev]"
+$(VENV)/.installed-dev: requirements/dev.txt $(VENV)/.installed
+	$(PY) -m pip install $(PIP_FLAGS) --require-hashes -r requirements/dev.txt
 	bin/ensure-chromium
 	touch $@
 
@@ -26,7 +30,14 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	@bin/run
 
+# Regenerates requirements/*.txt from pyproject.toml; `make lock UPGRADE=1` moves every pin
+# to the newest release the ranges allow.
+lock: install-dev
+	$(PY) bin/lock $(if $(UPGRADE),--upgrade)
+
 test: install-dev
+	$(PY) bin/lock --check
+	$(PY) -m pip check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .

@@ -238,6 +238,22 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# --- currencies -----------------------------------------------------------------------
+# The currencies prices, invoices and customers may use. Names are fixed here rather than
+# taken from Babel's locale data (django-money's default), whose renames would otherwise
+# change every MoneyField's choices, and so the migrations, with each Babel release.
+# Every one has two decimal places, which invoice rounding and Stripe amounts assume.
+CURRENCY_CHOICES = [
+    ("AUD", "Australian Dollar"),
+    ("CAD", "Canadian Dollar"),
+    ("CHF", "Swiss Franc"),
+    ("EUR", "Euro"),
+    ("GBP", "British Pound"),
+    ("USD", "US Dollar"),
+]
+CURRENCIES = tuple(code for code, _ in CURRENCY_CHOICES)
+DEFAULT_CURRENCY = "USD"
+
 # --- billing rules --------------------------------------------------------------------
 # How long a period stays open for late events after it ends before it is invoiced.
 BILLING_GRACE_PERIOD_SECONDS = int(env("BILLING_GRACE_PERIOD_SECONDS", "3600"))
@@ -257,6 +273,10 @@ AUTO_RECHARGE_BACKOFF_SECONDS = int(env("AUTO_RECHARGE_BACKOFF_SECONDS", "3600")
 # --- Stripe ---------------------------------------------------------------------------
 STRIPE_API_KEY = env("STRIPE_API_KEY")
 STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
+# Without a Stripe key, pack purchases can complete on a local checkout page that takes no
+# money: right for a demo, free credits in production. On by default only in local mode;
+# `check --deploy` reports billing.E001 when production has neither Stripe nor this set.
+BILLING_DEMO_PAYMENTS = env_bool("BILLING_DEMO_PAYMENTS", default=DEBUG)
 
 # Outgoing webhooks: first retry after this many seconds, doubling per failed attempt.
 OUTBOUND_WEBHOOK_BACKOFF_SECONDS = int(env("OUTBOUND_WEBHOOK_BACKOFF_SECONDS", "30"))

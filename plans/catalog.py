@@ -22,12 +22,12 @@ from typing import Any, Literal
 
 import msgspec
 import yaml
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from djmoney.money import Money
-from moneyed import CURRENCIES
 
 from plans.models import (
     CreditPack,
@@ -212,9 +212,11 @@ class _Checker:
 
 def _check(spec: CatalogSpec) -> Iterator[str]:
     checker = _Checker(spec)
-    if spec.currency not in CURRENCIES:
+    if spec.currency not in settings.CURRENCIES:
         checker.add(
-            "currency", f"unknown currency {spec.currency!r}; use an ISO 4217 code like USD"
+            "currency",
+            f"unsupported currency {spec.currency!r}; use one of "
+            f"{', '.join(settings.CURRENCIES)} (CURRENCY_CHOICES in settings)",
         )
     meters = _check_meters(checker)
     card_codes = _check_rate_cards(checker, meters)

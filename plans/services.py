@@ -50,13 +50,20 @@ class SubscriptionError(Exception):
 
 
 def customer_create(*, external_id: str, name: str, email: str, currency: str = "USD") -> Customer:
+    currency = currency.upper()
+    if currency not in settings.CURRENCIES:
+        raise SubscriptionError(
+            "unsupported_currency",
+            f"currency {currency!r} is not supported; use one of {', '.join(settings.CURRENCIES)}",
+            param="currency",
+        )
     try:
         with transaction.atomic():
             return Customer.objects.create(
                 external_id=external_id,
                 name=name,
                 email=email,
-                currency=currency.upper(),
+                currency=currency,
                 account=ledger.account_create(),
             )
     except IntegrityError as exc:

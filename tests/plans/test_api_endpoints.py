@@ -344,6 +344,13 @@ class TestCustomers:
         assert Customer.objects.count() == 1
         assert Customer.objects.get().name == "Acme"
 
+    def test_an_unsupported_currency_is_400_naming_the_supported_ones(self, api: Api) -> None:
+        body = {"external_id": "acme", "name": "Acme", "email": "a@acme.test", "currency": "JPY"}
+        error = _error(api.post("/customers", body), 400, "unsupported_currency")
+        assert error["param"] == "currency"
+        assert "USD" in error["message"]
+        assert not Customer.objects.exists()
+
     def test_invalid_fields_are_400_naming_the_param(self, api: Api) -> None:
         cases: list[tuple[dict[str, Any], str, str]] = [
             ({"external_id": None}, "external_id", "missing_field"),

@@ -21,3 +21,14 @@ def _block_network() -> Iterator[None]:
     socket.socket.connect = _loopback_only  # type: ignore[method-assign,assignment]
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.real_parts import skipped_for_missing_parts
+
+    if skipped_for_missing_parts:
+        terminalreporter.section("REAL PARTS MISSING: these tests proved nothing", red=True)
+        for reason in sorted(set(skipped_for_missing_parts)):
+            count = skipped_for_missing_parts.count(reason)
+            terminalreporter.line(f"{count} skipped: {reason}", red=True)
+        terminalreporter.line("With CI=true each of them fails instead.", red=True)

@@ -34,3 +34,12 @@ def test_it_has_a_beat_schedule_and_the_configured_broker() -> None:
 
     assert celery_app.conf.broker_url == settings.CELERY_BROKER_URL
     assert isinstance(celery_app.conf.beat_schedule, dict)
+
+
+def test_every_scheduled_job_names_a_registered_task() -> None:
+    celery_app.loader.import_default_modules()  # what a worker imports at start-up
+    schedule = celery_app.conf.beat_schedule
+    assert schedule, "beat has nothing to run"
+    unknown = {job: entry["task"] for job, entry in schedule.items()}
+    unknown = {job: task for job, task in unknown.items() if task not in celery_app.tasks}
+    assert not unknown, f"beat entries naming no registered task: {unknown}"

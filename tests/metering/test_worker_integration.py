@@ -53,6 +53,7 @@ from tests.metering.worker_support import (
     wait_until,
 )
 from tests.plans.factories import customer, load_demo_catalog, plan
+from tests.real_parts import missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -79,7 +80,7 @@ def broker() -> Iterator[Broker]:
         with chosen.connection() as conn:
             conn.ensure_connection(max_retries=1)
     except Exception as exc:
-        pytest.skip(f"no Celery broker reachable ({chosen.url}): {exc}")
+        missing(f"a Celery broker at {chosen.url}", f"start it or set CELERY_BROKER_URL ({exc})")
     yield chosen
     chosen.cleanup()
 

@@ -15,18 +15,9 @@ from pytest_django.live_server_helper import LiveServer
 from billing_portal.staff.models import AuditLog
 from ledger.models import CreditGrant, LedgerEntry
 from tests.plans.factories import customer, load_demo_catalog
+from tests.real_parts import CHROMIUM_ARGS, chromium_executable
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _recreate_roles() -> None:
@@ -43,7 +34,6 @@ def _recreate_roles() -> None:
         group.permissions.add(*views, *workflow)
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 # The live server needs committed rows. A transactional test starts from flushed tables,
 # so the role groups the data migration made are created again here (serialized_rollback
 # would restore them, but collides with tests that flush only some apps).
@@ -51,6 +41,7 @@ def _recreate_roles() -> None:
 def test_support_grants_then_voids_credits(live_server: LiveServer) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    executable = chromium_executable()
     _recreate_roles()
     load_demo_catalog()
     acme = customer()
@@ -59,7 +50,7 @@ def test_support_grants_then_voids_credits(live_server: LiveServer) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(f"{live_server.url}/admin/login/")
         page.fill("#id_username", "sam")

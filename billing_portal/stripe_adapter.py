@@ -113,6 +113,11 @@ def stripe_enabled() -> bool:
     return bool(settings.STRIPE_API_KEY)
 
 
+def demo_payments_enabled() -> bool:
+    """Purchases complete without payment: no Stripe key, and the operator allows it."""
+    return not stripe_enabled() and bool(settings.BILLING_DEMO_PAYMENTS)
+
+
 def gateway_from_settings() -> StripeGateway | None:
     """The gateway for the configured account, or None in demo mode (empty STRIPE_API_KEY)."""
     if not stripe_enabled():

@@ -2,9 +2,10 @@
 
 A purchase is paid through Stripe Checkout (portal) or a charge of a saved card
 (auto-recharge); Stripe's webhooks then call :func:`purchase_complete`. In demo mode (no
-Stripe key) the portal's checkout page calls :func:`purchase_demo_pay`, which goes through
-the same :func:`purchase_complete`. Completion locks the purchase row and the grant has
-an idempotency key derived from it, so every repeat of the news (both webhooks, each
+Stripe key, and ``BILLING_DEMO_PAYMENTS`` on, as in local mode) the portal's checkout page
+calls :func:`purchase_demo_pay`, which goes through the same :func:`purchase_complete`.
+Completion locks the purchase row and the grant has an idempotency key derived from it,
+so every repeat of the news (both webhooks, each
 delivered twice, the demo page reloaded) finds the purchase paid and does nothing.
 
 Lock order: purchase, then its invoice, then (inside the ledger) the customer's account.
@@ -38,6 +39,19 @@ from ledger.models import GrantCategory
 from ledger.services import credit_grant_create
 from plans.models import CreditPack, Customer
 from plans.money import as_money
+
+
+class PaymentsNotConfigured(InvalidRequest):
+    code = "payments_not_configured"
+
+
+def _payments_not_configured() -> PaymentsNotConfigured:
+    return PaymentsNotConfigured(
+        "payments are not configured: set STRIPE_API_KEY to take payments through Stripe "
+        "(BILLING_DEMO_PAYMENTS=true completes purchases without payment, for demos only)",
+        param="purchase",
+    )
+
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +159,8 @@ def purchase_checkout_start(
         )
     gateway = stripe_adapter.gateway_from_settings()
     if gateway is None:
+        if not stripe_adapter.demo_payments_enabled():
+            raise _payments_not_configured()
         return DEMO_CHECKOUT_PATH.format(pk=purchase.pk)
     if purchase.stripe_checkout_session_id and purchase.checkout_url:
         return purchase.checkout_url
@@ -175,6 +191,10 @@ def purchase_charge_off_session(
     if purchase.status != PurchaseStatus.PENDING:
         return purchase  # paid, or its one charge was declined: a new try is a new purchase
     gateway = stripe_adapter.gateway_from_settings()
+    if gateway is None and not stripe_adapter.demo_payments_enabled():
+        return purchase_fail(
+            purchase=purchase, message=_payments_not_configured().message, actor=actor
+        )
     if gateway is None:
         return purchase_demo_pay(purchase=purchase, actor=actor)
     outside_transaction_required()
@@ -199,6 +219,8 @@ def purchase_demo_pay(*, purchase: CreditPackPurchase, actor: str) -> CreditPack
         raise InvalidRequest(
             "demo payments are only possible when no Stripe key is configured", param="purchase"
         )
+    if not stripe_adapter.demo_payments_enabled():
+        raise _payments_not_configured()
     return purchase_complete(
         purchase=purchase, payment_intent_id=f"demo_{purchase.pk}", actor=actor
     )

@@ -22,6 +22,7 @@ from billing_portal import stripe_adapter
 from billing_portal.alerts import selectors as alert_selectors
 from billing_portal.invoicing.models import CreditNote, PurchaseStatus
 from billing_portal.invoicing.purchases import (
+    PaymentsNotConfigured,
     purchase_checkout_start,
     purchase_create,
     purchase_demo_pay,
@@ -249,7 +250,13 @@ def pack_buy(request: PortalRequest) -> HttpResponse:
         customer=request.membership.customer, pack=form.cleaned_data["pack"], actor=_actor(request)
     )
     back = request.build_absolute_uri(reverse("portal:billing"))
-    url = purchase_checkout_start(purchase=purchase, success_url=back + "?paid=1", cancel_url=back)
+    try:
+        url = purchase_checkout_start(
+            purchase=purchase, success_url=back + "?paid=1", cancel_url=back
+        )
+    except PaymentsNotConfigured as exc:
+        messages.error(request, f"Packs cannot be bought right now: {exc}")
+        return redirect("portal:billing")
     return redirect(url)
 
 
@@ -260,6 +267,9 @@ def checkout(request: PortalRequest, pk: int) -> HttpResponse:
     purchase = purchase_for(request, pk)
     if stripe_adapter.stripe_enabled():
         raise Http404("checkout happens on Stripe")
+    if not stripe_adapter.demo_payments_enabled():
+        messages.error(request, "Packs cannot be bought right now: payments are not configured.")
+        return redirect("portal:billing")
     if request.method == "POST":
         if not request.membership.can_manage:
             raise PermissionDenied("your role may not buy packs")

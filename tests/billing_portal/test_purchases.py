@@ -25,6 +25,7 @@ from billing_portal.invoicing.models import (
     SyncState,
 )
 from billing_portal.invoicing.purchases import (
+    PaymentsNotConfigured,
     purchase_charge_off_session,
     purchase_checkout_start,
     purchase_complete,
@@ -349,6 +350,22 @@ def test_an_off_session_charge_in_demo_mode_pays_at_once(
 ) -> None:
     purchase_charge_off_session(purchase=purchase, actor="auto_recharge")
     _assert_paid_once(purchase)
+
+
+def test_without_stripe_or_demo_payments_nothing_is_granted(
+    settings: Any, purchase: CreditPackPurchase
+) -> None:
+    settings.STRIPE_API_KEY = ""
+    settings.BILLING_DEMO_PAYMENTS = False
+    with pytest.raises(PaymentsNotConfigured, match="set STRIPE_API_KEY"):
+        purchase_checkout_start(purchase=purchase, success_url=SUCCESS, cancel_url=CANCEL)
+    with pytest.raises(PaymentsNotConfigured):
+        purchase_demo_pay(purchase=purchase, actor="customer:acme")
+
+    charged = purchase_charge_off_session(purchase=purchase, actor="auto_recharge")
+    assert charged.status == PurchaseStatus.FAILED
+    assert "payments are not configured" in charged.failure_message
+    assert not CreditGrant.objects.exists()
 
 
 # --- off-session charges (auto-recharge) ------------------------------------------------

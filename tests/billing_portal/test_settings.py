@@ -45,16 +45,38 @@ def test_it_refuses_to_start_in_production_without_allowed_hosts() -> None:
     assert "ALLOWED_HOSTS is required" in result.stderr
 
 
-def test_it_passes_check_deploy_with_production_settings() -> None:
-    result = _run(
-        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        DEBUG="false",
-        SECRET_KEY="k" + "3Zq9-fT7_wLm2Pa8Rk1Vx5Nc0Hd4Gj6Ys" * 2,
-        ALLOWED_HOSTS="billing.example.com",
-        DATABASE_URL=database_url_for_subprocess(),
+def _check_deploy(**env: str) -> subprocess.CompletedProcess[str]:
+    production = {
+        "DEBUG": "false",
+        "SECRET_KEY": "k" + "3Zq9-fT7_wLm2Pa8Rk1Vx5Nc0Hd4Gj6Ys" * 2,
+        "ALLOWED_HOSTS": "billing.example.com",
+        "DATABASE_URL": database_url_for_subprocess(),
+        "STRIPE_API_KEY": "",
+        "BILLING_DEMO_PAYMENTS": "",
+    }
+    return _run(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"], **{**production, **env}
     )
+
+
+def test_it_passes_check_deploy_with_production_settings() -> None:
+    result = _check_deploy(STRIPE_API_KEY="sk_live_configured", STRIPE_WEBHOOK_SECRET="whsec_x")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_check_deploy_refuses_production_without_a_payment_provider() -> None:
+    result = _check_deploy()
+    assert result.returncode != 0
+    assert "billing.E001" in result.stderr
+    assert "STRIPE_API_KEY" in result.stderr
+
+
+def test_check_deploy_warns_when_demo_payments_are_switched_on_in_production() -> None:
+    result = _check_deploy(BILLING_DEMO_PAYMENTS="true")
+    assert result.returncode != 0  # --fail-level WARNING
+    assert "billing.W001" in result.stderr
+    assert "billing.E001" not in result.stderr
 
 
 def test_it_refuses_a_database_that_is_not_postgresql() -> None:

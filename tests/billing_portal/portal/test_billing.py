@@ -119,6 +119,24 @@ def test_it_has_no_demo_checkout_when_stripe_is_configured(
     assert client_owner.get(f"/portal/billing/checkout/{purchase.pk}/").status_code == 404
 
 
+def test_it_refuses_the_demo_checkout_when_demo_payments_are_off(
+    client_owner: Client, acme: Customer, settings: Any
+) -> None:
+    settings.STRIPE_API_KEY = ""
+    settings.BILLING_DEMO_PAYMENTS = False
+    before = account_balance(account=acme.account).available
+
+    bought = client_owner.post("/portal/billing/packs/", {"pack": "pack_10k"}, follow=True)
+    assert b"payments are not configured" in bought.content
+    purchase = CreditPackPurchase.objects.get(customer=acme)
+    paid = client_owner.post(f"/portal/billing/checkout/{purchase.pk}/", follow=True)
+    assert b"payments are not configured" in paid.content
+
+    purchase.refresh_from_db()
+    assert purchase.status == PurchaseStatus.PENDING
+    assert account_balance(account=acme.account).available == before
+
+
 @pytest.mark.parametrize("url", ["/portal/billing/plan/", "/portal/billing/packs/"])
 def test_it_refuses_billing_changes_from_a_viewer(viewer_client: Client, url: str) -> None:
     assert viewer_client.get("/portal/billing/").status_code == 200

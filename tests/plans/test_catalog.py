@@ -296,7 +296,10 @@ BAD = [
         DEMO.replace("expires_after_days: 365}", "expires_after_days: 0}", 1),
         "credit_packs[0] (pack_10k).expires_after_days: must be 1 or more",
     ),
-    (DEMO.replace("currency: USD", "currency: XYZ"), "currency: unknown currency 'XYZ'"),
+    (
+        DEMO.replace("currency: USD", "currency: XYZ"),
+        "currency: unsupported currency 'XYZ'; use one of AUD, CAD, CHF, EUR, GBP, USD",
+    ),
     (
         DEMO.replace("event_name: doc.summary", "event_name: llm.tokens"),
         "meters[1]: event_name 'llm.tokens' is already used by meters[0]",

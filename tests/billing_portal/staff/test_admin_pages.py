@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from django.contrib import admin
@@ -11,9 +12,11 @@ from django.db import IntegrityError, InternalError, transaction
 from django.db.models import Model
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from billing_portal.staff.models import AuditLog
-from ledger.models import CreditGrant, LedgerEntry, LedgerOperation
+from ledger.models import CreditGrant, GrantCategory, LedgerEntry, LedgerOperation
+from ledger.services import credit_grant_create
 from metering.models import MeterEvent
 from plans.models import Customer
 
@@ -60,13 +63,28 @@ def test_the_customer_page_shows_balance_subscription_grants_and_events(
 def test_grants_filter_by_category_status_and_expiring_soon(
     acme: Customer, client_as: Callable[[str], Client]
 ) -> None:
+    now = timezone.now()
+    expiring = {
+        days: credit_grant_create(
+            account=acme.account,
+            amount="10",
+            category=GrantCategory.PROMOTIONAL,
+            actor="t",
+            expires_at=now + timedelta(days=days),
+        ).pk
+        for days in (5, 20, 45)
+    }
     client = client_as("Support")
     url = reverse("admin:ledger_creditgrant_changelist")
     for query in ("category__exact=included", "status__exact=active", "expiring=7"):
         assert client.get(f"{url}?{query}").status_code == 200
-    soon = client.get(f"{url}?expiring=7").context["cl"].queryset
-    assert list(soon) == []  # the included grant runs to the period end, a month away
-    assert client.get(f"{url}?expiring=30").context["cl"].queryset.count() == 1
+
+    def listed(query: str) -> set[int]:
+        return {g.pk for g in client.get(f"{url}?{query}").context["cl"].queryset}
+
+    assert listed("category__exact=promotional&expiring=7") == {expiring[5]}
+    assert listed("category__exact=promotional&expiring=30") == {expiring[5], expiring[20]}
+    assert expiring[45] in listed("category__exact=promotional")
 
 
 def test_events_are_searchable_by_identifier_and_customer(

@@ -13,7 +13,16 @@ from typing import Any
 from django.db.models import Sum
 from django.utils import timezone
 
-from ledger.models import ZERO, CauseType, CreditGrant, EntryKind, GrantCategory, LedgerEntry
+from billing_portal.csv_safe import Cell
+from ledger.models import (
+    CREDIT_QUANTUM,
+    ZERO,
+    CauseType,
+    CreditGrant,
+    EntryKind,
+    GrantCategory,
+    LedgerEntry,
+)
 from metering.api import balance_payload, usage_rows
 from metering.models import MeterEvent
 from plans import selectors as plan_selectors
@@ -378,8 +387,11 @@ EXPORT_HEADER = [
 ]
 
 
-def usage_export_rows(*, customer: Customer, start: date, end: date) -> Iterator[list[str]]:
-    """One row per event with timestamp in [start, end], read in chunks: any size streams."""
+def usage_export_rows(*, customer: Customer, start: date, end: date) -> Iterator[Sequence[Cell]]:
+    """One row per event with timestamp in [start, end], read in chunks: any size streams.
+
+    Numbers stay Decimals so the CSV writer can tell them from text (see csv_safe).
+    """
     events = (
         MeterEvent.objects.filter(
             customer=customer,
@@ -399,7 +411,7 @@ def usage_export_rows(*, customer: Customer, start: date, end: date) -> Iterator
             event.meter.code,
             json.dumps(event.dimensions, sort_keys=True),
             event.workspace or "",
-            format(event.value.normalize(), "f"),
-            f"{rating.credits:.6f}" if rating else "",
+            event.value.normalize(),
+            rating.credits.quantize(CREDIT_QUANTUM) if rating else None,
             rating.status if rating else "pending",
         ]

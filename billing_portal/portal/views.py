@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from django_htmx.middleware import HtmxDetails
 
 from billing_portal import stripe_adapter
 from billing_portal.alerts import selectors as alert_selectors
+from billing_portal.csv_safe import SafeWriter
 from billing_portal.invoicing.models import CreditNote, PurchaseStatus
 from billing_portal.invoicing.purchases import (
     PaymentsNotConfigured,
@@ -342,7 +342,7 @@ def usage_export(request: PortalRequest) -> HttpResponseBase:
         return _page(request, "portal/activity.html", "export", context)
     start, end = form.cleaned_data["start"], form.cleaned_data["end"]
     rows = selectors.usage_export_rows(customer=request.membership.customer, start=start, end=end)
-    writer = csv.writer(_Echo())
+    writer = SafeWriter(_Echo())
     stream: Iterator[str] = (writer.writerow(row) for row in rows)
     response = StreamingHttpResponse(stream, content_type="text/csv; charset=utf-8")
     filename = f"usage-{start:%Y%m%d}-{end:%Y%m%d}.csv"

@@ -10,6 +10,7 @@ from typing import Any
 from django import forms
 
 from billing_portal.invoicing.models import CreditNoteMethod, CreditNoteReason, Invoice
+from billing_portal.staff.services import RELOAD_FORM_MESSAGE
 from ledger.models import CREDIT_PLACES, GrantCategory
 from plans.models import ApiScope, Plan
 
@@ -32,9 +33,17 @@ def _token() -> str:
 class TokenForm(forms.Form):
     """Carries a one-time token from the form to its confirmation (see AuditLog)."""
 
+    # Not required=True: a hidden field's own error is never shown, so clean() reports a
+    # missing token where the operator sees it.
     request_token = forms.CharField(
         widget=forms.HiddenInput, required=False, max_length=64, initial=_token
     )
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("request_token") and "request_token" not in self.errors:
+            self.add_error(None, RELOAD_FORM_MESSAGE)
+        return data
 
 
 class ReasonForm(TokenForm):

@@ -51,6 +51,7 @@ class AuditLog(models.Model):
         permissions = [
             ("grant_credits", "Grant credits of any category and amount"),
             ("grant_promotional_credits", "Grant promotional credits up to the support limit"),
+            ("exceed_grant_daily_limit", "Grant credits beyond the daily limit per staff user"),
             ("void_grant", "Void or expire a credit grant"),
             ("correct_usage", "Cancel or correct a meter event"),
             ("issue_credit_note", "Issue or void a credit note"),

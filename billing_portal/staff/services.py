@@ -8,7 +8,7 @@ writes the audit row in the same transaction as the action: both happen or neith
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,13 +16,16 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import DecimalField, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from billing_portal.invoicing import credit_notes, sync
 from billing_portal.invoicing.models import CreditNote, Invoice
 from billing_portal.staff.models import AuditAction, AuditLog
 from ledger import services as ledger
-from ledger.models import Account, CreditGrant, GrantCategory
+from ledger.models import CREDIT_DIGITS, CREDIT_PLACES, ZERO, Account, CreditGrant, GrantCategory
 from metering import services as metering
 from metering.ingest import events_ingest
 from metering.models import MeterEvent
@@ -46,12 +49,21 @@ class StaffError(Exception):
 @dataclass(frozen=True)
 class Reason:
     code: str
+    token: str  # the submitted form's one-time token; see _audit
     memo: str = ""
-    token: str | None = None  # the submitted form's one-time token
+
+
+RELOAD_FORM_MESSAGE = "this form has no one-time token; reload the page and submit it again"
+GRANT_WINDOW = timedelta(hours=24)
+UNLIMITED_GRANTS_PERM = "staff.exceed_grant_daily_limit"
 
 
 def support_grant_limit() -> Decimal:
     return Decimal(getattr(settings, "STAFF_SUPPORT_GRANT_LIMIT", Decimal("1000")))
+
+
+def grant_daily_limit() -> Decimal:
+    return Decimal(settings.STAFF_GRANT_DAILY_LIMIT_CREDITS)
 
 
 def require(operator: Operator, codename: str) -> None:
@@ -68,6 +80,10 @@ def _audit(
     operator: Operator, action: str, reason: Reason, target: Any, **details: Any
 ) -> AuditLog:
     assert isinstance(operator, User)
+    if not reason.token:
+        # A blank token is stored as NULL, and NULLs never collide in the unique index:
+        # the double-submit guard would let the same form apply twice.
+        raise StaffError(RELOAD_FORM_MESSAGE)
     try:
         with transaction.atomic():
             return AuditLog.objects.create(
@@ -79,7 +95,7 @@ def _audit(
                 target_type=target._meta.label_lower,
                 target_id=str(target.pk),
                 details={key: str(value) for key, value in details.items()},
-                request_token=reason.token or None,
+                request_token=reason.token,
             )
     except IntegrityError as exc:
         # Raised inside the caller's transaction, so the repeated action is undone too.
@@ -92,14 +108,62 @@ def _audit(
 
 
 def check_grant_allowed(operator: Operator, *, amount: Decimal, category: str) -> None:
-    if operator.has_perm("staff.grant_credits"):
-        return
-    require(operator, "grant_promotional_credits")
-    if category != GrantCategory.PROMOTIONAL:
-        raise StaffError("your role may grant promotional credits only", "category")
-    limit = support_grant_limit()
-    if amount > limit:
-        raise StaffError(f"your role may grant at most {limit} credits at once", "amount")
+    if not operator.has_perm("staff.grant_credits"):
+        require(operator, "grant_promotional_credits")
+        if category != GrantCategory.PROMOTIONAL:
+            raise StaffError("your role may grant promotional credits only", "category")
+        limit = support_grant_limit()
+        if amount > limit:
+            raise StaffError(f"your role may grant at most {limit} credits at once", "amount")
+    check_grant_daily_limit(operator, amount=amount)
+
+
+def check_grant_daily_limit(operator: Operator, *, amount: Decimal) -> None:
+    left = grant_daily_allowance_left(operator)
+    if left is not None and amount > left:
+        raise StaffError(
+            f"you may grant {credits_exact(left)} more credits today: your limit is "
+            f"{credits_exact(grant_daily_limit())} credits per 24 hours. Grant at most "
+            f"{credits_exact(left)}, or ask a Billing admin or a superuser to make this grant "
+            "(they have no daily limit); the STAFF_GRANT_DAILY_LIMIT_CREDITS setting "
+            "raises the limit",
+            "amount",
+        )
+
+
+def grant_daily_allowance_left(operator: Operator) -> Decimal | None:
+    """Credits the operator may still grant in the rolling window; None: no limit."""
+    if operator.has_perm(UNLIMITED_GRANTS_PERM):
+        return None
+    return max(grant_daily_limit() - granted_in_window(operator), ZERO)
+
+
+def granted_in_window(operator: Operator) -> Decimal:
+    # The audit row, not the grant, is counted: it names the operator by key, so a
+    # renamed user keeps their total, and it is written in the grant's transaction.
+    amount = Cast(
+        KT("details__amount"),
+        DecimalField(max_digits=CREDIT_DIGITS, decimal_places=CREDIT_PLACES),
+    )
+    rows = AuditLog.objects.filter(
+        operator_id=operator.pk,
+        action=AuditAction.GRANT_CREATE,
+        created_at__gt=timezone.now() - GRANT_WINDOW,
+    )
+    return rows.aggregate(total=Sum(amount))["total"] or ZERO
+
+
+def credits_exact(value: Decimal) -> str:
+    """1E+4 -> "10,000"; unrounded, so "grant at most" never names more than is left."""
+    return f"{value.normalize():,f}"
+
+
+def _lock_grant_allowance(operator: Operator) -> None:
+    # Two grants submitted at once by one operator would each sum the day's total
+    # without the other; the second now waits here until the first commits, then
+    # counts it. The user row is locked before the ledger's account lock, always.
+    if isinstance(operator, User):
+        User.objects.select_for_update().filter(pk=operator.pk).first()
 
 
 def staff_grant_create(
@@ -114,8 +178,9 @@ def staff_grant_create(
     applies_to: list[str] | None = None,
     workspace: str | None = None,
 ) -> CreditGrant:
-    check_grant_allowed(operator, amount=amount, category=category)
     with transaction.atomic():
+        _lock_grant_allowance(operator)
+        check_grant_allowed(operator, amount=amount, category=category)
         grant = ledger.credit_grant_create(
             account=customer.account,
             amount=amount,

@@ -47,9 +47,7 @@ def _change_url(obj: Any) -> str:
 
 
 def _reason(data: dict[str, Any]) -> Reason:
-    return Reason(
-        code=data["reason"], memo=data.get("memo", ""), token=data.get("request_token") or None
-    )
+    return Reason(code=data["reason"], memo=data.get("memo", ""), token=data["request_token"])
 
 
 def _workflow(
@@ -147,9 +145,14 @@ def grant_create(request: HttpRequest, site: AdminSite, customer_id: int) -> Htt
 
 
 def _limit_note(request: HttpRequest) -> str:
-    if request.user.has_perm("staff.grant_credits"):
-        return ""
-    return f"Your role may grant promotional credits up to {services.support_grant_limit()}."
+    notes = []
+    if not request.user.has_perm("staff.grant_credits"):
+        limit = services.support_grant_limit()
+        notes.append(f"Your role may grant promotional credits up to {limit} at once.")
+    left = services.grant_daily_allowance_left(request.user)
+    if left is not None:
+        notes.append(f"You may grant {services.credits_exact(left)} more credits today.")
+    return " ".join(notes)
 
 
 def grant_close(

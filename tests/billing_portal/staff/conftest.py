@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
@@ -34,10 +36,20 @@ def staff_user(db: None) -> Callable[[str], User]:
     return make
 
 
+class StaffClient(Client):
+    """Posts a fresh one-time token unless the test gives one, as a browser posts the token
+    each form page renders. Tests of a blank or missing token use a plain Client."""
+
+    def post(self, path: Any, data: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict) and "request_token" not in data:
+            data = {**data, "request_token": uuid.uuid4().hex}
+        return super().post(path, data, *args, **kwargs)
+
+
 @pytest.fixture
 def client_as(staff_user: Callable[[str], User]) -> Callable[[str], Client]:
     def make(role: str) -> Client:
-        client = Client()
+        client = StaffClient()
         client.force_login(staff_user(role))
         return client
 

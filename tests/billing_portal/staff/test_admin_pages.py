@@ -124,7 +124,8 @@ def test_the_roles_hold_their_workflow_permissions() -> None:
 
     assert workflow("Support") == {"grant_promotional_credits", "void_grant", "correct_usage"}
     assert workflow("Finance") == {"issue_credit_note", "retry_sync", "read_reports"}
-    assert len(workflow("Billing admin")) == 10
+    assert len(workflow("Billing admin")) == 11
+    assert "exceed_grant_daily_limit" in workflow("Billing admin")
 
 
 def test_audit_rows_are_append_only_in_the_database(

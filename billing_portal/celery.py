@@ -12,7 +12,8 @@ from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing_portal.settings")
 
-app = Celery("billing_portal")
+# Every task is sent after commit without ever failing the commit (see the base class).
+app = Celery("billing_portal", task_cls="ledger.task_base:AfterCommitTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
@@ -38,6 +39,15 @@ app.conf.beat_schedule = {
     "reconcile-auto-recharges": {
         "task": "billing_portal.alerts.tasks.recharge_attempts_reconcile_task",
         "schedule": 60.0,
+    },
+    # Stripe syncs and alert e-mails whose task message was never sent (broker down).
+    "resend-unsent-stripe-syncs": {
+        "task": "billing_portal.invoicing.tasks.stripe_syncs_unsent",
+        "schedule": 300.0,
+    },
+    "send-unsent-alert-emails": {
+        "task": "billing_portal.alerts.tasks.alert_emails_unsent",
+        "schedule": 300.0,
     },
     # Webhook retries and sends whose message was lost.
     "send-due-webhooks": {

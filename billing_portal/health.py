@@ -1,13 +1,22 @@
-"""Liveness of what a request needs: the database and the Celery broker."""
+"""Liveness of what the product needs: the database, the Celery broker, and rating
+keeping up (an accepted event counts only once it is in the balance).
+
+The body also carries the rating figures, so a monitor can graph the lag rather than
+wait for the probe to fail.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from billing_portal.celery import app as celery_app
+from metering.selectors import RatingBacklog, rating_backlog
 
 
 def _check_database() -> str | None:
@@ -28,14 +37,49 @@ def _check_broker() -> str | None:
     return None
 
 
+def _backlog() -> RatingBacklog | None:
+    try:
+        return rating_backlog()
+    except Exception:
+        return None
+
+
+def _check_rating(backlog: RatingBacklog | None) -> str | None:
+    if backlog is None:
+        return "unknown: the database is unreachable"
+    limit = settings.HEALTH_MAX_RATING_LAG_SECONDS
+    if backlog.lag_seconds > limit:
+        return (
+            f"behind: the oldest unrated event has waited {backlog.lag_seconds:.0f} s "
+            f"(limit {limit} s); check that workers run"
+        )
+    return None
+
+
+def _rating_figures(backlog: RatingBacklog | None) -> dict[str, Any] | None:
+    if backlog is None:
+        return None
+    oldest = backlog.oldest_enqueued_at
+    return {
+        "lag_seconds": round(backlog.lag_seconds, 3),
+        "oldest_unrated_at": oldest.isoformat() if oldest else None,
+        "failing": backlog.failing,
+        "parked": backlog.parked,
+    }
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    failures = {
-        name: error
-        for name, error in (("database", _check_database()), ("broker", _check_broker()))
-        if error is not None
+    database = _check_database()
+    # Parked events are staff's to resolve (reconcile and the admin name them); they do
+    # not take the web out of a load balancer's rotation.
+    backlog = _backlog() if database is None else None
+    results = {"database": database, "broker": _check_broker(), "rating": _check_rating(backlog)}
+    failed = any(error is not None for error in results.values())
+    body = {
+        "status": "fail" if failed else "ok",
+        "checks": {name: error or "ok" for name, error in results.items()},
+        "rating": _rating_figures(backlog),
     }
-    checks = {name: failures.get(name, "ok") for name in ("database", "broker")}
-    status = 503 if failures else 200
-    return JsonResponse({"status": "fail" if failures else "ok", "checks": checks}, status=status)
+    return JsonResponse(body, status=503 if failed else 200)

@@ -12,6 +12,7 @@ Two modes:
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
@@ -258,6 +259,17 @@ DEFAULT_CURRENCY = "USD"
 # How long a period stays open for late events after it ends before it is invoiced.
 BILLING_GRACE_PERIOD_SECONDS = int(env("BILLING_GRACE_PERIOD_SECONDS", "3600"))
 
+# An event that fails to rate (while the rest of its customer's events are charged) is
+# tried again after RATING_RETRY_SECONDS, doubling per failure, and parked for staff
+# after RATING_MAX_ATTEMPTS. /healthz answers 503 "rating" when the oldest event waiting
+# for its first rating is older than HEALTH_MAX_RATING_LAG_SECONDS; `reconcile` fails
+# when any event (parked ones included) has waited longer than
+# RECONCILE_MAX_RATING_WAIT_SECONDS.
+RATING_MAX_ATTEMPTS = int(env("RATING_MAX_ATTEMPTS", "5"))
+RATING_RETRY_SECONDS = int(env("RATING_RETRY_SECONDS", "10"))
+HEALTH_MAX_RATING_LAG_SECONDS = int(env("HEALTH_MAX_RATING_LAG_SECONDS", "120"))
+RECONCILE_MAX_RATING_WAIT_SECONDS = int(env("RECONCILE_MAX_RATING_WAIT_SECONDS", "300"))
+
 # Meter events older or newer than this are rejected (Stripe's meter rules by default).
 METERING_MAX_EVENT_AGE_DAYS = int(env("METERING_MAX_EVENT_AGE_DAYS", "35"))
 METERING_MAX_EVENT_FUTURE_SECONDS = int(env("METERING_MAX_EVENT_FUTURE_SECONDS", "300"))
@@ -269,6 +281,11 @@ ALERT_BURN_FACTOR = env("ALERT_BURN_FACTOR", "5")
 ALERT_BURN_MIN_CREDITS = env("ALERT_BURN_MIN_CREDITS", "100")
 # After a failed auto-recharge payment: wait this long, doubling per failure in a row.
 AUTO_RECHARGE_BACKOFF_SECONDS = int(env("AUTO_RECHARGE_BACKOFF_SECONDS", "3600"))
+
+# --- staff ----------------------------------------------------------------------------
+# Credits one staff user may grant in any 24 hours (roles with the
+# staff.exceed_grant_daily_limit permission, and superusers, are exempt).
+STAFF_GRANT_DAILY_LIMIT_CREDITS = Decimal(env("STAFF_GRANT_DAILY_LIMIT_CREDITS", "10000"))
 
 # --- Stripe ---------------------------------------------------------------------------
 STRIPE_API_KEY = env("STRIPE_API_KEY")

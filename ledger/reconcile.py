@@ -7,8 +7,9 @@ lines derived from entries).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connection
 
@@ -34,9 +35,9 @@ def run_checks() -> list[Finding]:
     return [Finding(check=name, problems=check()) for name, check in _CHECKS.items()]
 
 
-def query_rows(sql: str) -> list[tuple[object, ...]]:
+def query_rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
-        cursor.execute(sql)
+        cursor.execute(sql, params)
         return list(cursor.fetchall())
 
 

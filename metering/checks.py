@@ -4,6 +4,11 @@ an event (the queue's reference is not a foreign key)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
 from ledger.reconcile import query_rows, register
 
 
@@ -65,3 +70,39 @@ def queue_rows_have_events() -> list[str]:
     return [
         f"queued event {pk} (customer {customer_id}): no such event" for pk, customer_id in rows
     ]
+
+
+@register("events_rated_in_time")
+def events_rated_in_time() -> list[str]:
+    """Rating keeps up: no event waits longer than RECONCILE_MAX_RATING_WAIT_SECONDS.
+
+    An event that keeps failing (or is parked for staff) leaves its customer's balance
+    short of real usage; this names each such customer with the oldest waiting event.
+    """
+    limit = settings.RECONCILE_MAX_RATING_WAIT_SECONDS
+    rows = query_rows(
+        """
+        SELECT DISTINCT ON (q.customer_id)
+               c.external_id, COUNT(*) OVER (PARTITION BY q.customer_id),
+               e.id, e.identifier, q.enqueued_at, q.attempts, q.parked_at, q.last_error
+        FROM metering_ratingqueue q
+        JOIN metering_meterevent e ON e.id = q.event_id
+        JOIN plans_customer c ON c.id = q.customer_id
+        WHERE q.enqueued_at < %s
+        ORDER BY q.customer_id, q.enqueued_at, q.event_id
+        """,
+        [timezone.now() - timedelta(seconds=limit)],
+    )
+    return [_waiting_line(limit, *row) for row in rows]
+
+
+def _waiting_line(limit: int, customer: object, waiting: object, *oldest: object) -> str:
+    pk, identifier, enqueued_at, attempts, parked_at, error = oldest
+    line = (
+        f"customer {customer}: {waiting} event(s) waiting to be rated for over {limit} s; "
+        f"the oldest is event {pk} ({identifier}), queued at {enqueued_at}"
+    )
+    if attempts:
+        state = "parked for staff" if parked_at else "still failing"
+        line += f", {state} after {attempts} attempt(s): {error}"
+    return line

@@ -55,6 +55,23 @@ class RatingQueue(models.Model):
     )
     customer_id = models.BigIntegerField(db_index=True)
     enqueued_at = models.DateTimeField(auto_now_add=True)
+    # An event that could not be rated stays queued with its error and is tried again
+    # after a back-off, a bounded number of times; then it is parked for staff, and the
+    # rest of the customer's events are rated around it. Database defaults: ingest's
+    # statement writes only the three columns above.
+    attempts = models.PositiveSmallIntegerField(default=0, db_default=0)
+    last_error = models.TextField(blank=True, default="", db_default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    parked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Only failed rows, so ingest's inserts pay nothing for it: the health check
+            # and the staff list count and find them without scanning a long queue.
+            models.Index(
+                fields=["event_id"], condition=Q(attempts__gt=0), name="metering_queue_failed"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"pending {self.event_id}"

@@ -14,14 +14,18 @@ instance per event was more than half of rating's time.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ledger import services as ledger
@@ -32,6 +36,8 @@ from plans.models import Aggregation, Customer, PeriodStatus, SubscriptionPeriod
 from plans.rating import Rated, RateTable, RatingError
 
 BATCH = 1000
+
+logger = logging.getLogger(__name__)
 
 
 def events_rate_pending(*, rounds: int | None = None, budget_seconds: float = 10.0) -> int:
@@ -72,11 +78,16 @@ class _Event(NamedTuple):
 # row whose event is missing (the queue's reference is not a foreign key: see
 # RatingQueue) is neither claimed nor deleted: it stays for the
 # ``rating_queue_rows_have_events`` check to report.
+# Events that failed to rate wait for their next attempt; parked ones wait for staff.
+# With an event id, only that event is claimed (see _rate_each).
 _CLAIM_SQL = """
 WITH claimed AS MATERIALIZED (
     SELECT c.event_id FROM metering_ratingqueue c
     WHERE c.customer_id = %s
       AND EXISTS (SELECT 1 FROM metering_meterevent x WHERE x.id = c.event_id)
+      AND c.parked_at IS NULL
+      AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= %s)
+      AND (%s::bigint IS NULL OR c.event_id = %s::bigint)
     ORDER BY c.event_id
     LIMIT %s
     FOR UPDATE SKIP LOCKED
@@ -90,9 +101,24 @@ RETURNING e.id, e.event_name, e.timestamp, e.value, e.dimensions::text, e.worksp
 
 
 def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
+    """Rate a batch of one customer's queued events; an event that cannot be rated is
+    marked with its error and the others are charged around it."""
+    try:
+        return _rate_claimed(customer_id, limit)
+    except Exception as exc:
+        if not _blames_an_event(exc):
+            raise
+        # One bad event sinks the set-based batch: find it by rating one event at a time.
+        logger.warning(
+            "rating customer %s as a batch failed (%s); rating one by one", customer_id, exc
+        )
+        return _rate_each(customer_id, limit)
+
+
+def _rate_claimed(customer_id: int, limit: int, event_id: int | None = None) -> int:
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_SQL, [customer_id, limit])
+            cursor.execute(_CLAIM_SQL, [customer_id, timezone.now(), event_id, event_id, limit])
             rows = cursor.fetchall()
         if not rows:
             return 0
@@ -106,6 +132,74 @@ def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
         )
         _Rater(customer, events).run()
     return len(rows)
+
+
+def _blames_an_event(exc: Exception) -> bool:
+    # A lost connection or a shut-down server is nobody's event: the batch stays queued as
+    # it is and the next run retries it, without counting an attempt against any event.
+    if isinstance(exc, OperationalError | InterfaceError):
+        return False
+    return connection.connection is None or not connection.connection.closed
+
+
+def _rate_each(customer_id: int, limit: int) -> int:
+    due = (
+        RatingQueue.objects.filter(customer_id=customer_id, parked_at__isnull=True)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
+        .order_by("event_id")
+        .values_list("event_id", flat=True)[:limit]
+    )
+    rated = 0
+    for event_id in list(due):
+        try:
+            rated += _rate_claimed(customer_id, 1, event_id)
+        except Exception as exc:
+            if not _blames_an_event(exc):
+                raise
+            rating_failure_record(event_id=event_id, error=f"{type(exc).__name__}: {exc}")
+    return rated
+
+
+def rating_failure_record(*, event_id: int, error: str) -> None:
+    """Count a failed attempt: retry after a doubling back-off, park after the last one."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = RatingQueue.objects.select_for_update().filter(event_id=event_id).first()
+        if row is None:
+            return  # rated or cancelled meanwhile
+        row.attempts += 1
+        row.last_error = error[:2000]
+        delay = settings.RATING_RETRY_SECONDS * 2 ** (row.attempts - 1)
+        row.next_attempt_at = now + timedelta(seconds=delay)
+        if row.attempts >= settings.RATING_MAX_ATTEMPTS:
+            row.parked_at = now
+        row.save(update_fields=["attempts", "last_error", "next_attempt_at", "parked_at"])
+    if row.parked_at is not None:
+        logger.error(
+            "event %s of customer %s could not be rated after %s attempts and is parked "
+            "for staff: %s",
+            event_id,
+            row.customer_id,
+            row.attempts,
+            error,
+        )
+    else:
+        logger.warning(
+            "event %s of customer %s could not be rated (attempt %s of %s, next at %s): %s",
+            event_id,
+            row.customer_id,
+            row.attempts,
+            settings.RATING_MAX_ATTEMPTS,
+            row.next_attempt_at.isoformat(),
+            error,
+        )
+
+
+def rating_retry(*, event_ids: Sequence[int]) -> int:
+    """Staff: try parked or failing events again now, with a fresh count of attempts."""
+    return RatingQueue.objects.filter(event_id__in=event_ids).update(
+        attempts=0, last_error="", next_attempt_at=None, parked_at=None
+    )
 
 
 class _Dimensions:

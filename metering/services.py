@@ -472,10 +472,15 @@ def event_cancel(
     if RatingQueue.objects.filter(event=event).exists():
         events_rate_for_customer(customer_id=customer.pk)  # rate it first: then reverse it
     with transaction.atomic():
+        # Still queued: it failed to rate (or is parked). Taking its queue row first keeps
+        # rating's lock order (queue row, then account) and keeps a worker off it.
+        unrated = RatingQueue.objects.filter(event=event).select_for_update().exists()
         Account.objects.select_for_update().get(pk=customer.account_id)
         done = EventCancellation.objects.filter(event=event).first()
         if done is not None:
             return done
+        if unrated:
+            return _cancel_unrated(event, reason=reason, actor=actor)
         rating = EventRating.objects.select_related("period").get(event=event)
         if rating.period is not None and rating.period.status == PeriodStatus.INVOICING:
             raise MeteringError(
@@ -494,6 +499,22 @@ def event_cancel(
             )
             _usage_subtract(event, rating)
     return cancellation
+
+
+def _cancel_unrated(event: MeterEvent, *, reason: str, actor: str) -> EventCancellation:
+    """An event that never rated charged nothing: it leaves the queue as cancelled."""
+    queued = RatingQueue.objects.get(event=event)
+    EventRating.objects.create(
+        event=event,
+        status=RatingStatus.CANCELED,
+        credits=ZERO,
+        units=ZERO,
+        error_code="canceled_before_rating",
+        error_message=queued.last_error[:2000],
+        rated_at=timezone.now(),
+    )
+    queued.delete()
+    return EventCancellation.objects.create(event=event, reason=reason, actor=actor)
 
 
 def _usage_subtract(event: MeterEvent, rating: EventRating) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
-from celery.contrib.django.task import DjangoTask
 
 from billing_portal.alerts import recharge, services
 from billing_portal.alerts.models import Alert, RechargeAttempt
 from billing_portal.stripe_adapter import StripeTemporaryError
+from ledger.task_base import AfterCommitTask
 
 
 @shared_task(autoretry_for=(OSError,), max_retries=8, retry_backoff=60, retry_jitter=True)
@@ -18,7 +18,12 @@ def alert_email_task(alert_id: int) -> bool:
     return services.alert_email_send(alert=alert)
 
 
-class _RechargeTask(DjangoTask):
+@shared_task
+def alert_emails_unsent() -> int:
+    return services.alert_emails_unsent()
+
+
+class _RechargeTask(AfterCommitTask):
     autoretry_for = (StripeTemporaryError,)
     max_retries = 8
     retry_backoff = 30

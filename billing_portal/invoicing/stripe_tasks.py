@@ -11,14 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
-from celery.contrib.django.task import DjangoTask
 
 from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import CreditNote, Invoice
 from billing_portal.stripe_adapter import StripeTemporaryError
+from ledger.task_base import AfterCommitTask
 
 
-class _StripeSyncTask(DjangoTask):
+class _StripeSyncTask(AfterCommitTask):
     autoretry_for = (StripeTemporaryError,)
     max_retries = 8
     retry_backoff = 30

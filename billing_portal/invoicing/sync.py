@@ -14,7 +14,7 @@ network call and run in the webhook's transaction.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.db import transaction
@@ -145,6 +145,30 @@ def invoice_sync_enqueue(*, invoice: Invoice) -> None:
     invoice.sync_state = SyncState.PENDING
     invoice.sync_error = ""
     invoice_sync_task.delay_on_commit(invoice.pk)
+
+
+# A sync queued this long ago and never started lost its message (the broker was down
+# when it was sent): the sweep sends it again. The task's own retries run long after
+# their first attempt, so only never-attempted invoices qualify.
+UNSENT_AFTER = timedelta(minutes=10)
+
+
+def stripe_syncs_unsent(*, now: datetime | None = None) -> int:
+    """Queue again the Stripe syncs whose task never ran; return how many."""
+    from billing_portal.invoicing.stripe_tasks import credit_note_sync_task, invoice_sync_task
+
+    before = (now or timezone.now()) - UNSENT_AFTER
+    invoices = Invoice.objects.filter(
+        sync_state=SyncState.PENDING, sync_attempts=0, created_at__lt=before
+    ).values_list("pk", flat=True)[:500]
+    notes = CreditNote.objects.filter(
+        sync_state=SyncState.PENDING, created_at__lt=before
+    ).values_list("pk", flat=True)[:500]
+    for pk in invoices:
+        invoice_sync_task.delay(pk)
+    for pk in notes:
+        credit_note_sync_task.delay(pk)
+    return len(invoices) + len(notes)
 
 
 def sync_retry(*, invoice: Invoice, actor: str) -> Invoice:

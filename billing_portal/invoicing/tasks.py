@@ -31,6 +31,13 @@ def invoice_periods_missing() -> int:
 
 
 @shared_task
+def stripe_syncs_unsent() -> int:
+    from billing_portal.invoicing.sync import stripe_syncs_unsent
+
+    return stripe_syncs_unsent()
+
+
+@shared_task
 def revenue_recognize() -> int:
     from billing_portal.invoicing.revenue import revenue_recognize_all
 

@@ -258,7 +258,9 @@ def test_without_a_shared_cache_every_batch_sends_its_rating_task(
     clock: time_machine.Traveller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sent: list[object] = []
-    monkeypatch.setattr(tasks.events_rate_pending, "delay", lambda: sent.append(1))
+    monkeypatch.setattr(
+        tasks.events_rate_pending, "apply_async", lambda *args, **kwargs: sent.append(1)
+    )
     assert not tasks.scheduled_flag_shared()  # the tests' cache is per process
     for _ in range(2):
         tasks.events_rate_pending._send_unless_scheduled()

@@ -7,12 +7,14 @@ corrections, credit notes, plan changes and keys go through the workflow pages
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path, reverse
@@ -27,11 +29,12 @@ from billing_portal.invoicing.models import (
     InvoiceLine,
     SyncState,
 )
+from billing_portal.staff import services as staff_services
 from billing_portal.staff import views
 from billing_portal.staff.models import AuditLog
 from ledger.models import CreditGrant, GrantStatus, LedgerEntry, LedgerOperation
 from ledger.selectors import account_balance
-from metering.models import EventCancellation, MeterEvent, RejectedEvent
+from metering.models import EventCancellation, MeterEvent, RatingQueue, RejectedEvent
 from plans.models import (
     ApiKey,
     Customer,
@@ -307,6 +310,65 @@ class MeterEventAdmin(ReadOnlyAdmin):
             (reverse("admin:metering_meterevent_cancel", args=[obj.pk]), "Cancel"),
             (reverse("admin:metering_meterevent_correct", args=[obj.pk]), "Correct"),
         )
+
+
+class RatingStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("waiting", "waiting"), ("failing", "failing, will retry"), ("parked", "parked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return {
+            "waiting": queryset.filter(attempts=0),
+            "failing": queryset.filter(attempts__gt=0, parked_at__isnull=True),
+            "parked": queryset.filter(parked_at__isnull=False),
+        }.get(self.value() or "", queryset)
+
+
+@admin.register(RatingQueue)
+class RatingQueueAdmin(ReadOnlyAdmin):
+    """Accepted events not yet rated: the ones that failed carry their error."""
+
+    list_display = [
+        "event_link",
+        "customer_name",
+        "enqueued_at",
+        "attempts",
+        "next_attempt_at",
+        "parked_at",
+        "short_error",
+    ]
+    list_filter = [RatingStateFilter]
+    search_fields = ["event__identifier", "event__customer__external_id"]
+    list_select_related = ["event__customer"]
+    actions = ["retry_rating"]
+
+    @admin.display(description="event")
+    def event_link(self, obj: RatingQueue) -> SafeString:
+        url = reverse("admin:metering_meterevent_change", args=[obj.event_id])
+        return format_html('<a href="{}">{}</a>', url, obj.event.identifier)
+
+    @admin.display(description="customer")
+    def customer_name(self, obj: RatingQueue) -> str:
+        return obj.event.customer.external_id
+
+    @admin.display(description="last error")
+    def short_error(self, obj: RatingQueue) -> str:
+        return obj.last_error[:160]
+
+    @admin.action(description="Retry rating of the selected events now")
+    def retry_rating(self, request: HttpRequest, queryset: QuerySet[RatingQueue]) -> None:
+        reason = staff_services.Reason("rating_retry", uuid.uuid4().hex)
+        try:
+            retried = staff_services.staff_rating_retry(
+                operator=request.user, queued=list(queryset.select_related("event")), reason=reason
+            )
+        except PermissionDenied as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+            return
+        self.message_user(request, f"{retried} event(s) will be rated again on the next run.")
 
 
 @admin.register(RejectedEvent)

@@ -18,6 +18,7 @@ class AuditAction(models.TextChoices):
     GRANT_EXPIRE = "grant_expire"
     EVENT_CANCEL = "event_cancel"
     EVENT_CORRECT = "event_correct"
+    RATING_RETRY = "rating_retry"
     CREDIT_NOTE_ISSUE = "credit_note_issue"
     CREDIT_NOTE_VOID = "credit_note_void"
     PLAN_CHANGE = "plan_change"

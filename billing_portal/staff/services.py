@@ -7,6 +7,7 @@ writes the audit row in the same transaction as the action: both happen or neith
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -28,8 +29,8 @@ from ledger import services as ledger
 from ledger.models import CREDIT_DIGITS, CREDIT_PLACES, ZERO, Account, CreditGrant, GrantCategory
 from metering import services as metering
 from metering.ingest import events_ingest
-from metering.models import MeterEvent
-from metering.rating import events_rate_for_customer
+from metering.models import MeterEvent, RatingQueue
+from metering.rating import events_rate_for_customer, rating_retry
 from plans import apikeys, catalog
 from plans.models import ApiKey, Customer, Plan, Subscription
 from plans.services import SubscriptionError, When, subscription_change_plan
@@ -244,6 +245,29 @@ def _cancel(operator: Operator, event: MeterEvent, reason: Reason) -> None:
         )
     except metering.MeteringError as exc:
         raise StaffError(exc.message, exc.param) from exc
+
+
+def staff_rating_retry(*, operator: Operator, queued: Sequence[RatingQueue], reason: Reason) -> int:
+    """Put failing or parked events back in line for rating, e.g. after fixing the cause."""
+    require(operator, "correct_usage")
+    with transaction.atomic():
+        retried = rating_retry(event_ids=[row.event_id for row in queued])
+        for row in queued:
+            _audit_event_retry(operator, reason, row)
+    return retried
+
+
+def _audit_event_retry(operator: Operator, reason: Reason, row: RatingQueue) -> None:
+    # One audit row per event; each needs its own one-time token.
+    per_event = Reason(reason.code, f"{reason.token}:{row.event_id}", reason.memo)
+    _audit(
+        operator,
+        AuditAction.RATING_RETRY,
+        per_event,
+        row.event,
+        attempts=row.attempts,
+        last_error=row.last_error[:500],
+    )
 
 
 def staff_event_correct(

@@ -15,7 +15,7 @@ from typing import Any, cast
 from django import forms
 from django.contrib import messages
 from django.contrib.admin import AdminSite
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Min
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -33,7 +33,7 @@ from ledger.errors import LedgerError
 from ledger.models import CreditGrant
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
-from metering.models import MeterEvent, RejectedEvent
+from metering.models import EventRating, MeterEvent, RatingQueue, RatingStatus, RejectedEvent
 from plans.apikeys import ALL_SCOPES
 from plans.models import ApiKey, Customer, Subscription, SubscriptionStatus
 
@@ -536,7 +536,27 @@ def report_unmatched(request: HttpRequest, site: AdminSite) -> HttpResponse:
         .annotate(count=Count("pk"), last=Max("received_at"))
         .order_by("-count", "code", "customer_external_id")
     )
-    return _report(request, site, "report_unmatched.html", "Unmatched events", rows=list(rows))
+    unratable = (
+        EventRating.objects.filter(status=RatingStatus.UNRATABLE)
+        .values("error_code", "event__customer__external_id")
+        .annotate(count=Count("pk"), last=Max("rated_at"))
+        .order_by("-count", "error_code")
+    )
+    failing = (
+        RatingQueue.objects.filter(attempts__gt=0)
+        .values("event__customer__external_id")
+        .annotate(count=Count("pk"), parked=Count("parked_at"), oldest=Min("enqueued_at"))
+        .order_by("oldest")
+    )
+    return _report(
+        request,
+        site,
+        "report_unmatched.html",
+        "Unmatched events",
+        rows=list(rows),
+        unratable=list(unratable),
+        failing=list(failing),
+    )
 
 
 def report_lineage(request: HttpRequest, site: AdminSite, line_id: int) -> HttpResponse:

@@ -201,8 +201,9 @@ X_FRAME_OPTIONS = "DENY"
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    _queue_dir = VAR_DIR / "celery" / "queue"
-    _control_dir = VAR_DIR / "celery" / "control"
+    _broker_dir = Path(env("CELERY_BROKER_DIR") or VAR_DIR / "celery")
+    _queue_dir = _broker_dir / "queue"
+    _control_dir = _broker_dir / "control"
     for _folder in (_queue_dir, _control_dir):
         _folder.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -206,6 +206,12 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _control_dir = _broker_dir / "control"
     for _folder in (_queue_dir, _control_dir):
         _folder.mkdir(parents=True, exist_ok=True)
+    # One task at a time per worker process (run several: make run starts
+    # WORKER_CONCURRENCY of them). Kombu's file-system transport has no event loop, so a
+    # prefork pool's children share one queue lock that a child holds while it waits for
+    # work: a child killed (OOM, kill -9) while holding it wedges every other child for
+    # good, with nothing in the logs. Redis and RabbitMQ brokers do not have this problem.
+    CELERY_WORKER_POOL = "solo"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),

@@ -18,6 +18,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from billing_portal import broker
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 
@@ -197,7 +199,10 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- Celery ---------------------------------------------------------------------------
 # Local mode uses kombu's file-system transport: messages are files under var/celery,
-# shared by every process on this machine, with no broker service to run.
+# shared by every process on this machine, with no broker service to run. filesystem://
+# names our subclass of it (kombu takes the transport from the URL's scheme), which moves
+# a message file it cannot read to bad/ next to the queue instead of stopping the worker.
+broker.register()
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):

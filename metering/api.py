@@ -21,8 +21,14 @@ from metering import ingest, services, tasks
 from metering.models import Authorization, PeriodUsage, UsageRollup
 from plans import selectors as plan_selectors
 from plans.api import TimestampField, actor, credits_field, customer_or_404, is_id, rfc3339
-from plans.api_support import ApiError, BaseApiView, FastJSONRenderer, error_responses
-from plans.models import Customer, OveragePolicy
+from plans.api_support import (
+    MAX_JSON_DEPTH,
+    ApiError,
+    BaseApiView,
+    FastJSONRenderer,
+    error_responses,
+)
+from plans.models import MAX_CREDITS, MAX_EVENT_VALUE, Customer, OveragePolicy
 
 # --- events ---------------------------------------------------------------------------
 
@@ -56,7 +62,9 @@ class EventInSerializer(serializers.Serializer):
     event_name = serializers.CharField()
     customer = serializers.CharField()
     timestamp = serializers.CharField(help_text="RFC 3339 or Unix seconds")
-    value = serializers.CharField(help_text="decimal string or number, >= 0, at most 6 decimals")
+    value = serializers.CharField(
+        help_text=f"decimal string or number, >= 0, at most 6 decimals, at most {MAX_EVENT_VALUE}"
+    )
     dimensions = serializers.DictField(child=serializers.CharField(), required=False)
     workspace = serializers.CharField(required=False)
     authorization = serializers.CharField(
@@ -80,10 +88,11 @@ class EventsApi(BaseApiView):
         description=(
             "Each event stands alone: rejected events get a code (missing_field, "
             "invalid_identifier, unknown_customer, unknown_event_name, invalid_value, "
-            "invalid_dimensions, invalid_timestamp, timestamp_too_far_in_past, "
-            "timestamp_in_future, identifier_conflict, unknown_authorization). A body that "
-            "is not JSON, has no events or more than 1000 is refused whole (invalid_json, "
-            "events_required, too_many_events)."
+            f"value_out_of_range (above {MAX_EVENT_VALUE}), invalid_dimensions, "
+            "invalid_timestamp, timestamp_too_far_in_past, timestamp_in_future, "
+            "identifier_conflict, unknown_authorization). A body that is not JSON (or nests "
+            f"deeper than {MAX_JSON_DEPTH} levels), has no events or more than 1000 is "
+            "refused whole (invalid_json, events_required, too_many_events)."
         ),
     )
     def post(self, request: Request) -> Response:
@@ -98,7 +107,9 @@ class EventsApi(BaseApiView):
 
 
 class EventCancelApi(BaseApiView):
-    required_scope = "ingest"
+    # It reverses charges: an operator's correction, not something an ingest-only key
+    # (often spread across many services) should be able to do.
+    required_scope = "write"
 
     class InputSerializer(serializers.Serializer):
         customer = serializers.CharField()
@@ -347,6 +358,29 @@ def _hour(moment: datetime) -> datetime:
 # --- authorizations -------------------------------------------------------------------
 
 
+class BoundedDecimalField(serializers.DecimalField):
+    """A decimal >= 0 with at most 6 places, up to ``maximum``; above it the error code is
+    value_out_of_range. The bound is checked before the precision rules, so 1e30 is out of
+    range rather than "too many digits", and no arithmetic runs on a huge number."""
+
+    def __init__(self, *, maximum: Decimal, advice: str, **kwargs: Any) -> None:
+        # As many whole digits as the maximum has: the schema's pattern then shows it.
+        whole_digits = len(str(int(maximum)))
+        super().__init__(
+            max_digits=whole_digits + 6, decimal_places=6, min_value=Decimal(0), **kwargs
+        )
+        self.maximum = maximum
+        self.advice = advice
+
+    def validate_precision(self, value: Decimal) -> Decimal:
+        if value > self.maximum:
+            raise serializers.ValidationError(
+                f"{value} is above the maximum of {self.maximum}; {self.advice}",
+                code="value_out_of_range",
+            )
+        return super().validate_precision(value)
+
+
 class AuthorizationOutSerializer(serializers.Serializer):
     id = serializers.CharField(source="pk")
     identifier = serializers.CharField()
@@ -375,10 +409,12 @@ class AuthorizationsApi(BaseApiView):
             r"^[\x21-\x7e]{1,255}$",
             error_messages={"invalid": "1 to 255 printable ASCII characters without spaces"},
         )
-        credits = credits_field(required=False, min_value=Decimal(0))
+        credits = BoundedDecimalField(
+            maximum=MAX_CREDITS, advice="authorize less at a time", required=False
+        )
         event_name = serializers.CharField(required=False)
-        value = serializers.DecimalField(
-            max_digits=28, decimal_places=6, required=False, min_value=Decimal(0)
+        value = BoundedDecimalField(
+            maximum=MAX_EVENT_VALUE, advice="estimate less at a time", required=False
         )
         dimensions = serializers.DictField(
             child=serializers.CharField(max_length=128), required=False

@@ -25,7 +25,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from metering.models import Authorization, RejectedEvent
-from plans.models import Customer, Meter
+from plans.api_support import json_nesting_exceeds, json_too_deep_message
+from plans.models import MAX_EVENT_VALUE, Customer, Meter
 
 MAX_EVENTS = 1000
 IDENTIFIER = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
@@ -113,10 +114,14 @@ class IngestOutcome:
 
 def parse_body(body: bytes) -> list[Any]:
     """The events of a request body: one event object, or {"events": [...]}."""
+    if json_nesting_exceeds(body):
+        raise BatchError("invalid_json", json_too_deep_message())
     try:
         document = _decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BatchError("invalid_json", f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # malformed in a way the pre-scan did not foresee
+        raise BatchError("invalid_json", json_too_deep_message()) from exc
     if isinstance(document, dict) and "events" in document:
         events = document["events"]
         if not isinstance(events, list):
@@ -284,10 +289,16 @@ def _value(raw: Any) -> Decimal | Rejection:
         return _reject(
             "invalid_value", "value must not be negative; cancel an event to correct it", "value"
         )
-    if value != value.quantize(VALUE_QUANTUM) or value >= Decimal(10) ** 22:
+    # Compared before any arithmetic: quantizing 1e30 would raise, not round.
+    if value > MAX_EVENT_VALUE:
         return _reject(
-            "invalid_value", "value has more than 6 decimal places or is too large", "value"
+            "value_out_of_range",
+            f"value is above the maximum of {MAX_EVENT_VALUE} per event; "
+            "split the usage over several events",
+            "value",
         )
+    if value != value.quantize(VALUE_QUANTUM):
+        return _reject("invalid_value", "value has more than 6 decimal places", "value")
     return value.quantize(VALUE_QUANTUM)
 
 

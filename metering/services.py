@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -33,6 +33,7 @@ from metering.models import (
 )
 from metering.rating import dimensions_key, events_rate_for_customer
 from plans.models import (
+    MAX_CREDITS,
     Customer,
     Meter,
     OveragePolicy,
@@ -220,7 +221,22 @@ def _price(
     except RatingError as error:
         param = "event_name" if error.code == "unknown_event_name" else "dimensions"
         raise MeteringError(400, error.code, error.message, param) from error
+    except InvalidOperation as error:  # more credits than Decimal's 28 digits hold
+        raise _estimate_too_large(request.value) from error
+    if rated.credits > MAX_CREDITS:
+        raise _estimate_too_large(request.value)
     return rated.credits, rated.meter
+
+
+def _estimate_too_large(value: Decimal) -> MeteringError:
+    # Only a rate loaded before catalogs bounded credits per unit can get here.
+    return MeteringError(
+        400,
+        "value_out_of_range",
+        f"value {value} prices at more than {MAX_CREDITS} credits, the most one "
+        "authorization can hold; estimate less at a time",
+        "value",
+    )
 
 
 def allowance_for(

@@ -12,18 +12,29 @@ them while it is imported, and this module imports it, so the two would import e
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn
+from itertools import accumulate
+from typing import IO, Any, ClassVar, NoReturn
 
 import msgspec
+import psycopg
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.signals import got_request_exception
-from django.db import IntegrityError, transaction
+from django.db import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.defaults import page_not_found
@@ -34,6 +45,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import exceptions, serializers
 from rest_framework.authentication import BaseAuthentication
+from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -44,7 +56,7 @@ from rest_framework.views import APIView, set_rollback
 
 from ledger.errors import GrantNotActive, HoldNotOpen, IdempotencyConflict, LedgerError
 from plans.apikeys import api_key_authenticate
-from plans.models import ApiKey, ApiScope, IdempotencyRecord
+from plans.models import ApiKey, ApiKeyRateWindow, ApiScope, IdempotencyRecord
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +78,20 @@ ERROR_TYPES = (
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
+
+# Errors that mean the database cannot be reached (or dropped the connection): the
+# request may succeed if retried, so they answer 503, not 500. psycopg's own classes
+# come from statements run on the raw connection (the ingest's bulk insert).
+DATABASE_UNAVAILABLE_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+# Error codes a serializer field may raise (ValidationError(code=...)) that the envelope
+# keeps, instead of the generic invalid_request.
+FIELD_ERROR_CODES = frozenset({"value_out_of_range"})
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -152,7 +178,22 @@ def _as_api_error(exc: Exception, context: dict[str, Any]) -> ApiError:
         return _validation_error(exc.detail)
     if isinstance(exc, exceptions.APIException):
         return _from_drf(exc, context)
+    if isinstance(exc, DATABASE_UNAVAILABLE_ERRORS):
+        return service_unavailable(exc, request)
     return _internal_error(exc, request)
+
+
+def service_unavailable(exc: Exception, request: Request | HttpRequest | None) -> ApiError:
+    """503 while the database is down: the client should retry, and nothing was stored."""
+    logger.warning("Database unavailable: %s: %s", request and request.path, exc)
+    seconds = UNAVAILABLE_RETRY_AFTER_SECONDS
+    return ApiError(
+        503,
+        "service_unavailable",
+        f"The service is temporarily unavailable (its database cannot be reached): retry "
+        f"in {seconds} seconds with the same request, and the same Idempotency-Key if any.",
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def _not_found(path: str) -> ApiError:
@@ -179,11 +220,12 @@ def _validation_error(detail: Any) -> ApiError:
         return ApiError(400, "invalid_request", "The request is invalid.")
     path, message = found
     param = ".".join(path) or None
-    if param and getattr(message, "code", None) == "required":
+    code = getattr(message, "code", None)
+    if param and code == "required":
         text = f"Missing required field '{param}': add it to the request body."
         return ApiError(400, "missing_field", text, param)
     text = f"Invalid value for '{param}': {message}" if param else str(message)
-    return ApiError(400, "invalid_request", text, param)
+    return ApiError(400, str(code) if code in FIELD_ERROR_CODES else "invalid_request", text, param)
 
 
 def _first_error(detail: Any, path: tuple[str, ...]) -> tuple[tuple[str, ...], str] | None:
@@ -342,29 +384,62 @@ def required_scope_for(view: APIView, method: str) -> str | None:
 
 
 class ApiKeyRateThrottle(SimpleRateThrottle):
-    """Per API key, at ``DEFAULT_THROTTLE_RATES["api_key"]`` (env API_RATE_LIMIT)."""
+    """Per API key, at ``DEFAULT_THROTTLE_RATES["api_key"]`` (env API_RATE_LIMIT).
+
+    A fixed window counted in PostgreSQL (``ApiKeyRateWindow``): one upsert per request
+    both counts and answers, atomically, so the limit holds exactly across every process
+    and machine; a per-process or get-then-set cache count lets several times the limit
+    through under concurrency.
+    """
 
     scope = "api_key"
     num_requests: int
     duration: int
+    _wait = 0.0
 
     def get_rate(self) -> str | None:
         # DRF copies the rates at import; reading them here lets a changed setting apply.
         rate = api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
         return None if rate is None else str(rate)
 
-    def get_cache_key(self, request: Request, view: APIView) -> str | None:
-        if not isinstance(request.auth, ApiKey):
-            return None
-        return self.cache_format % {"scope": self.scope, "ident": request.auth.pk}
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        # Windows follow each machine's clock: a skew between web machines moves a window
+        # boundary by as much, never the count within a window.
+        if self.rate is None or not isinstance(request.auth, ApiKey):
+            return True
+        count, self._wait = api_key_window_count(api_key=request.auth, seconds=self.duration)
+        return count <= self.num_requests
 
     def wait(self) -> float:
-        # Until enough of the window's requests age out to admit one more; DRF's own
-        # estimate spreads requests evenly and can be None, which would drop Retry-After.
-        if self.num_requests and len(self.history) >= self.num_requests:
-            frees_at = self.history[self.num_requests - 1] + self.duration
-            return max(frees_at - self.now, 0.0)
-        return float(self.duration)
+        return self._wait
+
+
+_WINDOW_COUNT = f"""
+WITH expired AS (
+    DELETE FROM {ApiKeyRateWindow._meta.db_table}
+    WHERE api_key_id = %(key)s AND window_start < %(start)s
+)
+INSERT INTO {ApiKeyRateWindow._meta.db_table} AS w (api_key_id, window_start, count)
+VALUES (%(key)s, %(start)s, 1)
+ON CONFLICT (api_key_id, window_start) DO UPDATE SET count = w.count + 1
+RETURNING w.count
+"""
+
+
+def api_key_window_count(*, api_key: ApiKey, seconds: int) -> tuple[int, float]:
+    """Count a request in the key's current window: (requests so far in it, including
+    this one; seconds until the window ends).
+
+    One statement in autocommit: the row lock the upsert takes is held for microseconds,
+    and the key's earlier windows go in the same statement (an index probe that finds
+    nothing except on the first request of a window).
+    """
+    now = time.time()
+    start = int(now // seconds) * seconds
+    with connection.cursor() as cursor:
+        cursor.execute(_WINDOW_COUNT, {"key": api_key.pk, "start": start})
+        (count,) = cursor.fetchone()
+    return count, start + seconds - now
 
 
 # --- idempotency ---------------------------------------------------------------------
@@ -498,6 +573,7 @@ _ERROR_DESCRIPTIONS = {
     404: "No such resource.",
     409: "Conflicts with the current state, or an Idempotency-Key reused.",
     429: "Rate limited; retry after the `Retry-After` seconds.",
+    503: "The database is unavailable; retry after the `Retry-After` seconds.",
 }
 
 
@@ -530,8 +606,8 @@ class ApiAutoSchema(AutoSchema):
     idempotency conflicts), and distinct names for the nested Input/Output serializers."""
 
     SHARED_ERRORS: ClassVar[dict[str, tuple[int, ...]]] = {
-        "POST": (400, 401, 403, 409, 429),
-        "GET": (401, 403, 429),
+        "POST": (400, 401, 403, 409, 429, 503),
+        "GET": (401, 403, 429, 503),
     }
 
     def get_override_parameters(self) -> list[Any]:
@@ -571,6 +647,67 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
         )
 
 
+# --- request bodies ------------------------------------------------------------------
+
+# Deeper JSON is refused before it is decoded: decoders, and every walk over the decoded
+# body (validation, storing rejected events, the JSON column), recurse once per level.
+MAX_JSON_DEPTH = 64
+# A string, or an unterminated one up to the end (the decoder refuses that body anyway).
+_JSON_STRING = re.compile(rb'"[^"]*(?:"|$)')
+_NOT_JSON_STRUCTURE = bytes(range(256)).translate(None, b'"[]{}')
+_JSON_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def json_too_deep_message() -> str:
+    return (
+        f"the body is refused: nesting deeper than {MAX_JSON_DEPTH} levels of arrays and "
+        "objects; send a flatter document"
+    )
+
+
+def json_nesting_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a JSON body nests arrays and objects deeper than ``limit``.
+
+    Linear and in C for the most part, so it costs little next to decoding: escapes are
+    dropped (so every remaining quote delimits a string), then all but quotes and
+    brackets, then the strings with the brackets inside them; the running depth of what
+    is left is the nesting. Malformed JSON may be misjudged here; the decoder refuses it.
+    """
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = body.translate(None, _NOT_JSON_STRUCTURE)
+    if structure.count(b"[") + structure.count(b"{") <= limit:
+        return False  # too few brackets to nest deeper, wherever they are
+    # Most strings hold no bracket: dropping their quote pairs first leaves the regex
+    # little to do. (A pair that closes one string and opens the next only joins them.)
+    structure = _JSON_STRING.sub(b"", structure.replace(b'""', b""))
+    depths = accumulate(map(_JSON_DEPTH_STEP.__getitem__, structure))
+    return max(depths, default=0) > limit
+
+
+class ApiJSONParser(JSONParser):
+    """DRF's JSON parser with a nesting limit (and no RecursionError) before decoding."""
+
+    def parse(
+        self,
+        stream: IO[Any],
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> Any:
+        body = stream.read()
+        if json_nesting_exceeds(body):
+            raise _too_deep()
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError as exc:
+            raise _too_deep() from exc
+
+
+def _too_deep() -> ApiError:
+    message = json_too_deep_message()
+    return ApiError(400, "invalid_json", f"{message[0].upper()}{message[1:]}.")
+
+
 # --- the view base -------------------------------------------------------------------
 
 
@@ -579,6 +716,7 @@ class BaseApiView(APIView):
     Idempotency-Key on POST (the view runs once per key; retries get the stored answer)."""
 
     authentication_classes = [ApiKeyAuthentication]
+    parser_classes = [ApiJSONParser]
     permission_classes = [HasApiScope]
     throttle_classes = [ApiKeyRateThrottle]
     schema = ApiAutoSchema()
@@ -613,10 +751,15 @@ class BaseApiView(APIView):
         record, self._idempotency_record = self._idempotency_record, None
         if record is None:
             return
-        if response is None:
-            idempotency_release(record=record)
-        else:
-            idempotency_settle(record=record, response=response)
+        try:
+            if response is None:
+                idempotency_release(record=record)
+            else:
+                idempotency_settle(record=record, response=response)
+        except DATABASE_UNAVAILABLE_ERRORS as exc:
+            # The database went away after the claim: the answer still goes out. The
+            # claim stays unanswered, so a retry with this key is told it is in use.
+            logger.warning("Idempotency-Key claim %s left unsettled: %s", record.pk, exc)
 
 
 class FastJSONRenderer(JSONRenderer):

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation, localcontext
 from typing import Any, Literal
 
 import msgspec
@@ -29,7 +29,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from djmoney.money import Money
 
+from ledger.models import CREDIT_QUANTUM
 from plans.models import (
+    MAX_CREDITS,
+    MAX_EVENT_VALUE,
     CreditPack,
     Meter,
     Plan,
@@ -272,6 +275,7 @@ def _check_meters(checker: _Checker) -> dict[str, list[str]]:
 
 def _check_rate_cards(checker: _Checker, meters: dict[str, list[str]]) -> set[str]:
     seen: dict[tuple[str, datetime], int] = {}
+    counted = _counted_meters(checker.spec)
     for index, card in enumerate(checker.spec.rate_cards):
         where = _label("rate_cards", index, card.code)
         if not CODE.match(card.code):
@@ -294,6 +298,7 @@ def _check_rate_cards(checker: _Checker, meters: dict[str, list[str]]) -> set[st
             checker.add(f"{where}.rates", "needs at least one rate")
         for rate_index, rate in enumerate(card.rates):
             _check_rate(checker, f"{where}.rates[{rate_index}]", rate, meters)
+            _check_rate_bound(checker, f"{where}.rates[{rate_index}]", rate, counted)
         _check_ambiguous_rates(checker, where, card.rates)
     return {card.code for card in checker.spec.rate_cards} | set(
         RateCard.objects.values_list("code", flat=True)
@@ -313,9 +318,50 @@ def _check_rate(
                 f"{', '.join(sorted(unknown))} is not a dimension of meter {rate.meter!r} "
                 f"(its dimensions: {', '.join(meters[rate.meter]) or 'none'})",
             )
-    checker.decimal(f"{where}.credits", rate.credits, places=6)
     if rate.per < 1:
         checker.add(f"{where}.per", f"must be 1 or more, not {rate.per}")
+    elif rate.per > MAX_PER:
+        checker.add(f"{where}.per", f"must be at most {MAX_PER}, not {rate.per}")
+
+
+# The rates' `per` column is a PostgreSQL integer.
+MAX_PER = 2**31 - 1
+
+
+def _counted_meters(spec: CatalogSpec) -> set[str]:
+    """Codes of the count meters (an event is one unit, whatever its value)."""
+    counted = set(Meter.objects.filter(aggregation="count").values_list("code", flat=True))
+    for meter in spec.meters:
+        if meter.aggregation == "count":
+            counted.add(meter.code)
+        else:
+            counted.discard(meter.code)
+    return counted
+
+
+def _check_rate_bound(checker: _Checker, where: str, rate: RateSpec, counted: set[str]) -> None:
+    """A rate may charge no more than keeps one event's credits storable in the ledger."""
+    credits = checker.decimal(f"{where}.credits", rate.credits, places=6)
+    if credits is None or not 1 <= rate.per <= MAX_PER:
+        return
+    if rate.meter in counted:
+        units, note = Decimal(1), "an event of a count meter is 1 unit"
+    else:
+        units, note = MAX_EVENT_VALUE, f"an event may carry up to {MAX_EVENT_VALUE} units"
+    most = _max_rate(rate.per, units)
+    if credits > most:
+        checker.add(
+            f"{where}.credits",
+            f"{credits} per {rate.per} could price one event above {MAX_CREDITS} credits, "
+            f"more than the ledger holds ({note}); charge at most {most} per {rate.per}",
+        )
+
+
+def _max_rate(per: int, units: Decimal) -> Decimal:
+    # Enough digits for the division to be exact before it is rounded down.
+    with localcontext(prec=60):
+        most = (MAX_CREDITS * per / units).quantize(CREDIT_QUANTUM, ROUND_DOWN)
+    return min(most, MAX_CREDITS)
 
 
 def _check_ambiguous_rates(checker: _Checker, where: str, rates: list[RateSpec]) -> None:

@@ -14,7 +14,15 @@ from django.db import models
 from django.db.models import Q
 from djmoney.models.fields import MoneyField
 
-from ledger.models import CreditField
+from ledger.models import CREDIT_DIGITS, CREDIT_PLACES, CREDIT_QUANTUM, CreditField
+
+# The most credits one ledger column holds: they are numeric(20,6).
+MAX_CREDITS = Decimal(10) ** (CREDIT_DIGITS - CREDIT_PLACES) - CREDIT_QUANTUM
+# The largest value one meter event (or authorization estimate) may carry. It is chosen
+# with the rates it allows: catalog loading refuses a rate whose credits per unit times
+# this value exceeds MAX_CREDITS, so one event always rates to an amount the ledger can
+# store. 1e9 units per event with up to ~100,000 credits per unit: 1e9 x 1e5 = 1e14.
+MAX_EVENT_VALUE = Decimal(1_000_000_000)
 
 
 class Aggregation(models.TextChoices):
@@ -346,6 +354,26 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}...)"
+
+
+class ApiKeyRateWindow(models.Model):
+    """How many requests a key made in one fixed window of the rate limit.
+
+    Counted in PostgreSQL, with one upsert per request, so every web process on every
+    machine shares one exact count per key. The table is UNLOGGED (migration 0005): the
+    counts live seconds, and losing them in a crash only resets the limit early.
+    """
+
+    pk = models.CompositePrimaryKey("api_key", "window_start")
+    # No foreign key constraint: checking it would lock the key's row on every request.
+    api_key = models.ForeignKey(
+        ApiKey, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    window_start = models.BigIntegerField(help_text="Unix seconds")
+    count = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id} @ {self.window_start}: {self.count}"
 
 
 class IdempotencyRecord(models.Model):

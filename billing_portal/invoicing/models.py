@@ -239,14 +239,28 @@ class CreditNoteLine(models.Model):
         return f"{self.credit_note_id}: {self.amount}"
 
 
+class StripeEventStatus(models.TextChoices):
+    PROCESSED = "processed"
+    FAILED = "failed"  # signed, but its fields could not be used: nothing was applied
+
+
 class StripeEvent(models.Model):
-    """Each Stripe webhook event processed once: the unique id refuses a second insert."""
+    """Each Stripe webhook event processed once: the unique id refuses a second insert.
+
+    A signed event that cannot be applied (an absurd timestamp, an id too long to store)
+    is kept as failed, with the reason, for staff; Stripe is told it arrived, since
+    delivering it again would fail the same way.
+    """
 
     event_id = models.CharField(max_length=128, unique=True)
     type = models.CharField(max_length=128)
     payload = models.JSONField()
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(
+        max_length=16, choices=StripeEventStatus.choices, default=StripeEventStatus.PROCESSED
+    )
+    error = models.TextField(blank=True)
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"

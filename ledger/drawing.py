@@ -82,6 +82,8 @@ class DebitRequest:
     cause: Cause
     meter: str = ""
     workspace: str | None = None
+    # When the usage happened: it draws on the grants usable then (default: now).
+    at: datetime | None = None
 
 
 def non_negative(amount: Decimal | str) -> Decimal:
@@ -122,6 +124,7 @@ class Drawer:
         self.touched: dict[int, CreditGrant] = {}
         self.entries: list[LedgerEntry] = []
         self._usable: dict[tuple[str | None, str | None, datetime], list[CreditGrant]] = {}
+        self._ordered: list[CreditGrant] | None = None
 
     def debit(
         self,
@@ -132,23 +135,19 @@ class Drawer:
     ) -> Debit:
         operation = operation or self.operation
         assert operation is not None
-        at = at or self.at
+        at = at or request.at or self.at
         # Which grants may pay, in draw-down order, depends only on the scope and the
         # time: worked out once per batch, not per debit. A grant drawn to zero stays in
         # the list and is skipped.
         scope = (request.meter, request.workspace, at)
         usable = self._usable.get(scope)
         if usable is None:
-            usable = self._usable[scope] = sorted(
-                (
-                    g
-                    for g in self.grants
-                    if grant_is_usable(g, request.meter, request.workspace, at)
-                ),
-                key=draw_down_key,
-            )
-        available = max(ZERO, sum((g.remaining for g in usable), ZERO) - self.account.held)
-        left = min(request.amount, available)
+            usable = self._usable[scope] = [
+                g
+                for g in self._in_order()
+                if grant_is_usable(g, request.meter, request.workspace, at)
+            ]
+        left = min(request.amount, self._available(usable, request))
         debit = Debit(operation=operation)
         for grant in usable:
             if left <= 0:
@@ -170,6 +169,30 @@ class Drawer:
             )
         self.entries.extend(debit.entries)
         return debit
+
+    def _in_order(self) -> list[CreditGrant]:
+        if self._ordered is None:
+            self._ordered = sorted(self.grants, key=draw_down_key)
+        return self._ordered
+
+    def _available(self, usable: list[CreditGrant], request: DebitRequest) -> Decimal:
+        """What the debit may take: open holds reserve credits of the grants usable now,
+        so late usage drawing on grants that have since expired is not held back by them."""
+        total = sum((g.remaining for g in usable), ZERO)
+        now = timezone.now()
+        current = (
+            total
+            if request.at is None
+            else sum(
+                (
+                    g.remaining
+                    for g in usable
+                    if grant_is_usable(g, request.meter, request.workspace, now)
+                ),
+                ZERO,
+            )
+        )
+        return max(ZERO, total - min(self.account.held, current))
 
     def flush(self) -> None:
         with connection.cursor() as cursor:

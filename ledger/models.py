@@ -91,6 +91,12 @@ class CreditGrant(models.Model):
     source_type = models.CharField(max_length=32, blank=True)
     source_id = models.CharField(max_length=128, blank=True)
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # Usage is charged against the grants usable at its timestamp, so a grant past
+    # expires_at still pays for late usage until its leftovers are written off: by the
+    # expiry sweep a grace window after expires_at, or, when this is set, by the grant's
+    # source when it closes (a subscription period, whose late events may arrive until
+    # it is invoiced).
+    expired_by_source = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 

@@ -11,10 +11,12 @@ writers on one customer queue there and writers on different customers never mee
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from djmoney.money import Money
 
@@ -106,6 +108,7 @@ def credit_grant_create(
     source_type: str = "",
     source_id: str = "",
     idempotency_key: str | None = None,
+    expired_by_source: bool = False,
 ) -> CreditGrant:
     amount = credits(amount)
     _validate_grant(amount, category, priority, effective_at, expires_at, cost_basis)
@@ -138,6 +141,7 @@ def credit_grant_create(
             reason=reason,
             memo=memo,
             actor=actor,
+            expired_by_source=expired_by_source,
             source_type=source_type,
             source_id=source_id,
             idempotency_key=idempotency_key,
@@ -151,7 +155,7 @@ def credit_grant_create(
             cause_type=CauseType.STAFF_ACTION if actor.startswith("staff:") else CauseType.SYSTEM,
             cause_id=source_id,
         )
-        if expires_at is not None and expires_at <= timezone.now():
+        if _past_late_usage(grant, timezone.now()):
             _close_grant(grant, operation, EntryKind.EXPIRE, GrantStatus.EXPIRED)
         credit_grant_created.send(sender=CreditGrant, grant=grant, account=locked)
     return grant
@@ -241,11 +245,36 @@ def _close_grant(grant: CreditGrant, operation: LedgerOperation, kind: str, stat
     grant.save(update_fields=["remaining", "status", "closed_at"])
 
 
+def _late_usage_windows() -> tuple[timedelta, timedelta]:
+    """How long after expires_at late usage may still draw on a grant: the grace window;
+    for a grant its source expires, until no event that old is accepted any more."""
+    grace = timedelta(seconds=settings.BILLING_GRACE_PERIOD_SECONDS)
+    return grace, grace + timedelta(days=settings.METERING_MAX_EVENT_AGE_DAYS)
+
+
+def _past_late_usage(grant: CreditGrant, now: datetime) -> bool:
+    if grant.expires_at is None:
+        return False
+    by_sweep, by_source = _late_usage_windows()
+    return grant.expires_at <= now - (by_source if grant.expired_by_source else by_sweep)
+
+
 def credit_grants_expire_due(*, now: datetime | None = None, limit: int = 500) -> int:
-    """Expire grants past expires_at. Safe to run twice or from two workers."""
+    """Write off grants whose late usage can no longer arrive. Safe to run twice or from
+    two workers.
+
+    A grant stops paying for new usage at expires_at, but usage timestamped before then
+    may still be rated during the grace window (BILLING_GRACE_PERIOD_SECONDS), so its
+    leftovers are expired only after it. Grants their source expires (subscription
+    periods) are left to it, unless nothing could draw on them any more: no event older
+    than METERING_MAX_EVENT_AGE_DAYS is accepted.
+    """
     now = now or timezone.now()
+    by_sweep, by_source = _late_usage_windows()
     due = CreditGrant.objects.filter(
-        status__in=[GrantStatus.ACTIVE, GrantStatus.DEPLETED], expires_at__lte=now
+        Q(expired_by_source=False, expires_at__lte=now - by_sweep)
+        | Q(expires_at__lte=now - by_source),
+        status__in=[GrantStatus.ACTIVE, GrantStatus.DEPLETED],
     ).values_list("pk", flat=True)[:limit]
     count = 0
     for grant in CreditGrant.objects.filter(pk__in=list(due)).order_by("pk"):

@@ -261,6 +261,9 @@ class _Rater:
                         ledger.Cause("event", str(p.event.id)),
                         p.rated.meter.code if p.rated else "",
                         p.event.workspace,
+                        # Usage draws on the grants usable when it happened while its
+                        # period is open; once invoiced, it is charged now, in the open one.
+                        None if p.late else p.event.timestamp,
                     )
                     for p in plain
                 ],

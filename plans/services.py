@@ -18,7 +18,14 @@ from django.utils import timezone
 from djmoney.money import Money
 
 from ledger import services as ledger
-from ledger.models import CREDIT_QUANTUM, CreditGrant, EntryKind, GrantCategory, GrantStatus
+from ledger.models import (
+    CREDIT_QUANTUM,
+    Account,
+    CreditGrant,
+    EntryKind,
+    GrantCategory,
+    GrantStatus,
+)
 from plans import signals
 from plans.models import (
     ChangeKind,
@@ -145,6 +152,7 @@ def _grant_included(
         source_type=PERIOD_SOURCE,
         source_id=str(period.pk),
         idempotency_key=key,
+        expired_by_source=True,
     )
 
 
@@ -211,7 +219,8 @@ def subscription_renew(*, subscription: Subscription, now: datetime | None = Non
         if locked.status != SubscriptionStatus.ACTIVE or locked.current_period_end > now:
             return locked  # renewed (or cancelled) by someone else already
         ended = _current_period(locked)
-        unused = _period_close(ended, at=ended.end)
+        # Its credits stay usable for its late events: written off when it is invoiced.
+        _period_close(ended, at=ended.end, write_off=False)
         if locked.cancel_at_period_end:
             return _finish(locked, ended.end, "system:subscriptions")
         version = locked.pending_plan_version or locked.plan_version
@@ -224,51 +233,57 @@ def subscription_renew(*, subscription: Subscription, now: datetime | None = Non
         locked.save()
         period = _period_open(locked, version, start, end)
         _change(locked, period, ChangeKind.RENEWAL, ended.plan_version, version, start, "system")
-        _rollover(locked, ended, period, unused)
     return locked
 
 
-def _period_close(period: SubscriptionPeriod, *, at: datetime) -> Decimal:
-    """Expire the period's included credits; return how many were left unused."""
-    grants = CreditGrant.objects.filter(
-        source_type=PERIOD_SOURCE, source_id=str(period.pk), category=GrantCategory.INCLUDED
-    ).order_by("pk")
-    unused = Decimal(0)
-    for grant in grants:
-        if grant.status in (GrantStatus.ACTIVE, GrantStatus.DEPLETED):
-            ledger.credit_grant_expire(
-                grant=grant, actor="system:subscriptions", reason="period_end"
-            )
-        # Read what the expiry wrote off, whoever expired it (this or the expiry sweep).
-        unused -= sum((e.credits for e in grant.entries.filter(kind=EntryKind.EXPIRE)), Decimal(0))
+def _period_close(period: SubscriptionPeriod, *, at: datetime, write_off: bool) -> None:
+    """No more usage after ``at``; its late events still draw on its credits unless
+    ``write_off`` (a cancellation now), which expires them at once."""
+    if write_off:
+        _period_credits_write_off(period)
     period.status = PeriodStatus.CLOSED
     period.end = min(period.end, max(at, period.start + timedelta(seconds=1)))
     period.closed_at = timezone.now()
     period.save(update_fields=["status", "end", "closed_at"])
+
+
+def _period_credits_write_off(period: SubscriptionPeriod) -> Decimal:
+    """Expire the period's included and rollover credits; return the included ones left."""
+    grants = CreditGrant.objects.filter(source_type=PERIOD_SOURCE, source_id=str(period.pk))
+    unused = Decimal(0)
+    for grant in grants.order_by("pk"):
+        if grant.status in (GrantStatus.ACTIVE, GrantStatus.DEPLETED):
+            ledger.credit_grant_expire(
+                grant=grant, actor="system:subscriptions", reason="period_end"
+            )
+        if grant.category == GrantCategory.INCLUDED:
+            # What the expiry wrote off, whoever expired it (this or the expiry sweep).
+            expired = grant.entries.filter(kind=EntryKind.EXPIRE)
+            unused -= sum((e.credits for e in expired), Decimal(0))
     return unused
 
 
-def _rollover(
-    subscription: Subscription,
-    ended: SubscriptionPeriod,
-    period: SubscriptionPeriod,
-    unused: Decimal,
-) -> None:
+def _rollover(ended: SubscriptionPeriod, unused: Decimal) -> None:
+    """Carry unused included credits into the period that followed, if there is one."""
     limit = ended.plan_version.rollover_max_credits
     amount = min(unused, limit) if limit is not None else Decimal(0)
-    if amount <= 0:
+    following = SubscriptionPeriod.objects.filter(
+        subscription=ended.subscription_id, start=ended.end
+    ).first()
+    if amount <= 0 or following is None:
         return
     ledger.credit_grant_create(
-        account=subscription.customer.account,
+        account=ended.subscription.customer.account,
         amount=amount,
         category=GrantCategory.ROLLOVER,
         actor="system:subscriptions",
-        effective_at=period.start,
-        expires_at=period.end,
+        effective_at=following.start,
+        expires_at=following.end,
         reason="rollover",
         source_type=PERIOD_SOURCE,
-        source_id=str(period.pk),
+        source_id=str(following.pk),
         idempotency_key=f"rollover:{ended.pk}",
+        expired_by_source=True,
     )
 
 
@@ -395,7 +410,7 @@ def subscription_cancel(
             )
             return locked
         period = _current_period(locked)
-        _period_close(period, at=now)
+        _period_close(period, at=now, write_off=True)
         return _finish(locked, period.end, actor)
 
 
@@ -416,19 +431,28 @@ def grace_period() -> timedelta:
 def periods_hand_to_invoicing(*, now: datetime | None = None) -> int:
     """Closed periods past the grace window go to invoicing, once each."""
     now = now or timezone.now()
+    # The grace window runs from the close too: a period that ended long ago and was
+    # closed just now (a subscription started in the past) still takes its late events.
     due = SubscriptionPeriod.objects.filter(
-        status=PeriodStatus.CLOSED, end__lte=now - grace_period()
+        status=PeriodStatus.CLOSED,
+        end__lte=now - grace_period(),
+        closed_at__lte=now - grace_period(),
     ).values_list("pk", flat=True)
     handed = 0
     for pk in list(due):
         with transaction.atomic():
             period = (
                 SubscriptionPeriod.objects.select_for_update(skip_locked=True)
+                .select_related("subscription__customer", "plan_version")
                 .filter(pk=pk, status=PeriodStatus.CLOSED)
                 .first()
             )
             if period is None:
                 continue  # another worker has it
+            # Rating reads periods under the account lock: from here on it charges this
+            # period's late events to the open one, never to this one after its invoice.
+            Account.objects.select_for_update().get(pk=period.subscription.customer.account_id)
+            _rollover(period, _period_credits_write_off(period))
             period.status = PeriodStatus.INVOICING
             period.handed_to_invoicing_at = now
             period.save(update_fields=["status", "handed_to_invoicing_at"])

@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.metering.worker_support import Broker, StartWorker, Worker
 
 _real_connect = socket.socket.connect
 
@@ -21,6 +25,43 @@ def _block_network() -> Iterator[None]:
     socket.socket.connect = _loopback_only  # type: ignore[method-assign,assignment]
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
+
+
+# --- a real Celery worker (tests/metering/worker_support.py) ---------------------------
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    from tests.metering.worker_support import broker_for_run
+    from tests.real_parts import missing
+
+    chosen = broker_for_run()
+    try:
+        with chosen.connection() as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        missing(f"a Celery broker at {chosen.url}", f"start it or set CELERY_BROKER_URL ({exc})")
+    yield chosen
+    chosen.cleanup()
+
+
+@pytest.fixture
+def start_worker(transactional_db: None, broker: Broker, tmp_path: Path) -> Iterator[StartWorker]:
+    from tests.metering.worker_support import Worker
+
+    started: list[Worker] = []
+
+    def start() -> Worker:
+        number = len(started) + 1
+        worker = Worker(broker, tmp_path / f"worker-{number}.log", f"{broker.queue}-w{number}")
+        started.append(worker)
+        return worker.start()
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

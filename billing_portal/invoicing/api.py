@@ -21,6 +21,12 @@ def _money(value: object) -> str:
     return f"{as_money(value).amount:.2f}"
 
 
+def _plain(value: object) -> str:
+    """A unit price as a plain decimal string at its own precision ("0.004", "10"), never
+    in exponent notation (Decimal("10.00").normalize() prints "1E+1")."""
+    return f"{as_money(value).amount.normalize():f}"
+
+
 class InvoiceLineOut(serializers.Serializer):
     id = serializers.CharField(source="pk")
     kind = serializers.CharField()
@@ -28,12 +34,16 @@ class InvoiceLineOut(serializers.Serializer):
     quantity = serializers.DecimalField(max_digits=28, decimal_places=6, coerce_to_string=True)
     unit_amount = serializers.SerializerMethodField()
     amount = serializers.SerializerMethodField()
+    currency = serializers.SerializerMethodField()
     credits = serializers.DecimalField(max_digits=20, decimal_places=6, coerce_to_string=True)
     service_period = serializers.SerializerMethodField()
     ledger_entry_ids = serializers.SerializerMethodField()
 
     def get_unit_amount(self, line: InvoiceLine) -> str:
-        return str(as_money(line.unit_amount).amount.normalize())
+        return _plain(line.unit_amount)
+
+    def get_currency(self, line: InvoiceLine) -> str:
+        return str(as_money(line.amount).currency)
 
     def get_amount(self, line: InvoiceLine) -> str:
         return _money(line.amount)

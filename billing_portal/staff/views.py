@@ -529,6 +529,10 @@ def report_reconciliation(request: HttpRequest, site: AdminSite) -> HttpResponse
     )
 
 
+# The latest unratable events listed one by one; the table above them counts them all.
+UNRATABLE_LISTED = 100
+
+
 def report_unmatched(request: HttpRequest, site: AdminSite) -> HttpResponse:
     require(request.user, "read_reports")
     rows = (
@@ -541,6 +545,11 @@ def report_unmatched(request: HttpRequest, site: AdminSite) -> HttpResponse:
         .values("error_code", "event__customer__external_id")
         .annotate(count=Count("pk"), last=Max("rated_at"))
         .order_by("-count", "error_code")
+    )
+    latest_unratable = (
+        EventRating.objects.filter(status=RatingStatus.UNRATABLE)
+        .select_related("event__customer")
+        .order_by("-rated_at", "-event_id")[:UNRATABLE_LISTED]
     )
     failing = (
         RatingQueue.objects.filter(attempts__gt=0)
@@ -555,6 +564,7 @@ def report_unmatched(request: HttpRequest, site: AdminSite) -> HttpResponse:
         "Unmatched events",
         rows=list(rows),
         unratable=list(unratable),
+        latest_unratable=list(latest_unratable),
         failing=list(failing),
     )
 

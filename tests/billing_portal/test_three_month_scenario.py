@@ -3,19 +3,24 @@
 Plan pro: $49.00 a month, 20,000 included credits, postpaid overage at $0.004 a credit.
 Usage is large/output tokens at 15 credits per 1,000. Packs: pack_10k (10,000 credits
 for $35.00, cost basis $0.0035) and pack_short (2,000 credits for $10.00, expiring after
-20 days, cost basis $0.005).
+20 days, cost basis $0.005). Every period gets a late event: stamped 30 minutes before
+its end, rated 30 minutes after it (inside the grace window), it draws on the grants
+usable when it happened and is invoiced with its own period.
 
 Jan  5  buy pack_10k                       deferred +35.00
 Jan 10  24,000 credits: 20,000 included, 4,000 pack_10k      recognized 14.00
+Jan 31  (late) 1,500 credits from pack_10k, rated Feb 1        recognized  5.25 (Feb)
 Feb  1  Jan invoice: base 49.00                        = 49.00
-Feb 10  27,000 credits: 20,000 included, 6,000 pack_10k, 1,000 overage
-                                                        recognized 21.00
+Feb 10  27,000 credits: 20,000 included, 4,500 pack_10k, 2,500 overage
+                                                        recognized 15.75
 Feb 12  buy pack_short                      deferred +10.00
 Feb 15  1,500 credits from pack_short                  recognized 7.50
-Mar  1  Feb invoice: base 49.00 + overage 1,000 x 0.004 = 53.00
-Mar  4  pack_short expires with 500 left                breakage 2.50
-Mar  5  credit note: the 4.00 overage                  credit note -4.00
+Feb 28  (late) 300 credits from pack_short, rated Mar 1       recognized  1.50 (Mar)
+Mar  1  Feb invoice: base 49.00 + overage 2,500 x 0.004 = 59.00
+Mar  4  pack_short expires with 200 left                breakage 1.00
+Mar  5  credit note: 4.00 of the overage               credit note -4.00
 Mar 10  9,000 credits from included
+Mar 31  (late) 1,200 credits from March's included credits, not April's
 Apr  1  Mar invoice: base 49.00                        = 49.00
 """
 
@@ -34,6 +39,7 @@ from billing_portal.invoicing.models import Invoice, LineKind
 from billing_portal.invoicing.purchases import purchase_create, purchase_demo_pay
 from billing_portal.invoicing.revenue import revenue_recognize_all, revenue_report
 from billing_portal.invoicing.services import invoice_for_period
+from ledger.models import CreditGrant, GrantCategory, GrantStatus, LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.services import credit_grants_expire_due
 from metering.ingest import events_ingest
@@ -86,13 +92,30 @@ def _buy(clock: time_machine.Traveller, acme: Customer, when: datetime, pack: st
     return purchase.invoice
 
 
-def _close(clock: time_machine.Traveller, end: datetime) -> Invoice:
+def _close(clock: time_machine.Traveller, end: datetime, late: int, name: str) -> Invoice:
+    """Renew at ``end``; inside the grace window rate a late event of ``late`` credits
+    stamped before the end; then hand the period to invoicing and invoice it."""
     clock.move_to(end)
     subscriptions_renew_due()
-    clock.shift(timedelta(hours=1, minutes=1))
+    clock.shift(timedelta(minutes=30))
+    _rate_late(end - timedelta(minutes=30), late, name)
+    clock.shift(timedelta(minutes=31))
     periods_hand_to_invoicing()
     period = SubscriptionPeriod.objects.get(end=end)
     return invoice_for_period(period=period)
+
+
+def _rate_late(stamped: datetime, credits: int, name: str) -> None:
+    event = {
+        "identifier": name,
+        "event_name": "llm.tokens",
+        "customer": "acme",
+        "timestamp": stamped.isoformat(),
+        "value": str(credits * 1000 // 15),
+        "dimensions": {"model": "large", "token_type": "output"},
+    }
+    assert events_ingest(events=[event]).count("accepted") == 1
+    events_rate_pending()
 
 
 def _lines(invoice: Invoice) -> dict[str, Money]:
@@ -113,14 +136,16 @@ def test_three_months_of_invoices_revenue_and_deferred_balance(
 
     pack_invoice = _buy(clock, acme, at(1, 5), "pack_10k")
     _use(clock, at(1, 10), 24_000, "jan")
-    january = _close(clock, datetime(2026, 2, 1, tzinfo=UTC))
+    january = _close(clock, datetime(2026, 2, 1, tzinfo=UTC), 1_500, "jan-late")
 
     _use(clock, at(2, 10), 27_000, "feb")
     short_invoice = _buy(clock, acme, at(2, 12), "pack_short")
     _use(clock, at(2, 15), 1_500, "feb-late-month")
-    february = _close(clock, datetime(2026, 3, 1, tzinfo=UTC))
+    february = _close(clock, datetime(2026, 3, 1, tzinfo=UTC), 300, "feb-late")
 
     clock.move_to(at(3, 4))
+    assert credit_grants_expire_due() == 0  # its late usage may still arrive
+    clock.shift(timedelta(hours=1))
     assert credit_grants_expire_due() == 1
     clock.move_to(at(3, 5))
     overage_line = february.lines.get(kind=LineKind.OVERAGE)
@@ -132,18 +157,33 @@ def test_three_months_of_invoices_revenue_and_deferred_balance(
         actor="staff:finance",
     )
     _use(clock, at(3, 10), 9_000, "mar")
-    march = _close(clock, datetime(2026, 4, 1, tzinfo=UTC))
+    march = _close(clock, datetime(2026, 4, 1, tzinfo=UTC), 1_200, "mar-late")
 
     # Invoices
     assert (pack_invoice.number, pack_invoice.total) == ("INV-000001", Money("35.00", "USD"))
     assert (january.number, january.total) == ("INV-000002", Money("49.00", "USD"))
     assert _lines(january) == {"base_fee": Money("49.00", "USD")}
     assert (short_invoice.number, short_invoice.total) == ("INV-000003", Money("10.00", "USD"))
-    assert (february.number, february.total) == ("INV-000004", Money("53.00", "USD"))
-    assert _lines(february) == {"base_fee": Money("49.00", "USD"), "overage": Money("4.00", "USD")}
+    assert (february.number, february.total) == ("INV-000004", Money("59.00", "USD"))
+    assert _lines(february) == {
+        "base_fee": Money("49.00", "USD"),
+        "overage": Money("10.00", "USD"),
+    }
     assert (march.number, march.total) == ("INV-000005", Money("49.00", "USD"))
     assert (note.number, note.total) == ("CN-000001", Money("4.00", "USD"))
-    assert february.lines.get(kind=LineKind.INCLUDED_USAGE).credits == Decimal(27_500)
+    used = [m.lines.get(kind=LineKind.INCLUDED_USAGE).credits for m in (january, february, march)]
+    assert used == [Decimal(25_500), Decimal(26_300), Decimal(10_200)]
+    # March's late event drew on March's credits: April's are whole.
+    april = SubscriptionPeriod.objects.get(start=datetime(2026, 4, 1, tzinfo=UTC))
+    april_included = CreditGrant.objects.get(
+        source_id=str(april.pk), category=GrantCategory.INCLUDED
+    )
+    assert april_included.remaining == Decimal(20_000)
+    march_included = CreditGrant.objects.get(
+        source_id=str(march.period_id), category=GrantCategory.INCLUDED
+    )
+    assert march_included.status == GrantStatus.EXPIRED
+    assert LedgerEntry.objects.get(grant=march_included, kind="expire").credits == -9_800
 
     # Revenue and the deferred balance, month by month
     revenue_recognize_all()
@@ -163,14 +203,15 @@ def test_three_months_of_invoices_revenue_and_deferred_balance(
         {
             "base_fee": Decimal("49.00"),
             "recognized_usage": Decimal("28.50"),
-            "overage": Decimal("4.00"),
+            "overage": Decimal("10.00"),
         },
         Decimal("2.50"),
     )
     assert report(3) == (
         {
             "base_fee": Decimal("49.00"),
-            "breakage": Decimal("2.50"),
+            "recognized_usage": Decimal("1.50"),
+            "breakage": Decimal("1.00"),
             "credit_note": Decimal("-4.00"),
         },
         Decimal("0.00"),

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 import time_machine
+from django.conf import settings
 from django.utils import timezone
 
 from ledger import services
@@ -264,6 +265,9 @@ class TestVoidAndExpire:
             lasting = f.grant(account, "5")
             clock.shift(timedelta(hours=1))
             assert account_balance(account=account).posted == Decimal("5")
+            # Late usage from before the expiry may still draw on it for the grace window.
+            assert services.credit_grants_expire_due() == 0
+            clock.shift(timedelta(seconds=settings.BILLING_GRACE_PERIOD_SECONDS))
             assert services.credit_grants_expire_due() == 1
             assert services.credit_grants_expire_due() == 0
         expiring.refresh_from_db()

@@ -19,6 +19,7 @@ from decimal import ROUND_DOWN, Decimal
 
 import pytest
 import time_machine
+from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 from hypothesis import HealthCheck, settings
@@ -487,13 +488,16 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(ticks=st.integers(0, 6))
     def credit_grants_expire_due(self, ticks: int) -> None:
         self._shift(ticks * TICK)
-        now = self._now()
+        # Leftovers are written off once late usage can no longer draw on them.
+        written_off_by = self._now() - timedelta(
+            seconds=django_settings.BILLING_GRACE_PERIOD_SECONDS
+        )
         due = [
             g
             for g in self.model.grants.values()
             if g.status in ("active", "depleted")
             and g.expires_at is not None
-            and g.expires_at <= now
+            and g.expires_at <= written_off_by
         ]
         count = services.credit_grants_expire_due()
         for g in due:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,15 +44,13 @@ from plans.models import Customer, SubscriptionPeriod
 from plans.services import subscription_start
 from tests.metering.worker_support import (
     Backend,
-    Broker,
     RowLock,
+    StartWorker,
     Worker,
     WorkerError,
-    broker_for_run,
     wait_until,
 )
 from tests.plans.factories import customer, load_demo_catalog, plan
-from tests.real_parts import missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -67,39 +64,8 @@ TOKEN_RATES = {
 }
 SUMMARY_CREDITS = Decimal(50)
 
-StartWorker = Callable[[], Worker]
-
 
 # --- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    chosen = broker_for_run()
-    try:
-        with chosen.connection() as conn:
-            conn.ensure_connection(max_retries=1)
-    except Exception as exc:
-        missing(f"a Celery broker at {chosen.url}", f"start it or set CELERY_BROKER_URL ({exc})")
-    yield chosen
-    chosen.cleanup()
-
-
-@pytest.fixture
-def start_worker(transactional_db: None, broker: Broker, tmp_path: Path) -> Iterator[StartWorker]:
-    started: list[Worker] = []
-
-    def start() -> Worker:
-        number = len(started) + 1
-        worker = Worker(broker, tmp_path / f"worker-{number}.log", f"{broker.queue}-w{number}")
-        started.append(worker)
-        return worker.start()
-
-    try:
-        yield start
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 # --- data -----------------------------------------------------------------------------

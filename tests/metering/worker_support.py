@@ -81,6 +81,15 @@ class Broker:
             )
         return task_id
 
+    def send_beat_job(self, job: str) -> str:
+        """Send what beat sends for its schedule entry ``job`` to the worker; return the
+        task id."""
+        task_id = uuid.uuid4().hex
+        entry = celery_app.conf.beat_schedule[job]
+        with self.connection() as conn:
+            celery_app.send_task(entry["task"], task_id=task_id, queue=self.queue, connection=conn)
+        return task_id
+
     def cleanup(self) -> None:
         """Drop what the run left on the broker: its queue and bindings, the remote
         control bindings of killed workers, their unacked messages."""
@@ -416,3 +425,6 @@ def _group_has_live_members(pgid: int) -> bool:
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+StartWorker = Callable[[], Worker]

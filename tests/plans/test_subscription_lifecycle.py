@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 import time_machine
+from django.conf import settings
 from djmoney.money import Money
 
 from ledger import services as ledger
@@ -56,9 +57,21 @@ def _use(who: Customer, credits: str, n: int) -> None:
 
 
 def _renew(clock: time_machine.Traveller, at: datetime) -> None:
+    """Renew at ``at``, then close the ended period once its grace window has passed:
+    until then its late events may still draw on its credits."""
     clock.move_to(at)
     assert subscriptions_renew_due() == 1
     assert subscriptions_renew_due() == 0  # running twice does nothing more
+    ended = SubscriptionPeriod.objects.get(end=at, status=PeriodStatus.CLOSED)
+    assert all(g.status != GrantStatus.EXPIRED for g in _period_grants(ended))
+    clock.move_to(at + timedelta(seconds=settings.BILLING_GRACE_PERIOD_SECONDS))
+    assert periods_hand_to_invoicing() == 1
+
+
+def _period_grants(period: SubscriptionPeriod) -> list[CreditGrant]:
+    return list(
+        CreditGrant.objects.filter(source_type="subscription_period", source_id=str(period.pk))
+    )
 
 
 def _grants(who: Customer, period: SubscriptionPeriod) -> dict[str, tuple[Decimal, Decimal, str]]:
@@ -90,7 +103,7 @@ def test_fourteen_months_with_upgrade_downgrade_rollover_and_cancel(
     _renew(clock, p0.end)
     p0.refresh_from_db()
     p1 = SubscriptionPeriod.objects.get(subscription=sub, start=p0.end)
-    assert p0.status == PeriodStatus.CLOSED
+    assert p0.status == PeriodStatus.INVOICING
     assert p1.end == datetime(2024, 3, 31, 10, tzinfo=UTC)
     assert _grants(acme, p0) == {"included": (Decimal(20000), Decimal(0), "expired")}
     assert LedgerEntry.objects.get(grant__source_id=str(p0.pk), kind="expire").credits == -8000
@@ -184,7 +197,8 @@ def test_periods_go_to_invoicing_once_after_the_grace_window(
 
     signals.period_ready_for_invoicing.connect(receiver)
     try:
-        _renew(clock, sub.current_period_end)
+        clock.move_to(sub.current_period_end)
+        assert subscriptions_renew_due() == 1
         assert periods_hand_to_invoicing() == 0  # still inside the grace window
         clock.shift(timedelta(hours=1))
         assert periods_hand_to_invoicing() == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,9 @@ _ids = itertools.count(1)
 
 def events_add(customer: Customer, count: int, *, tokens: str = "100000") -> None:
     """``count`` events of large output tokens (100,000 tokens = 1,500 credits)."""
-    at = (timezone.now() - timedelta(minutes=1)).isoformat()
+    # Stamped now: usage draws on the grants usable when it happened, so a pack bought
+    # (or auto-recharged) at this instant pays for it, one bought a minute later would not.
+    at = timezone.now().isoformat()
     events = [
         {
             "identifier": f"evt-{next(_ids)}",

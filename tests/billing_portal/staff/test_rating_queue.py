@@ -96,5 +96,6 @@ def test_the_unmatched_report_counts_unratable_and_failing_events(
     body = page.content.decode()
     assert "Accepted but not charged" in body
     assert "no_rate_matches" in body
+    assert "<td>acme</td><td><a href=" in body and ">no-rate</a>" in body  # each one, named
     assert "Failing to rate" in body
     assert "<td>acme</td><td>1</td><td>1</td>" in body  # one failing, one of them parked

@@ -1,0 +1,42 @@
+"""The running stack the fault tests share, and the figures they print at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.faults.stack import Figures, Stack, catalog_prices, stack_running
+
+collected_figures: list[Figures] = []
+stacks_started: list[Stack] = []
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # A fresh folder per session: the test may kill its postmaster and start it again
+    # without disturbing the database the test process itself (or anybody else) uses.
+    with stack_running(tmp_path_factory.mktemp("faults")) as running:
+        stacks_started.append(running)
+        yield running
+
+
+@pytest.fixture(scope="session")
+def prices() -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+    return catalog_prices()
+
+
+@pytest.fixture
+def record_figures() -> Any:
+    return collected_figures.append
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if collected_figures:
+        terminalreporter.section("fault scenarios")
+        for started in stacks_started:
+            terminalreporter.line(f"FAULT stack: started in {started.setup_s:.1f} s")
+        for figures in collected_figures:
+            terminalreporter.line(figures.line())

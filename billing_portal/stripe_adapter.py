@@ -35,6 +35,7 @@ from billing_portal.invoicing.models import (
     Invoice,
     InvoiceLine,
 )
+from ledger.errors import DomainError
 from plans.models import Customer
 from plans.money import as_money
 
@@ -60,9 +61,10 @@ REASONS: dict[str, Literal["duplicate", "fraudulent", "order_change", "product_u
 }
 
 
-class StripeAdapterError(Exception):
+class StripeAdapterError(DomainError):
     """A Stripe call failed; ``str()`` says what happened in words staff can act on."""
 
+    code = "stripe_error"
     retryable = False
 
     def __init__(
@@ -73,9 +75,7 @@ class StripeAdapterError(Exception):
         http_status: int | None = None,
         decline_code: str = "",
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
+        super().__init__(message, code=code or None)
         self.http_status = http_status
         self.decline_code = decline_code
 
@@ -86,7 +86,7 @@ class StripeTemporaryError(StripeAdapterError):
     retryable = True
 
 
-class WebhookSignatureInvalid(Exception):
+class WebhookSignatureInvalid(DomainError):
     """The body of an incoming webhook is not signed by Stripe with our secret."""
 
 

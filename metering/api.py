@@ -96,10 +96,7 @@ class EventsApi(BaseApiView):
         ),
     )
     def post(self, request: Request) -> Response:
-        try:
-            events = ingest.parse_body(request.body)
-        except ingest.BatchError as exc:
-            raise ApiError(400, exc.code, exc.message, exc.param) from exc
+        events = ingest.parse_body(request.body)
         outcome = ingest.events_ingest(events=events)
         if outcome.count("accepted"):
             tasks.events_rate_pending.delay_on_commit()
@@ -131,15 +128,12 @@ class EventCancelApi(BaseApiView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         customer = _customer_for_body(data.validated_data["customer"])
-        try:
-            cancellation = services.event_cancel(
-                customer=customer,
-                identifier=data.validated_data["identifier"],
-                reason=data.validated_data["reason"],
-                actor=actor(request),
-            )
-        except services.MeteringError as exc:
-            raise ApiError(exc.status, exc.code, exc.message, exc.param) from exc
+        cancellation = services.event_cancel(
+            customer=customer,
+            identifier=data.validated_data["identifier"],
+            reason=data.validated_data["reason"],
+            actor=actor(request),
+        )
         return Response(
             {
                 "customer": customer.external_id,
@@ -446,14 +440,11 @@ class AuthorizationsApi(BaseApiView):
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         external_id = values.pop("customer")
-        try:
-            authorization = services.authorization_create_for(
-                external_id=external_id,
-                request=services.AuthorizationRequest(**values),
-                actor=actor(request),
-            )
-        except services.MeteringError as exc:
-            raise ApiError(exc.status, exc.code, exc.message, exc.param) from exc
+        authorization = services.authorization_create_for(
+            external_id=external_id,
+            request=services.AuthorizationRequest(**values),
+            actor=actor(request),
+        )
         return Response(AuthorizationOutSerializer(authorization).data)
 
 
@@ -472,10 +463,7 @@ class AuthorizationReleaseApi(BaseApiView):
         )
         if authorization is None:
             raise ApiError(404, "resource_missing", f"no authorization {authorization_id!r}", "id")
-        try:
-            authorization = services.authorization_release(
-                authorization=authorization, actor=actor(request)
-            )
-        except services.MeteringError as exc:
-            raise ApiError(exc.status, exc.code, exc.message, exc.param) from exc
+        authorization = services.authorization_release(
+            authorization=authorization, actor=actor(request)
+        )
         return Response(AuthorizationOutSerializer(authorization).data)

@@ -24,6 +24,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from ledger.errors import DomainError
 from metering.models import Authorization, RejectedEvent
 from plans.api_support import json_nesting_exceeds, json_too_deep_message
 from plans.models import MAX_EVENT_VALUE, Customer, Meter
@@ -39,14 +40,11 @@ _decoder = msgspec.json.Decoder(float_hook=Decimal)
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
-class BatchError(Exception):
+class BatchError(DomainError):
     """The body as a whole is refused: nothing in it is stored."""
 
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
+        super().__init__(message, code=code, param=param)
 
 
 @dataclass(frozen=True)

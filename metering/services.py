@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from ledger import services as ledger
+from ledger.errors import Conflict, DomainError, NotFound
 from ledger.models import ZERO, Account, Hold, LedgerEntry
 from ledger.selectors import posted_in_scope
 from metering.models import (
@@ -43,13 +44,17 @@ from plans.models import (
 from plans.rating import RateTable, RatingError
 
 
-class MeteringError(Exception):
-    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.param = param
+class MeteringError(DomainError):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message, code=code, param=param)
+
+
+class MeteringNotFound(MeteringError, NotFound):
+    pass
+
+
+class MeteringConflict(MeteringError, Conflict):
+    pass
 
 
 # --- authorizations -------------------------------------------------------------------
@@ -170,8 +175,8 @@ def authorization_create_for(
     now = timezone.now()
     context = _context(external_id, request.identifier, now) if "\x00" not in external_id else None
     if context is None:
-        raise MeteringError(
-            404, "unknown_customer", f"no customer with external_id {external_id!r}", "customer"
+        raise MeteringNotFound(
+            "unknown_customer", f"no customer with external_id {external_id!r}", "customer"
         )
     if context.existing_id is not None:
         return Authorization.objects.select_related("hold").get(pk=context.existing_id)
@@ -220,7 +225,7 @@ def _price(
         )
     except RatingError as error:
         param = "event_name" if error.code == "unknown_event_name" else "dimensions"
-        raise MeteringError(400, error.code, error.message, param) from error
+        raise MeteringError(error.code, error.message, param) from error
     except InvalidOperation as error:  # more credits than Decimal's 28 digits hold
         raise _estimate_too_large(request.value) from error
     if rated.credits > MAX_CREDITS:
@@ -231,7 +236,6 @@ def _price(
 def _estimate_too_large(value: Decimal) -> MeteringError:
     # Only a rate loaded before catalogs bounded credits per unit can get here.
     return MeteringError(
-        400,
         "value_out_of_range",
         f"value {value} prices at more than {MAX_CREDITS} credits, the most one "
         "authorization can hold; estimate less at a time",
@@ -454,16 +458,15 @@ def _store(
 
 def authorization_release(*, authorization: Authorization, actor: str) -> Authorization:
     if authorization.hold is None:
-        raise MeteringError(
-            409,
+        raise MeteringConflict(
             "authorization_has_no_hold",
             "this authorization holds no credits (denied or a dry run)",
         )
     try:
         ledger.hold_release(hold=authorization.hold, actor=actor)
     except ledger.HoldNotOpen as exc:
-        raise MeteringError(
-            409, "authorization_captured", f"{exc.message}; nothing to release"
+        raise MeteringConflict(
+            "authorization_captured", f"{exc.message}; nothing to release"
         ) from exc
     authorization.hold.refresh_from_db()
     return authorization
@@ -482,8 +485,8 @@ def event_cancel(
         .first()
     )
     if event is None:
-        raise MeteringError(
-            404, "event_not_found", f"no event {identifier!r} for this customer", "identifier"
+        raise MeteringNotFound(
+            "event_not_found", f"no event {identifier!r} for this customer", "identifier"
         )
     if RatingQueue.objects.filter(event=event).exists():
         events_rate_for_customer(customer_id=customer.pk)  # rate it first: then reverse it
@@ -499,8 +502,7 @@ def event_cancel(
             return _cancel_unrated(event, reason=reason, actor=actor)
         rating = EventRating.objects.select_related("period").get(event=event)
         if rating.period is not None and rating.period.status == PeriodStatus.INVOICING:
-            raise MeteringError(
-                409,
+            raise MeteringConflict(
                 "period_closed",
                 "the event's period is already invoiced; correct it with a credit note",
                 "identifier",

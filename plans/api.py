@@ -105,15 +105,6 @@ def plan_or_error(code: str) -> Plan:
     return plan
 
 
-def subscription_error(exc: services.SubscriptionError) -> ApiError:
-    status = (
-        409
-        if exc.code in {"customer_exists", "subscription_exists", "subscription_canceled"}
-        else 400
-    )
-    return ApiError(status, exc.code, exc.message, exc.param)
-
-
 # --- customers ------------------------------------------------------------------------
 
 
@@ -150,10 +141,7 @@ class CustomerCreateApi(BaseApiView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            customer = services.customer_create(**data.validated_data)
-        except services.SubscriptionError as exc:
-            raise subscription_error(exc) from exc
+        customer = services.customer_create(**data.validated_data)
         return Response(CustomerOut(customer).data, status=201)
 
 
@@ -219,15 +207,12 @@ class SubscriptionCreateApi(BaseApiView):
                 "no customer with that external_id; create it first",
                 "customer",
             )
-        try:
-            subscription = services.subscription_start(
-                customer=customer,
-                plan=plan_or_error(data.validated_data["plan"]),
-                start_at=data.validated_data.get("start_at"),
-                actor=actor(request),
-            )
-        except services.SubscriptionError as exc:
-            raise subscription_error(exc) from exc
+        subscription = services.subscription_start(
+            customer=customer,
+            plan=plan_or_error(data.validated_data["plan"]),
+            start_at=data.validated_data.get("start_at"),
+            actor=actor(request),
+        )
         return Response(SubscriptionOut(subscription).data, status=201)
 
 
@@ -246,15 +231,12 @@ class SubscriptionChangePlanApi(BaseApiView):
         subscription = subscription_or_404(subscription_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            subscription = services.subscription_change_plan(
-                subscription=subscription,
-                plan=plan_or_error(data.validated_data["plan"]),
-                when=data.validated_data.get("when"),
-                actor=actor(request),
-            )
-        except services.SubscriptionError as exc:
-            raise subscription_error(exc) from exc
+        subscription = services.subscription_change_plan(
+            subscription=subscription,
+            plan=plan_or_error(data.validated_data["plan"]),
+            when=data.validated_data.get("when"),
+            actor=actor(request),
+        )
         return Response(SubscriptionOut(subscription).data)
 
 
@@ -274,12 +256,9 @@ class SubscriptionCancelApi(BaseApiView):
         subscription = subscription_or_404(subscription_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            subscription = services.subscription_cancel(
-                subscription=subscription, when=data.validated_data["when"], actor=actor(request)
-            )
-        except services.SubscriptionError as exc:
-            raise subscription_error(exc) from exc
+        subscription = services.subscription_cancel(
+            subscription=subscription, when=data.validated_data["when"], actor=actor(request)
+        )
         return Response(SubscriptionOut(subscription).data)
 
 

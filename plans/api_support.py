@@ -2,7 +2,7 @@
 error envelope, Idempotency-Key handling and their OpenAPI description.
 
 An endpoint subclasses ``BaseApiView``, declares ``required_scope`` and raises ``ApiError``
-(or lets a ``LedgerError`` or a serializer's ``ValidationError`` escape); every error then
+(or lets a service's ``DomainError`` or a serializer's ``ValidationError`` escape); every error then
 leaves as ``{"error": {"type", "code", "message", "param"}}``.
 
 The DRF defaults in settings do not name these classes: ``rest_framework.views`` reads
@@ -54,7 +54,7 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView, set_rollback
 
-from ledger.errors import GrantNotActive, HoldNotOpen, IdempotencyConflict, LedgerError
+from ledger.errors import Conflict, DomainError, IdempotencyConflict, NotFound
 from plans.apikeys import api_key_authenticate
 from plans.models import ApiKey, ApiKeyRateWindow, ApiScope, IdempotencyRecord
 
@@ -139,11 +139,12 @@ class ApiError(exceptions.APIException):
         }
 
 
-def ledger_api_error(exc: LedgerError) -> ApiError:
-    """The envelope for a ledger refusal: 409 when the state conflicts, else 400."""
+def domain_api_error(exc: DomainError) -> ApiError:
+    """The one mapping of a service's refusal to HTTP: 404 when what it names does not
+    exist, 409 when it clashes with the state it met, else 400."""
     if isinstance(exc, IdempotencyConflict):
         return ApiError(409, exc.code, exc.message, exc.param, type=IDEMPOTENCY_ERROR)
-    status = 409 if isinstance(exc, GrantNotActive | HoldNotOpen) else 400
+    status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
     return ApiError(status, exc.code, exc.message, exc.param)
 
 
@@ -166,8 +167,8 @@ def _as_api_error(exc: Exception, context: dict[str, Any]) -> ApiError:
     request: Request | None = context.get("request")
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, LedgerError):
-        return ledger_api_error(exc)
+    if isinstance(exc, DomainError):
+        return domain_api_error(exc)
     if isinstance(exc, Http404):
         return _not_found(request.path if request else "")
     if isinstance(exc, DjangoPermissionDenied):

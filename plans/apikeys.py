@@ -16,6 +16,7 @@ from datetime import timedelta
 from django.db.models import Q
 from django.utils import timezone
 
+from ledger.errors import DomainError
 from plans.models import ApiKey, ApiScope
 
 PREFIX_LENGTH = 15  # "sk_" + 12 hex characters
@@ -24,7 +25,7 @@ ALL_SCOPES: tuple[str, ...] = tuple(ApiScope.values)
 LAST_USED_PRECISION = timedelta(minutes=1)
 
 
-class InvalidApiKeyRequest(ValueError):
+class InvalidApiKeyRequest(DomainError):
     """The name or scopes asked for cannot make a key; the message says what to change."""
 
 

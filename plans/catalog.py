@@ -29,6 +29,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from djmoney.money import Money
 
+from ledger.errors import DomainError
 from ledger.models import CREDIT_QUANTUM
 from plans.models import (
     MAX_CREDITS,
@@ -118,7 +119,9 @@ class CatalogSpec(msgspec.Struct, forbid_unknown_fields=True):
     credit_packs: list[PackSpec] = []
 
 
-class CatalogError(Exception):
+class CatalogError(DomainError):
+    code = "invalid_catalog"
+
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems

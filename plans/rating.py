@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
+from ledger.errors import DomainError
 from ledger.models import CREDIT_QUANTUM
 from plans.models import Aggregation, Meter, Rate, RateCardVersion
 
@@ -25,11 +26,9 @@ CACHE_SECONDS = 5.0
 _cache: dict[frozenset[int], tuple[float, RateTable]] = {}
 
 
-class RatingError(Exception):
+class RatingError(DomainError):
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 def credits_for(*, units: Decimal, credits: Decimal, per: int) -> Decimal:

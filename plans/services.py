@@ -18,6 +18,7 @@ from django.utils import timezone
 from djmoney.money import Money
 
 from ledger import services as ledger
+from ledger.errors import Conflict, DomainError
 from ledger.models import (
     CREDIT_QUANTUM,
     Account,
@@ -45,12 +46,13 @@ When = Literal["now", "period_end"]
 PERIOD_SOURCE = "subscription_period"
 
 
-class SubscriptionError(Exception):
+class SubscriptionError(DomainError):
     def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
+        super().__init__(message, code=code, param=param)
+
+
+class SubscriptionConflict(SubscriptionError, Conflict):
+    """The customer or subscription is not in a state that allows it."""
 
 
 # --- customers ------------------------------------------------------------------------
@@ -75,7 +77,7 @@ def customer_create(*, external_id: str, name: str, email: str, currency: str = 
             )
     except IntegrityError as exc:
         # The unique constraint, not a prior lookup, decides: two racing creates get one row.
-        raise SubscriptionError(
+        raise SubscriptionConflict(
             "customer_exists",
             f"a customer with external_id {external_id!r} already exists; "
             "use another external_id or fetch the existing customer",
@@ -114,7 +116,7 @@ def subscription_start(
             while subscription.current_period_end <= timezone.now():
                 subscription = subscription_renew(subscription=subscription)
     except IntegrityError as exc:
-        raise SubscriptionError(
+        raise SubscriptionConflict(
             "subscription_exists",
             f"customer {customer.external_id!r} already has an active subscription; "
             "change its plan instead of starting another",
@@ -416,7 +418,7 @@ def subscription_cancel(
 
 def _require_active(subscription: Subscription) -> None:
     if subscription.status != SubscriptionStatus.ACTIVE:
-        raise SubscriptionError(
+        raise SubscriptionConflict(
             "subscription_canceled", f"subscription {subscription.pk} is canceled; start a new one"
         )
 

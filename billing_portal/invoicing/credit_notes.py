@@ -28,16 +28,14 @@ from billing_portal.invoicing.models import (
 )
 from billing_portal.invoicing.services import cents, invoice_number_next
 from ledger import services as ledger
+from ledger.errors import DomainError
 from ledger.models import ZERO, GrantStatus
 from plans.money import as_money
 
 
-class CreditNoteError(Exception):
+class CreditNoteError(DomainError):
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
+        super().__init__(message, code=code, param=param)
 
 
 @dataclass(frozen=True)

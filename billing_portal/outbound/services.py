@@ -37,6 +37,7 @@ from billing_portal.outbound.models import (
     WebhookEndpoint,
 )
 from billing_portal.staff.models import AuditLog
+from ledger.errors import DomainError
 from plans.models import Customer
 
 SIGNATURE_HEADER = "Billing-Signature"
@@ -58,7 +59,7 @@ ENDPOINT_CHANGE_AUDIT_ACTION = "webhook_endpoint_change"
 AUDIT_REASON = "operator_request"
 
 
-class SignatureError(Exception):
+class SignatureError(DomainError):
     """A webhook whose signature header does not prove it came from us, just now."""
 
 

@@ -26,6 +26,7 @@ from billing_portal.invoicing import credit_notes, sync
 from billing_portal.invoicing.models import CreditNote, Invoice
 from billing_portal.staff.models import AuditAction, AuditLog
 from ledger import services as ledger
+from ledger.errors import DomainError
 from ledger.models import CREDIT_DIGITS, CREDIT_PLACES, ZERO, Account, CreditGrant, GrantCategory
 from metering import services as metering
 from metering.ingest import events_ingest
@@ -38,13 +39,11 @@ from plans.services import SubscriptionError, When, subscription_change_plan
 Operator = User | AnonymousUser
 
 
-class StaffError(Exception):
+class StaffError(DomainError):
     """A request the service refused; the message says what to change."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+        super().__init__(message, param=param)
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,14 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from billing_portal.invoicing.credit_notes import CreditNoteError, credit_note_preview
+from billing_portal.invoicing.credit_notes import credit_note_preview
 from billing_portal.invoicing.models import CreditNote, Invoice, InvoiceLine
 from billing_portal.invoicing.revenue import revenue_report
 from billing_portal.invoicing.selectors import invoice_line_lineage
 from billing_portal.staff import forms as staff_forms
 from billing_portal.staff import services
 from billing_portal.staff.services import Reason, StaffError, require
-from ledger.errors import LedgerError
+from ledger.errors import DomainError
 from ledger.models import CreditGrant
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
@@ -73,7 +73,7 @@ def _workflow(
                 return HttpResponseRedirect(url)
             rows = summary(form.cleaned_data)
             stage = "confirm"
-        except (StaffError, LedgerError, CreditNoteError) as exc:
+        except DomainError as exc:
             form.add_error(None, exc.message)
     context = {
         **site.each_context(request),

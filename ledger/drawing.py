@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +23,7 @@ from ledger.models import (
     Hold,
     LedgerEntry,
     LedgerOperation,
+    draw_down_key,
 )
 from ledger.selectors import grant_is_usable
 
@@ -266,23 +267,6 @@ def entries_saved(entries: list[LedgerEntry], ids: Sequence[Sequence[Any]]) -> N
         entry.pk = pk
         entry._state.adding = False
         entry._state.db = connection.alias
-
-
-_NEVER = datetime.max.replace(tzinfo=UTC)
-
-
-def draw_down_key(grant: CreditGrant) -> tuple[object, ...]:
-    """Lower priority number; earlier expiry (none last); free before paid; earlier
-    effective; earlier created."""
-    no_expiry = grant.expires_at is None
-    return (
-        grant.priority,
-        no_expiry,
-        grant.expires_at or _NEVER,
-        grant.category_rank,
-        grant.effective_at,
-        grant.pk,
-    )
 
 
 # Built positionally: Django's keyword path costs about three times as much per entry, and

@@ -7,17 +7,15 @@ cause as ``(cause_type, cause_id)``.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from datetime import UTC, datetime
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import F, Q
 from djmoney.models.fields import MoneyField
 
-CREDIT_DIGITS = 20
-CREDIT_PLACES = 6
-CREDIT_QUANTUM = Decimal("0.000001")
-ZERO = Decimal("0")
+# Defined in ledger.units; here too because models, fields and callers read them here.
+from ledger.units import CREDIT_DIGITS, CREDIT_PLACES, CREDIT_QUANTUM, ZERO  # noqa: F401
 
 
 def CreditField(**kwargs: object) -> models.DecimalField:
@@ -58,6 +56,31 @@ CATEGORY_RANK = {
     GrantCategory.PROMOTIONAL: 0,
     GrantCategory.PAID: 1,
 }
+
+
+# The draw-down order, stated once (Stripe's documented order): lower priority number;
+# earlier expiry, none last; free (included, rollover, promotional) before paid; earlier
+# effective; earlier created. Two forms of the one rule side by side: the ordering for
+# queries and the key for grants already in memory.
+DRAW_DOWN_ORDER = (
+    "priority",
+    F("expires_at").asc(nulls_last=True),
+    "category_rank",
+    "effective_at",
+    "pk",
+)
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def draw_down_key(grant: CreditGrant) -> tuple[object, ...]:
+    return (
+        grant.priority,
+        grant.expires_at is None,
+        grant.expires_at or _NEVER,
+        grant.category_rank,
+        grant.effective_at,
+        grant.pk,
+    )
 
 
 class GrantStatus(models.TextChoices):

@@ -9,7 +9,7 @@ from decimal import Decimal
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from ledger.models import ZERO, Account, CreditGrant, GrantStatus
+from ledger.models import DRAW_DOWN_ORDER, ZERO, Account, CreditGrant, GrantStatus
 
 
 def grants_usable(
@@ -78,7 +78,7 @@ def account_balance(*, account: Account, at: datetime | None = None) -> Balance:
             account=account,
             status=GrantStatus.ACTIVE,
             effective_at__lte=at,
-        ).order_by("priority", "expires_at", "category_rank", "effective_at", "pk")
+        ).order_by(*DRAW_DOWN_ORDER)
     )
     posted = sum((g.remaining for g in grants), ZERO)
     return Balance(posted=posted, held=held, available=posted - held, grants=grants, as_of=at)

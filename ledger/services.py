@@ -20,6 +20,7 @@ from django.db.models import Q
 from django.utils import timezone
 from djmoney.money import Money
 
+from ledger.actors import Actor
 from ledger.drawing import (  # re-exported: callers use them from here
     Cause,
     Debit,
@@ -152,7 +153,7 @@ def credit_grant_create(
             kind=EntryKind.GRANT,
             grant=grant,
             credits=amount,
-            cause_type=CauseType.STAFF_ACTION if actor.startswith("staff:") else CauseType.SYSTEM,
+            cause_type=CauseType.STAFF_ACTION if Actor.parse(actor).is_staff else CauseType.SYSTEM,
             cause_id=source_id,
         )
         if _past_late_usage(grant, timezone.now()):
@@ -235,7 +236,7 @@ def _close_grant(grant: CreditGrant, operation: LedgerOperation, kind: str, stat
             grant=grant,
             credits=-grant.remaining,
             cause_type=CauseType.STAFF_ACTION
-            if operation.actor.startswith("staff:")
+            if Actor.parse(operation.actor).is_staff
             else CauseType.SYSTEM,
             cause_id=str(operation.pk),
         )
@@ -279,7 +280,7 @@ def credit_grants_expire_due(*, now: datetime | None = None, limit: int = 500) -
     count = 0
     for grant in CreditGrant.objects.filter(pk__in=list(due)).order_by("pk"):
         try:
-            credit_grant_expire(grant=grant, actor="system:expiry", reason="expired")
+            credit_grant_expire(grant=grant, actor=str(Actor.system("expiry")), reason="expired")
         except GrantNotActive:
             continue  # voided meanwhile
         count += 1

@@ -17,10 +17,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ledger.selectors import account_balance
+from ledger.units import rfc3339
 from metering import ingest, services, tasks
 from metering.models import Authorization, PeriodUsage, UsageRollup
 from plans import selectors as plan_selectors
-from plans.api import TimestampField, actor, credits_field, customer_or_404, is_id, rfc3339
+from plans.api import TimestampField, actor, credits_field, customer_or_404, is_id
 from plans.api_support import (
     MAX_JSON_DEPTH,
     ApiError,
@@ -217,7 +218,7 @@ def balance_payload(customer: Customer) -> dict[str, Any]:
     """The balance as the API shows it; the portal renders the same numbers."""
     # The period's usage comes from PeriodUsage (one row), not from summing its entries.
     balance = account_balance(account=customer.account)
-    period = plan_selectors.period_current(customer=customer, at=balance.as_of)
+    period = plan_selectors.period_in_force(customer=customer, at=balance.as_of)
     usage = PeriodUsage.objects.filter(period=period).first() if period else None
     used = usage.credits if usage else Decimal(0)
     subscription = plan_selectors.subscription_active(customer=customer)

@@ -25,13 +25,14 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ledger.errors import DomainError
+from ledger.units import CREDIT_QUANTUM
 from metering.models import Authorization, RejectedEvent
 from plans.api_support import json_nesting_exceeds, json_too_deep_message
 from plans.models import MAX_EVENT_VALUE, Customer, Meter
 
 MAX_EVENTS = 1000
 IDENTIFIER = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
-VALUE_QUANTUM = Decimal("0.000001")
+VALUE_QUANTUM = CREDIT_QUANTUM  # values carry the same six places as credits
 REQUIRED = ("identifier", "event_name", "customer", "timestamp", "value")
 KNOWN_FIELDS = {*REQUIRED, "dimensions", "workspace", "authorization"}
 

@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from ledger import services as ledger
 from ledger.models import ZERO, Hold, HoldStatus
+from ledger.units import to_credits
 from metering.models import RatingQueue, RatingStatus
 from metering.signals import usage_rated
 from plans.models import Aggregation, Customer, PeriodStatus, SubscriptionPeriod
@@ -344,7 +345,7 @@ class _Rater:
             return ZERO
         self.max_so_far[key] = rated.units
         before = rated.credits * previous / rated.units if rated.units else ZERO
-        return (rated.credits - before).quantize(Decimal("0.000001"))
+        return to_credits(rated.credits - before)
 
     def _capture(self, item: _Priced) -> ledger.Debit:
         authorization_id = item.event.authorization_id

@@ -22,6 +22,7 @@ from ledger import services as ledger
 from ledger.errors import Conflict, DomainError, NotFound
 from ledger.models import ZERO, Account, Hold, LedgerEntry
 from ledger.selectors import posted_in_scope
+from ledger.units import to_credits
 from metering.models import (
     Authorization,
     AuthorizationDecision,
@@ -39,9 +40,9 @@ from plans.models import (
     Meter,
     OveragePolicy,
     PeriodStatus,
-    SubscriptionStatus,
 )
 from plans.rating import RateTable, RatingError
+from plans.selectors import PERIOD_IN_FORCE_SQL
 
 
 class MeteringError(DomainError):
@@ -104,24 +105,18 @@ class _Context:
         return allowance_for(self.overage_policy, self.soft_limit_percent, self.included)
 
 
-_CONTEXT = """
+_CONTEXT = (
+    """
     SELECT c.id, c.account_id, c.spend_limit_credits,
            (SELECT a.id FROM metering_authorization a
             WHERE a.customer_id = c.id AND a.identifier = %(identifier)s),
            p.id, p.included_credits, v.rate_card_id, v.overage_policy, v.soft_limit_percent
     FROM plans_customer c
-    LEFT JOIN LATERAL (
-        SELECT p.id, p.included_credits, p.plan_version_id
-        FROM plans_subscriptionperiod p
-        JOIN plans_subscription s ON s.id = p.subscription_id
-        WHERE s.customer_id = c.id AND s.status = %(active)s
-          AND p.start <= %(at)s AND p."end" > %(at)s
-        ORDER BY p.start DESC
-        LIMIT 1
-    ) p ON true
+    LEFT JOIN LATERAL ({period_in_force}) p ON true
     LEFT JOIN plans_planversion v ON v.id = p.plan_version_id
     WHERE c.external_id = %(external_id)s
 """
+).replace("{period_in_force}", PERIOD_IN_FORCE_SQL.format(customer="c.id", at="%(at)s"))
 
 
 def _context(external_id: str, identifier: str, at: datetime) -> _Context | None:
@@ -132,7 +127,6 @@ def _context(external_id: str, identifier: str, at: datetime) -> _Context | None
                 "external_id": external_id,
                 "identifier": identifier,
                 "at": at,
-                "active": SubscriptionStatus.ACTIVE,
             },
         )
         row = cursor.fetchone()
@@ -250,7 +244,7 @@ def allowance_for(
         return ZERO
     if policy == OveragePolicy.SOFT_LIMIT:
         percent = soft_limit_percent or ZERO
-        return (included * percent / 100).quantize(Decimal("0.000001"))
+        return to_credits(included * percent / 100)
     return None
 
 

@@ -19,7 +19,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ledger import services as ledger
+from ledger.actors import Actor
 from ledger.models import CreditGrant, GrantCategory, GrantStatus
+from ledger.units import CREDIT_QUANTUM, rfc3339
 from plans import selectors, services
 from plans.api_support import ApiError, BaseApiView, error_responses, request_api_key
 from plans.models import Customer, Meter, Plan, Subscription
@@ -70,11 +72,6 @@ class TimestampField(serializers.Field):
         return rfc3339(value)
 
 
-def rfc3339(value: datetime) -> str:
-    text = value.astimezone(UTC).isoformat()
-    return text.replace("+00:00", "Z")
-
-
 def is_id(value: str) -> bool:
     # str.isdigit() is also true for non-ASCII digits such as superscripts, which the
     # database refuses or reads as another number.
@@ -88,7 +85,7 @@ def credits_field(**kwargs: Any) -> serializers.DecimalField:
 
 
 def actor(request: Request) -> str:
-    return f"api:{request_api_key(request).name}"
+    return str(Actor.api(request_api_key(request).name))
 
 
 def customer_or_404(external_id: str) -> Customer:
@@ -321,7 +318,7 @@ class CreditGrantsApi(BaseApiView):
     required_scope = {"GET": "read", "POST": "write"}
 
     class InputSerializer(serializers.Serializer):
-        amount = credits_field(min_value=Decimal("0.000001"))
+        amount = credits_field(min_value=CREDIT_QUANTUM)
         category = serializers.ChoiceField(choices=[GrantCategory.PROMOTIONAL, GrantCategory.PAID])
         priority = serializers.IntegerField(min_value=0, max_value=100, required=False, default=50)
         effective_at = TimestampField(required=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.db.models import QuerySet
@@ -21,16 +22,45 @@ def subscription_active(*, customer: Customer) -> Subscription | None:
     )
 
 
-def period_current(*, customer: Customer, at: datetime | None = None) -> SubscriptionPeriod | None:
+# The period in force at a moment, the one rule every reader uses: the period of the
+# customer's active subscription that contains the moment (start <= at < end). A
+# cancelled subscription has none, an ended one not yet renewed has none. The hot path's
+# SQL (metering.services) embeds PERIOD_IN_FORCE_SQL rather than restating it.
+PERIOD_IN_FORCE_SQL = """
+    SELECT p.id, p.included_credits, p.plan_version_id
+    FROM plans_subscriptionperiod p
+    JOIN plans_subscription s ON s.id = p.subscription_id
+    WHERE s.customer_id = {customer} AND s.status = 'active'
+      AND p.start <= {at} AND p."end" > {at}
+    ORDER BY p.start DESC
+    LIMIT 1
+"""
+
+
+def period_in_force(*, customer: Customer, at: datetime | None = None) -> SubscriptionPeriod | None:
     at = at or timezone.now()
     return (
         SubscriptionPeriod.objects.filter(
-            subscription__customer=customer, start__lte=at, end__gt=at
+            subscription__customer=customer,
+            subscription__status=SubscriptionStatus.ACTIVE,
+            start__lte=at,
+            end__gt=at,
         )
-        .select_related("plan_version")
+        .select_related("plan_version__plan")
         .order_by("-start")
         .first()
     )
+
+
+def period_in_force_among(
+    periods: Iterable[SubscriptionPeriod], at: datetime
+) -> SubscriptionPeriod | None:
+    """The same rule over periods already read (with their subscriptions)."""
+    for period in sorted(periods, key=lambda p: p.start, reverse=True):
+        active = period.subscription.status == SubscriptionStatus.ACTIVE
+        if active and period.start <= at < period.end:
+            return period
+    return None
 
 
 def credit_grants_for(*, customer: Customer) -> QuerySet[CreditGrant]:

@@ -9,7 +9,7 @@ from the period or change they belong to.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Literal
 
 from django.conf import settings
@@ -27,6 +27,7 @@ from ledger.models import (
     GrantCategory,
     GrantStatus,
 )
+from ledger.units import to_cents
 from plans import signals
 from plans.models import (
     ChangeKind,
@@ -354,9 +355,7 @@ def _switch_now(
     period = _current_period(subscription)
     left = _fraction_left(period, now)
     fee_delta = as_money(new.base_fee).amount - as_money(old.base_fee).amount
-    proration = Money(
-        (fee_delta * left).quantize(Decimal("0.01"), ROUND_HALF_UP), as_money(new.base_fee).currency
-    )
+    proration = Money(to_cents(fee_delta * left), as_money(new.base_fee).currency)
     extra = max(Decimal(0), (new.included_credits - old.included_credits) * left).quantize(
         CREDIT_QUANTUM
     )

@@ -29,8 +29,8 @@ from billing_portal.alerts.services import alert_raise
 from billing_portal.invoicing.models import CreditPackPurchase, PurchaseStatus
 from billing_portal.invoicing.purchases import purchase_charge_off_session, purchase_create
 from billing_portal.portal.models import AutoRecharge
-from billing_portal.portal.selectors import credits_text
 from ledger.errors import InvalidRequest
+from ledger.units import credits_text
 from plans.models import Customer
 from plans.money import as_money
 

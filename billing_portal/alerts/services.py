@@ -25,11 +25,12 @@ from billing_portal.alerts import selectors
 from billing_portal.alerts.models import Alert, AlertKind
 from billing_portal.outbound.models import EventType
 from billing_portal.outbound.services import event_publish
-from billing_portal.portal.selectors import credits_text
 from ledger.models import Account
 from ledger.selectors import Balance, account_balance
+from ledger.units import credits_text, to_credits
 from metering.models import PeriodUsage
 from plans.models import Customer, SubscriptionPeriod
+from plans.selectors import period_in_force, period_in_force_among
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def usage_evaluate(
         periods = {
             p.pk: p
             for p in SubscriptionPeriod.objects.filter(pk__in=period_ids).select_related(
-                "plan_version__plan"
+                "plan_version__plan", "subscription"
             )
         }
         current = _current_period(customer, periods, now)
@@ -80,18 +81,9 @@ def usage_evaluate(
 def _current_period(
     customer: Customer, periods: dict[int, SubscriptionPeriod], now: datetime
 ) -> SubscriptionPeriod | None:
-    for period in periods.values():
-        if period.start <= now < period.end:
-            return period
     # Usage charged to an earlier period (a late event): the current one is read apart.
-    return (
-        SubscriptionPeriod.objects.filter(
-            subscription__customer=customer, start__lte=now, end__gt=now
-        )
-        .select_related("plan_version__plan")
-        .order_by("-start")
-        .first()
-    )
+    found = period_in_force_among(periods.values(), now)
+    return found or period_in_force(customer=customer, at=now)
 
 
 def _usage_thresholds(
@@ -200,7 +192,7 @@ def _burn_alert(
             {
                 "hour": hour.isoformat(),
                 "credits": str(burn.this_hour),
-                "hourly_average": str(average.quantize(Decimal("0.000001"))),
+                "hourly_average": str(to_credits(average)),
                 "factor": str(factor),
             },
         )

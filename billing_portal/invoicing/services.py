@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef
@@ -27,6 +27,7 @@ from billing_portal.invoicing.models import (
     LineKind,
 )
 from ledger.models import ZERO, EntryKind, LedgerEntry
+from ledger.units import to_cents
 from metering.models import EventCancellation, EventRating
 from plans.models import (
     ChangeKind,
@@ -38,8 +39,6 @@ from plans.models import (
 from plans.money import as_money
 from plans.periods import period_containing
 
-CENT = Decimal("0.01")
-
 
 def invoice_number_next(prefix: str = "INV-") -> str:
     """Gap-free sequential numbers: the sequence row is locked until the caller commits."""
@@ -50,9 +49,8 @@ def invoice_number_next(prefix: str = "INV-") -> str:
     return f"{prefix}{number:06d}"
 
 
-def cents(amount: Decimal) -> Decimal:
-    """Money is rounded to the minor unit on invoice lines only, half up."""
-    return amount.quantize(CENT, ROUND_HALF_UP)
+# Money is rounded to the minor unit on invoice lines only (ledger.units).
+cents = to_cents
 
 
 @dataclass

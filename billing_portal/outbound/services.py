@@ -13,7 +13,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -38,6 +38,7 @@ from billing_portal.outbound.models import (
 )
 from billing_portal.staff.models import AuditLog
 from ledger.errors import DomainError
+from ledger.units import rfc3339
 from plans.models import Customer
 
 SIGNATURE_HEADER = "Billing-Signature"
@@ -107,10 +108,6 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, str | int):
         return value
     raise TypeError(f"webhook data may not hold {type(value).__name__}")
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def event_body(event: OutboundEvent) -> bytes:

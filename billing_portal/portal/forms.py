@@ -12,7 +12,7 @@ from django.core.validators import validate_email
 from django.utils import timezone
 
 from billing_portal.portal.models import AlertSettings, AutoRecharge, Role
-from billing_portal.portal.selectors import credits_text
+from ledger.units import credits_text
 from plans.models import CreditPack, Plan
 from plans.money import as_money
 from plans.services import plan_version_current

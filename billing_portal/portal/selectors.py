@@ -23,6 +23,7 @@ from ledger.models import (
     GrantCategory,
     LedgerEntry,
 )
+from ledger.units import credits_text
 from metering.api import balance_payload, usage_rows
 from metering.models import MeterEvent
 from plans import selectors as plan_selectors
@@ -128,14 +129,6 @@ def when_credits_run_out(version: PlanVersion | None, limit: Decimal | None) -> 
     if limit is not None:
         text += f" Your monthly spend limit stops all usage at {credits_text(limit)} credits."
     return text
-
-
-def credits_text(value: Decimal) -> str:
-    """2400 -> "2,400"; 12.5 -> "12.50"; never more than two decimals on screen."""
-    rounded = value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-    if rounded == rounded.to_integral_value():
-        return f"{rounded:,.0f}"
-    return f"{rounded:,.2f}"
 
 
 # --- usage chart and table ------------------------------------------------------------

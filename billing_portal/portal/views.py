@@ -38,13 +38,14 @@ from billing_portal.portal.access import (
     purchase_for,
 )
 from billing_portal.portal.models import PortalMembership
+from ledger.actors import Actor
 from ledger.errors import InvalidRequest
 from plans import selectors as plan_selectors
 from plans.services import SubscriptionError, subscription_change_plan
 
 
 def _actor(request: PortalRequest) -> str:
-    return f"portal:{request.user.get_username()}"
+    return str(Actor.portal(request.user.get_username()))
 
 
 def _page(

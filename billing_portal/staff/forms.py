@@ -12,6 +12,7 @@ from django import forms
 from billing_portal.invoicing.models import CreditNoteMethod, CreditNoteReason, Invoice
 from billing_portal.staff.services import RELOAD_FORM_MESSAGE
 from ledger.models import CREDIT_PLACES, GrantCategory
+from ledger.units import CREDIT_QUANTUM
 from plans.models import ApiScope, Plan
 
 STAFF_REASONS = [
@@ -59,7 +60,7 @@ class ReasonForm(TokenForm):
 
 def _credits_field(**kwargs: Any) -> forms.DecimalField:
     return forms.DecimalField(
-        max_digits=20, decimal_places=CREDIT_PLACES, min_value=Decimal("0.000001"), **kwargs
+        max_digits=20, decimal_places=CREDIT_PLACES, min_value=CREDIT_QUANTUM, **kwargs
     )
 
 

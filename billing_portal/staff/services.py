@@ -26,8 +26,10 @@ from billing_portal.invoicing import credit_notes, sync
 from billing_portal.invoicing.models import CreditNote, Invoice
 from billing_portal.staff.models import AuditAction, AuditLog
 from ledger import services as ledger
+from ledger.actors import Actor
 from ledger.errors import DomainError
 from ledger.models import CREDIT_DIGITS, CREDIT_PLACES, ZERO, Account, CreditGrant, GrantCategory
+from ledger.units import credits_exact
 from metering import services as metering
 from metering.ingest import events_ingest
 from metering.models import MeterEvent, RatingQueue
@@ -72,8 +74,8 @@ def require(operator: Operator, codename: str) -> None:
 
 
 def actor_of(operator: Operator) -> str:
-    # The ledger marks "staff:" actors' entries as staff actions.
-    return f"staff:{operator.get_username()}"
+    # The ledger marks staff actors' entries as staff actions.
+    return str(Actor.staff(operator.get_username()))
 
 
 def _audit(
@@ -151,11 +153,6 @@ def granted_in_window(operator: Operator) -> Decimal:
         created_at__gt=timezone.now() - GRANT_WINDOW,
     )
     return rows.aggregate(total=Sum(amount))["total"] or ZERO
-
-
-def credits_exact(value: Decimal) -> str:
-    """1E+4 -> "10,000"; unrounded, so "grant at most" never names more than is left."""
-    return f"{value.normalize():,f}"
 
 
 def _lock_grant_allowance(operator: Operator) -> None:

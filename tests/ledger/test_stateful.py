@@ -408,7 +408,9 @@ class LedgerMachine(RuleBasedStateMachine):
             workspace=spec.workspace,
             key=key,
         )
-        if expires_at is not None and expires_at <= now:
+        # Created past its expiry and past the window in which late usage may draw on it.
+        grace = timedelta(seconds=django_settings.BILLING_GRACE_PERIOD_SECONDS)
+        if expires_at is not None and expires_at <= now - grace:
             self.model.close_grant(model, "expired")
         self.model.grants[grant.pk] = model
         assert grant.amount == model.amount

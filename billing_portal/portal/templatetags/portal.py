@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from django import template
 
-from billing_portal.portal.selectors import credits_text
+from ledger.units import credits_text
 
 register = template.Library()
 

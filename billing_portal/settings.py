@@ -237,8 +237,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": None,
-    "EXCEPTION_HANDLER": "plans.api_support.api_exception_handler",
-    # Per API key (plans.api_support.ApiKeyRateThrottle): "N/second", "N/minute", "N/hour".
+    "EXCEPTION_HANDLER": "billing_portal.api.errors.api_exception_handler",
+    # Per API key (billing_portal.api.auth.ApiKeyRateThrottle): "N/second", "N/minute", "N/hour".
     "DEFAULT_THROTTLE_RATES": {"api_key": env("API_RATE_LIMIT", "100/second")},
 }
 SPECTACULAR_SETTINGS = {
@@ -320,7 +320,7 @@ LOGGING = {
 
 # --- cache (the "rating task already queued" flag) ------------------------------------
 # Local memory is per process; several processes share the flag through redis://. (API
-# rate-limit counters are in PostgreSQL: see plans.api_support.ApiKeyRateThrottle.)
+# rate-limit counters are in PostgreSQL: see billing_portal.api.auth.ApiKeyRateThrottle.)
 CACHE_URL = env("CACHE_URL", "locmem://")
 _cache_scheme, _, _cache_location = CACHE_URL.partition("://")
 _CACHE_BACKENDS = {

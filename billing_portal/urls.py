@@ -10,12 +10,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("portal/", include("billing_portal.portal.urls")),
-    path("api/v1/", include("plans.urls")),
-    path("api/v1/", include("metering.urls")),
-    path("api/v1/", include("billing_portal.invoicing.urls")),
+    path("api/v1/", include("billing_portal.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
 
 # Unknown URLs answer in the API's error envelope (JSON), as API clients expect.
-handler404 = "plans.api_support.api_not_found"
+handler404 = "billing_portal.api.errors.api_not_found"

@@ -33,18 +33,14 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from billing_portal import stripe_adapter
+from billing_portal.api.base import json_nesting_exceeds, json_too_deep_message
+from billing_portal.api.errors import DATABASE_UNAVAILABLE_ERRORS, UNAVAILABLE_RETRY_AFTER_SECONDS
 from billing_portal.invoicing import purchases, sync
 from billing_portal.invoicing.models import (
     CreditPackPurchase,
     Invoice,
     StripeEvent,
     StripeEventStatus,
-)
-from plans.api_support import (
-    DATABASE_UNAVAILABLE_ERRORS,
-    UNAVAILABLE_RETRY_AFTER_SECONDS,
-    json_nesting_exceeds,
-    json_too_deep_message,
 )
 from plans.money import as_money
 

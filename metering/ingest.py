@@ -24,10 +24,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from ledger.errors import DomainError
 from ledger.units import CREDIT_QUANTUM
 from metering.models import Authorization, RejectedEvent
-from plans.api_support import json_nesting_exceeds, json_too_deep_message
 from plans.models import MAX_EVENT_VALUE, Customer, Meter
 
 MAX_EVENTS = 1000
@@ -36,16 +34,8 @@ VALUE_QUANTUM = CREDIT_QUANTUM  # values carry the same six places as credits
 REQUIRED = ("identifier", "event_name", "customer", "timestamp", "value")
 KNOWN_FIELDS = {*REQUIRED, "dimensions", "workspace", "authorization"}
 
-_decoder = msgspec.json.Decoder(float_hook=Decimal)
 # Sorted keys: the same dimensions in another order are the same content.
 _encoder = msgspec.json.Encoder(order="sorted")
-
-
-class BatchError(DomainError):
-    """The body as a whole is refused: nothing in it is stored."""
-
-    def __init__(self, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(message, code=code, param=param)
 
 
 @dataclass(frozen=True)
@@ -106,38 +96,6 @@ class IngestOutcome:
             "rejected": self.count("rejected"),
             "results": [r.as_dict() for r in self.results],
         }
-
-
-# --- parsing --------------------------------------------------------------------------
-
-
-def parse_body(body: bytes) -> list[Any]:
-    """The events of a request body: one event object, or {"events": [...]}."""
-    if json_nesting_exceeds(body):
-        raise BatchError("invalid_json", json_too_deep_message())
-    try:
-        document = _decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise BatchError("invalid_json", f"the body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:  # malformed in a way the pre-scan did not foresee
-        raise BatchError("invalid_json", json_too_deep_message()) from exc
-    if isinstance(document, dict) and "events" in document:
-        events = document["events"]
-        if not isinstance(events, list):
-            raise BatchError("events_required", "events must be a list of event objects", "events")
-    elif isinstance(document, dict):
-        events = [document]
-    else:
-        raise BatchError("events_required", 'send one event object or {"events": [...]}', "events")
-    if not events:
-        raise BatchError("events_required", "events is empty: send 1 to 1000 events", "events")
-    if len(events) > MAX_EVENTS:
-        raise BatchError(
-            "too_many_events",
-            f"{len(events)} events in one request; send at most {MAX_EVENTS} and split the rest",
-            "events",
-        )
-    return events
 
 
 # --- validation -----------------------------------------------------------------------

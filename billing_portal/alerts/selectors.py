@@ -11,8 +11,8 @@ from django.db.models import Min, Q, QuerySet, Sum
 from billing_portal.alerts.models import Alert
 from billing_portal.portal.models import AlertSettings, PortalMembership, Role
 from ledger.models import ZERO
-from metering.api import balance_payload
 from metering.models import UsageRollup
+from metering.selectors import balance_payload
 from plans.models import Customer, PlanVersion, SubscriptionPeriod, default_alert_usage_thresholds
 from plans.selectors import subscription_active
 

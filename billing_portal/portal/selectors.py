@@ -24,8 +24,8 @@ from ledger.models import (
     LedgerEntry,
 )
 from ledger.units import credits_text
-from metering.api import balance_payload, usage_rows
 from metering.models import MeterEvent
+from metering.selectors import balance_payload, usage_rows
 from plans import selectors as plan_selectors
 from plans.models import Customer, OveragePolicy, PlanVersion
 from plans.money import as_money

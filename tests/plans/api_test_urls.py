@@ -2,6 +2,6 @@
 
 from tests.plans.test_api_foundation import urlpatterns
 
-handler404 = "plans.api_support.api_not_found"
+handler404 = "billing_portal.api.errors.api_not_found"
 
 __all__ = ["handler404", "urlpatterns"]

@@ -1,8 +1,9 @@
 """The customers, subscriptions and credit grants endpoints over real HTTP.
 
-Each endpoint of plans/urls.py is driven through a live server with ``requests``: its
-success answer and status, the values behind it, 401 and 403, 404 in the error envelope,
-its 409 conflicts, 400 validation errors naming ``param``, and Idempotency-Key replays.
+Each of these endpoints (billing_portal/api) is driven through a live server with
+``requests``: its success answer and status, the values behind it, 401 and 403, 404 in
+the error envelope, its 409 conflicts, 400 validation errors naming ``param``, and
+Idempotency-Key replays.
 """
 
 from __future__ import annotations

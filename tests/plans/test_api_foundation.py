@@ -22,14 +22,11 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing_portal.api.auth import request_api_key
+from billing_portal.api.base import BaseApiView
+from billing_portal.api.errors import IDEMPOTENCY_HEADER, ApiError
+from billing_portal.api.schema import error_responses
 from ledger.errors import HoldNotOpen
-from plans.api_support import (
-    IDEMPOTENCY_HEADER,
-    ApiError,
-    BaseApiView,
-    error_responses,
-    request_api_key,
-)
 from plans.apikeys import api_key_authenticate, api_key_create, api_key_revoke
 from plans.models import ApiKey, IdempotencyRecord, Meter
 

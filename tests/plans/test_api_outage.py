@@ -19,8 +19,8 @@ import requests
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
+from billing_portal.api.errors import UNAVAILABLE_RETRY_AFTER_SECONDS
 from metering.models import MeterEvent
-from plans.api_support import UNAVAILABLE_RETRY_AFTER_SECONDS
 from plans.apikeys import api_key_create
 from plans.models import IdempotencyRecord
 from plans.services import subscription_start
@@ -124,9 +124,12 @@ def _raise(error: Exception) -> Any:
 @pytest.mark.parametrize(
     ("target", "error"),
     [
-        ("plans.api_support.api_key_authenticate", InterfaceError("connection already closed")),
         (
-            "plans.api_support.api_key_window_count",
+            "billing_portal.api.auth.api_key_authenticate",
+            InterfaceError("connection already closed"),
+        ),
+        (
+            "billing_portal.api.auth.api_key_window_count",
             OperationalError("server closed the connection"),
         ),
     ],

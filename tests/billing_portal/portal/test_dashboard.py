@@ -6,7 +6,7 @@ from decimal import Decimal
 from django.test import Client
 from django.utils import timezone
 
-from metering.api import balance_payload
+from metering.selectors import balance_payload
 from plans.models import Customer
 from tests.billing_portal.portal.conftest import HTMX
 from tests.billing_portal.portal.factories import member, subscribed_customer, usage

@@ -1,19 +1,26 @@
-"""HTTP API for invoices: status, period, totals, and lines linked to ledger entries."""
+"""``/customers/{id}/invoices`` and ``/invoices/{id}``: status, totals, lines linked to
+ledger entries.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing_portal.api.base import BaseApiView
+from billing_portal.api.errors import ApiError
+from billing_portal.api.fields import TimestampField, customer_or_404, is_id
+from billing_portal.api.schema import error_responses
 from billing_portal.invoicing.models import Invoice, InvoiceLine
 from billing_portal.invoicing.selectors import invoices_for
-from plans.api import TimestampField, customer_or_404, is_id
-from plans.api_support import ApiError, BaseApiView, error_responses
 from plans.money import as_money
 
 

@@ -1,0 +1,179 @@
+"""``/customers/{id}/credit_grants`` and ``/credit_grants/{id}``: grant, list, void, expire."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.shortcuts import get_object_or_404
+from djmoney.money import Money
+from drf_spectacular.utils import (
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from billing_portal.api.base import BaseApiView
+from billing_portal.api.errors import ApiError
+from billing_portal.api.fields import TimestampField, actor, credits_field, customer_or_404, is_id
+from billing_portal.api.schema import error_responses
+from ledger import services as ledger
+from ledger.models import CreditGrant, GrantCategory, GrantStatus
+from ledger.units import CREDIT_QUANTUM, rfc3339
+from plans import selectors
+from plans.models import (
+    Customer,
+    Meter,
+)
+from plans.money import as_money
+
+# --- credit grants --------------------------------------------------------------------
+
+
+class CreditGrantOut(serializers.Serializer):
+    id = serializers.CharField(source="pk")
+    customer = serializers.SerializerMethodField()
+    category = serializers.CharField()
+    status = serializers.CharField()
+    amount = credits_field()
+    remaining = credits_field()
+    priority = serializers.IntegerField()
+    effective_at = TimestampField()
+    expires_at = TimestampField(allow_null=True)
+    applies_to = serializers.ListField(child=serializers.CharField())
+    workspace = serializers.CharField(allow_null=True)
+    cost_basis = serializers.SerializerMethodField()
+    currency = serializers.SerializerMethodField()
+    reason = serializers.CharField()
+    voided_at = serializers.SerializerMethodField()
+    expired_at = serializers.SerializerMethodField()
+    created_at = TimestampField()
+
+    def get_customer(self, grant: CreditGrant) -> str:
+        customer: Customer | None = self.context.get("customer")
+        if customer is None:
+            customer = Customer.objects.only("external_id").get(account_id=grant.account_id)
+        return customer.external_id
+
+    def get_cost_basis(self, grant: CreditGrant) -> str:
+        return str(as_money(grant.cost_basis).amount.normalize())
+
+    def get_currency(self, grant: CreditGrant) -> str:
+        return str(as_money(grant.cost_basis).currency)
+
+    def get_voided_at(self, grant: CreditGrant) -> str | None:
+        return (
+            rfc3339(grant.closed_at)
+            if grant.status == GrantStatus.VOIDED and grant.closed_at
+            else None
+        )
+
+    def get_expired_at(self, grant: CreditGrant) -> str | None:
+        return (
+            rfc3339(grant.closed_at)
+            if grant.status == GrantStatus.EXPIRED and grant.closed_at
+            else None
+        )
+
+
+def grant_or_404(grant_id: str) -> CreditGrant:
+    if not is_id(grant_id):
+        raise ApiError(404, "resource_missing", f"no credit grant {grant_id!r}", "id")
+    return get_object_or_404(CreditGrant.objects.all(), pk=grant_id)
+
+
+class CreditGrantsApi(BaseApiView):
+    required_scope = {"GET": "read", "POST": "write"}
+
+    class InputSerializer(serializers.Serializer):
+        amount = credits_field(min_value=CREDIT_QUANTUM)
+        category = serializers.ChoiceField(choices=[GrantCategory.PROMOTIONAL, GrantCategory.PAID])
+        priority = serializers.IntegerField(min_value=0, max_value=100, required=False, default=50)
+        effective_at = TimestampField(required=False)
+        expires_at = TimestampField(required=False, allow_null=True)
+        applies_to = serializers.ListField(
+            child=serializers.CharField(max_length=64), required=False, default=list
+        )
+        workspace = serializers.CharField(max_length=64, required=False, allow_null=True)
+        cost_basis = serializers.DecimalField(
+            max_digits=19, decimal_places=8, min_value=Decimal(0), required=False
+        )
+        reason = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
+        memo = serializers.CharField(required=False, default="", allow_blank=True)
+
+        def validate_applies_to(self, value: list[str]) -> list[str]:
+            unknown = set(value) - set(
+                Meter.objects.filter(code__in=value).values_list("code", flat=True)
+            )
+            if unknown:
+                raise serializers.ValidationError(
+                    f"unknown meter code(s): {', '.join(sorted(unknown))}"
+                )
+            return value
+
+    @extend_schema(
+        responses={
+            200: inline_serializer("CreditGrantList", {"data": CreditGrantOut(many=True)}),
+            **error_responses(401, 403, 404),
+        }
+    )
+    def get(self, request: Request, external_id: str) -> Response:
+        customer = customer_or_404(external_id)
+        grants = selectors.credit_grants_for(customer=customer)
+        out = CreditGrantOut(grants, many=True, context={"customer": customer})
+        return Response({"data": out.data})
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: CreditGrantOut, **error_responses(400, 401, 403, 404)},
+    )
+    def post(self, request: Request, external_id: str) -> Response:
+        customer = customer_or_404(external_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        basis = values.pop("cost_basis", None)
+        grant = ledger.credit_grant_create(
+            account=customer.account,
+            actor=actor(request),
+            cost_basis=Money(basis if basis is not None else 0, customer.currency),
+            source_type="api",
+            **values,
+        )
+        return Response(CreditGrantOut(grant, context={"customer": customer}).data, status=201)
+
+
+class ReasonInput(serializers.Serializer):
+    reason = serializers.CharField(max_length=64)
+    memo = serializers.CharField(required=False, default="", allow_blank=True)
+
+
+class CreditGrantVoidApi(BaseApiView):
+    required_scope = "write"
+
+    @extend_schema(
+        request=ReasonInput,
+        responses={200: CreditGrantOut, **error_responses(400, 401, 403, 404, 409)},
+    )
+    def post(self, request: Request, grant_id: str) -> Response:
+        grant = grant_or_404(grant_id)
+        data = ReasonInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        grant = ledger.credit_grant_void(grant=grant, actor=actor(request), **data.validated_data)
+        return Response(CreditGrantOut(grant).data)
+
+
+class CreditGrantExpireApi(BaseApiView):
+    required_scope = "write"
+
+    @extend_schema(
+        request=ReasonInput,
+        responses={200: CreditGrantOut, **error_responses(400, 401, 403, 404, 409)},
+    )
+    def post(self, request: Request, grant_id: str) -> Response:
+        grant = grant_or_404(grant_id)
+        data = ReasonInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        grant = ledger.credit_grant_expire(grant=grant, actor=actor(request), **data.validated_data)
+        return Response(CreditGrantOut(grant).data)

@@ -27,12 +27,9 @@ app.conf.beat_schedule = {
         "task": "billing_portal.invoicing.tasks.revenue_recognize",
         "schedule": 60.0,
     },
-    "invoice-missing-periods": {
-        "task": "billing_portal.invoicing.tasks.invoice_periods_missing",
-        "schedule": 300.0,
-    },
-    "hand-periods-to-invoicing": {
-        "task": "plans.tasks.periods_hand_to_invoicing",
+    # Period close, the whole flow: billing_portal/invoicing/period_close.py.
+    "close-periods": {
+        "task": "billing_portal.invoicing.tasks.periods_close_due_task",
         "schedule": 60.0,
     },
     # Auto-recharges a webhook resolved, or whose task message was lost.

@@ -28,7 +28,6 @@ from ledger.models import (
     GrantStatus,
 )
 from ledger.units import to_cents
-from plans import signals
 from plans.models import (
     ChangeKind,
     Customer,
@@ -429,35 +428,25 @@ def grace_period() -> timedelta:
     return timedelta(seconds=settings.BILLING_GRACE_PERIOD_SECONDS)
 
 
-def periods_hand_to_invoicing(*, now: datetime | None = None) -> int:
-    """Closed periods past the grace window go to invoicing, once each."""
-    now = now or timezone.now()
-    # The grace window runs from the close too: a period that ended long ago and was
-    # closed just now (a subscription started in the past) still takes its late events.
+def periods_due_for_close(*, now: datetime | None = None) -> list[int]:
+    """Closed periods whose late events can no longer arrive: ended, and closed, more
+    than the grace window ago (a period closed just now, by a subscription started in the
+    past, still takes its late events)."""
+    before = (now or timezone.now()) - grace_period()
     due = SubscriptionPeriod.objects.filter(
-        status=PeriodStatus.CLOSED,
-        end__lte=now - grace_period(),
-        closed_at__lte=now - grace_period(),
-    ).values_list("pk", flat=True)
-    handed = 0
-    for pk in list(due):
-        with transaction.atomic():
-            period = (
-                SubscriptionPeriod.objects.select_for_update(skip_locked=True)
-                .select_related("subscription__customer", "plan_version")
-                .filter(pk=pk, status=PeriodStatus.CLOSED)
-                .first()
-            )
-            if period is None:
-                continue  # another worker has it
-            # Rating reads periods under the account lock: from here on it charges this
-            # period's late events to the open one, never to this one after its invoice.
-            Account.objects.select_for_update().get(pk=period.subscription.customer.account_id)
-            _rollover(period, _period_credits_write_off(period))
-            period.status = PeriodStatus.INVOICING
-            period.handed_to_invoicing_at = now
-            period.save(update_fields=["status", "handed_to_invoicing_at"])
-            # Receivers enqueue their work on commit; they see the period handed over once.
-            signals.period_ready_for_invoicing.send(sender=SubscriptionPeriod, period=period)
-            handed += 1
-    return handed
+        status=PeriodStatus.CLOSED, end__lte=before, closed_at__lte=before
+    )
+    return list(due.order_by("end", "pk").values_list("pk", flat=True))
+
+
+def period_credits_close(*, period: SubscriptionPeriod, now: datetime) -> None:
+    """Hand a closed period over to invoicing: write off its credits, roll over what the
+    plan allows, and stop charging its late events to it. The caller holds the period's
+    row lock (see billing_portal.invoicing.period_close)."""
+    # Rating reads periods under the account lock: from here on it charges this period's
+    # late events to the open one, never to this one after its invoice.
+    Account.objects.select_for_update().get(pk=period.subscription.customer.account_id)
+    _rollover(period, _period_credits_write_off(period))
+    period.status = PeriodStatus.INVOICING
+    period.handed_to_invoicing_at = now
+    period.save(update_fields=["status", "handed_to_invoicing_at"])

@@ -8,8 +8,3 @@ from plans import services
 @shared_task
 def subscriptions_renew_due() -> int:
     return services.subscriptions_renew_due()
-
-
-@shared_task
-def periods_hand_to_invoicing() -> int:
-    return services.periods_hand_to_invoicing()

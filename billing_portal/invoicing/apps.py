@@ -7,4 +7,4 @@ class InvoicingConfig(AppConfig):
     verbose_name = "Invoicing"
 
     def ready(self) -> None:
-        from billing_portal.invoicing import checks, receivers  # noqa: F401  (reconcile checks, signals)
+        from billing_portal.invoicing import checks  # noqa: F401  (registers the reconcile checks)

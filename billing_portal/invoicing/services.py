@@ -1,8 +1,6 @@
-"""Period close: one invoice per subscription period, built from ledger entries.
+"""Invoices built from ledger entries: the lines of a period's invoice, and invoice numbers.
 
-An invoice is created once per period: the period row is locked while it is built and a
-unique constraint on the invoice's period refuses a second one, so a task run twice or
-by two workers at once still makes one invoice.
+The flow that closes a period and calls these is ``billing_portal.invoicing.period_close``.
 """
 
 from __future__ import annotations
@@ -12,11 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import (
     Invoice,
     InvoiceKind,
@@ -66,37 +62,27 @@ class _Line:
     entries: list[LedgerEntry] = field(default_factory=list)
 
 
-def invoice_for_period(*, period: SubscriptionPeriod) -> Invoice:
-    existing = Invoice.objects.filter(period=period).first()
-    if existing is not None:
-        return existing
-    with transaction.atomic():
-        locked = (
-            SubscriptionPeriod.objects.select_for_update()
-            .select_related("subscription__customer", "plan_version__plan")
-            .get(pk=period.pk)
-        )
-        existing = Invoice.objects.filter(period=locked).first()
-        if existing is not None:
-            return existing  # built by another worker while we waited for the lock
-        customer = locked.subscription.customer
-        lines = _period_lines(locked)
-        currency = str(as_money(locked.plan_version.base_fee).currency)
-        invoice = Invoice.objects.create(
-            customer=customer,
-            kind=InvoiceKind.PERIOD,
-            period=locked,
-            number=invoice_number_next(),
-            status=InvoiceStatus.OPEN,
-            currency=currency,
-            total=sum((cents(line.amount) for line in lines), ZERO),
-            total_currency=currency,
-            period_start=locked.start,
-            period_end=locked.end,
-            issued_at=timezone.now(),
-        )
-        _store_lines(invoice, lines, currency)
-        sync.invoice_sync_enqueue(invoice=invoice)
+def period_invoice_create(*, period: SubscriptionPeriod) -> Invoice:
+    """The period's invoice, built from the ledger entries of its events. The caller
+    holds the period's row lock (see period_close); the unique constraint on the
+    invoice's period refuses a second one anyway."""
+    customer = period.subscription.customer
+    lines = _period_lines(period)
+    currency = str(as_money(period.plan_version.base_fee).currency)
+    invoice = Invoice.objects.create(
+        customer=customer,
+        kind=InvoiceKind.PERIOD,
+        period=period,
+        number=invoice_number_next(),
+        status=InvoiceStatus.OPEN,
+        currency=currency,
+        total=sum((cents(line.amount) for line in lines), ZERO),
+        total_currency=currency,
+        period_start=period.start,
+        period_end=period.end,
+        issued_at=timezone.now(),
+    )
+    _store_lines(invoice, lines, currency)
     return invoice
 
 

@@ -1,33 +1,27 @@
 from __future__ import annotations
 
 from celery import shared_task
-from django.db.models import Exists, OuterRef
 
-from billing_portal.invoicing import services
-from billing_portal.invoicing.models import Invoice
-from plans.models import PeriodStatus, SubscriptionPeriod
+from billing_portal.invoicing import period_close
+
+
+@shared_task(bind=True)
+def periods_close_due_task(self) -> int:  # type: ignore[no-untyped-def]
+    """Beat: send one close per due period (see period_close), to the queue this came on."""
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    due = period_close.periods_due()
+    for period_id in due:
+        period_close_task.apply_async((period_id,), queue=queue)
+    return len(due)
 
 
 @shared_task(bind=True, max_retries=10, acks_late=True)
-def invoice_period(self, period_id: int) -> int:  # type: ignore[no-untyped-def]
+def period_close_task(self, period_id: int) -> int | None:  # type: ignore[no-untyped-def]
     try:
-        period = SubscriptionPeriod.objects.get(pk=period_id)
-        return services.invoice_for_period(period=period).pk
+        invoice = period_close.period_close(period_id=period_id)
     except Exception as exc:
         raise self.retry(exc=exc, countdown=min(600, 2**self.request.retries * 5)) from exc
-
-
-@shared_task
-def invoice_periods_missing() -> int:
-    """Invoice periods handed to invoicing whose message was lost; safe to repeat."""
-    missing = SubscriptionPeriod.objects.filter(status=PeriodStatus.INVOICING).exclude(
-        Exists(Invoice.objects.filter(period=OuterRef("pk")))
-    )
-    count = 0
-    for period in missing[:500]:
-        services.invoice_for_period(period=period)
-        count += 1
-    return count
+    return invoice.pk if invoice else None
 
 
 @shared_task

@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 
-from billing_portal.invoicing.models import LineKind
+from billing_portal.invoicing.models import Invoice, LineKind
+from billing_portal.invoicing.period_close import periods_close_due
 from billing_portal.invoicing.revenue import revenue_recognize_all
 from billing_portal.invoicing.selectors import invoice_line_lineage
-from billing_portal.invoicing.services import invoice_for_period
 from metering.ingest import events_ingest
 from metering.rating import events_rate_pending
 from plans.models import SubscriptionPeriod
 from plans.money import as_money
-from plans.services import periods_hand_to_invoicing, subscription_start, subscriptions_renew_due
+from plans.services import subscription_start, subscriptions_renew_due
 from tests.plans.factories import customer, load_demo_catalog, plan
 
 pytestmark = pytest.mark.django_db
@@ -43,8 +43,9 @@ def test_an_overage_line_walks_back_to_its_events_and_forward_to_revenue() -> No
         period = SubscriptionPeriod.objects.get()
         clock.move_to(period.end + timedelta(hours=2))
         subscriptions_renew_due()
-        periods_hand_to_invoicing()
-        invoice = invoice_for_period(period=SubscriptionPeriod.objects.get(pk=period.pk))
+        clock.shift(timedelta(hours=1))  # the grace window also runs from the late renewal
+        periods_close_due()
+        invoice = Invoice.objects.get(period=SubscriptionPeriod.objects.get(pk=period.pk))
         revenue_recognize_all()
 
     line = invoice.lines.get(kind=LineKind.OVERAGE)

@@ -23,7 +23,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from billing_portal.invoicing.models import Invoice, InvoiceLine, LineKind
-from billing_portal.invoicing.services import invoice_for_period
+from billing_portal.invoicing.period_close import periods_close_due
 from ledger import services as ledger
 from ledger.models import CreditGrant, GrantCategory, LedgerEntry
 from ledger.reconcile import run_checks
@@ -33,7 +33,7 @@ from metering.rating import events_rate_pending
 from plans import catalog
 from plans.models import Customer, SubscriptionPeriod
 from plans.money import as_money
-from plans.services import periods_hand_to_invoicing, subscription_start, subscriptions_renew_due
+from plans.services import subscription_start, subscriptions_renew_due
 from tests.plans.factories import DEMO_CATALOG, customer, plan
 
 pytestmark = pytest.mark.django_db
@@ -102,10 +102,10 @@ def test_a_backdated_subscription_charges_each_period_on_its_own_credits() -> No
     events_rate_pending()
 
     # The grace window runs from the close (just now), not from the long-past end.
-    assert periods_hand_to_invoicing() == 0
+    assert periods_close_due() == 0
     with time_machine.travel(now + timedelta(seconds=settings.BILLING_GRACE_PERIOD_SECONDS + 1)):
-        assert periods_hand_to_invoicing() == 1
-    invoice = invoice_for_period(period=first)
+        assert periods_close_due() == 1
+    invoice = Invoice.objects.get(period=first)
 
     lines = _lines(invoice)
     assert as_money(invoice.total).amount == Decimal("12.25")
@@ -163,8 +163,8 @@ def test_reconcile_names_an_invoice_that_disagrees_with_the_ledger() -> None:
     events_ingest(events=[_event("e", first.start + timedelta(days=1), Decimal(1100))])
     events_rate_pending()
     with time_machine.travel(now + timedelta(seconds=settings.BILLING_GRACE_PERIOD_SECONDS + 1)):
-        periods_hand_to_invoicing()
-    invoice = invoice_for_period(period=first)
+        periods_close_due()
+    invoice = Invoice.objects.get(period=first)
     assert _problems() == {}
     InvoiceLine.objects.filter(invoice=invoice, kind=LineKind.OVERAGE).update(quantity=50)
     (line,) = _problems()["period_invoice_equals_its_ledger_usage"]
@@ -240,13 +240,13 @@ def _run(events: list[Usage]) -> tuple[Customer, list[Invoice]]:
             if step == "renew":
                 subscriptions_renew_due()
             elif step == "close":
-                periods_hand_to_invoicing()
+                periods_close_due()
             else:
                 accepted = events_ingest(events=[_event(f"u{index}", step.stamped, step.credits)])
                 assert accepted.count("accepted") == 1
                 events_rate_pending()
         periods = SubscriptionPeriod.objects.filter(subscription__customer=acme).order_by("start")
-        invoices = [invoice_for_period(period=p) for p in periods[:2]]
+        invoices = [Invoice.objects.get(period=p) for p in periods[:2]]
     return acme, invoices
 
 

@@ -20,9 +20,10 @@ import requests
 from django.core.management import call_command
 from django.utils import timezone
 
+from billing_portal.invoicing.models import Invoice
 from plans.apikeys import api_key_create
 from tests.billing_portal.test_period_boundaries import load_catalog_with_basic
-from tests.metering.worker_support import StartWorker
+from tests.metering.worker_support import StartWorker, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -81,12 +82,12 @@ def test_late_events_of_a_backdated_first_period_are_invoiced_on_its_own_credits
     assert api.post("/events", {"events": events}, 202)["accepted"] == 4
     assert worker.rate_once() == 4
 
-    # What beat sends: the hand-off once the grace window (counted from the close, here
-    # the subscription's start) has passed, then the sweep that invoices handed periods.
-    assert worker.wait_for_task(worker.broker.send_beat_job("hand-periods-to-invoicing")) == 0
+    # What beat sends: period close, once the grace window (counted from the close, here
+    # the subscription's start) has passed; the job sends one close task per due period.
+    assert worker.wait_for_task(worker.broker.send_beat_job("close-periods")) == 0
     time.sleep(GRACE_SECONDS + 0.5)
-    assert worker.wait_for_task(worker.broker.send_beat_job("hand-periods-to-invoicing")) == 1
-    assert worker.wait_for_task(worker.broker.send_beat_job("invoice-missing-periods")) == 1
+    assert worker.wait_for_task(worker.broker.send_beat_job("close-periods")) == 1
+    wait_until(lambda: Invoice.objects.exists(), timeout=30, what="the period's invoice")
 
     (invoice,) = api.get("/customers/acme/invoices")["data"]
     assert (invoice["total"], invoice["currency"]) == ("12.25", "USD")

@@ -36,9 +36,9 @@ from djmoney.money import Money
 
 from billing_portal.invoicing.credit_notes import credit_note_issue
 from billing_portal.invoicing.models import Invoice, LineKind
+from billing_portal.invoicing.period_close import periods_close_due
 from billing_portal.invoicing.purchases import purchase_create, purchase_demo_pay
 from billing_portal.invoicing.revenue import revenue_recognize_all, revenue_report
-from billing_portal.invoicing.services import invoice_for_period
 from ledger.models import CreditGrant, GrantCategory, GrantStatus, LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.services import credit_grants_expire_due
@@ -47,7 +47,7 @@ from metering.rating import events_rate_pending
 from plans import catalog
 from plans.models import CreditPack, Customer, SubscriptionPeriod
 from plans.money import as_money
-from plans.services import periods_hand_to_invoicing, subscription_start, subscriptions_renew_due
+from plans.services import subscription_start, subscriptions_renew_due
 from tests.plans.factories import DEMO_CATALOG, customer, plan
 
 pytestmark = pytest.mark.django_db
@@ -100,9 +100,9 @@ def _close(clock: time_machine.Traveller, end: datetime, late: int, name: str) -
     clock.shift(timedelta(minutes=30))
     _rate_late(end - timedelta(minutes=30), late, name)
     clock.shift(timedelta(minutes=31))
-    periods_hand_to_invoicing()
+    periods_close_due()
     period = SubscriptionPeriod.objects.get(end=end)
-    return invoice_for_period(period=period)
+    return Invoice.objects.get(period=period)
 
 
 def _rate_late(stamped: datetime, credits: int, name: str) -> None:

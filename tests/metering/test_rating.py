@@ -12,6 +12,7 @@ import time_machine
 from django.core.cache import cache
 from django.db import connection
 
+from billing_portal.invoicing.period_close import periods_close_due
 from ledger.models import LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
@@ -21,7 +22,7 @@ from metering.models import EventRating, PeriodUsage, RatingQueue, UsageRollup
 from metering.rating import events_rate_pending
 from plans import catalog
 from plans.models import PeriodStatus, SubscriptionPeriod
-from plans.services import periods_hand_to_invoicing, subscription_start, subscriptions_renew_due
+from plans.services import subscription_start, subscriptions_renew_due
 from tests.plans.factories import DEMO_CATALOG, customer, load_demo_catalog, plan
 
 pytestmark = pytest.mark.django_db
@@ -62,7 +63,7 @@ def test_a_late_event_for_an_invoiced_period_is_charged_in_the_open_one(
     clock.move_to(first.end)
     subscriptions_renew_due()
     clock.shift(timedelta(hours=2))
-    assert periods_hand_to_invoicing() == 1
+    assert periods_close_due() == 1
     second = SubscriptionPeriod.objects.get(status=PeriodStatus.OPEN)
 
     late_at = first.end - timedelta(minutes=5)

@@ -14,11 +14,12 @@ import time_machine
 from django.conf import settings
 from djmoney.money import Money
 
+from billing_portal.invoicing.models import Invoice
+from billing_portal.invoicing.period_close import periods_close_due
 from ledger import services as ledger
 from ledger.models import CreditGrant, GrantStatus, LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
-from plans import signals
 from plans.models import (
     ChangeKind,
     Customer,
@@ -31,7 +32,6 @@ from plans.models import (
 from plans.periods import add_months
 from plans.services import (
     SubscriptionError,
-    periods_hand_to_invoicing,
     subscription_cancel,
     subscription_change_plan,
     subscription_start,
@@ -65,7 +65,7 @@ def _renew(clock: time_machine.Traveller, at: datetime) -> None:
     ended = SubscriptionPeriod.objects.get(end=at, status=PeriodStatus.CLOSED)
     assert all(g.status != GrantStatus.EXPIRED for g in _period_grants(ended))
     clock.move_to(at + timedelta(seconds=settings.BILLING_GRACE_PERIOD_SECONDS))
-    assert periods_hand_to_invoicing() == 1
+    assert periods_close_due() == 1
 
 
 def _period_grants(period: SubscriptionPeriod) -> list[CreditGrant]:
@@ -190,24 +190,15 @@ def test_periods_go_to_invoicing_once_after_the_grace_window(
 ) -> None:
     load_demo_catalog()
     sub = subscription_start(customer=customer(), plan=plan("pro"), actor="t")
-    handed: list[int] = []
-
-    def receiver(sender: object, period: SubscriptionPeriod, **kwargs: object) -> None:
-        handed.append(period.pk)
-
-    signals.period_ready_for_invoicing.connect(receiver)
-    try:
-        clock.move_to(sub.current_period_end)
-        assert subscriptions_renew_due() == 1
-        assert periods_hand_to_invoicing() == 0  # still inside the grace window
-        clock.shift(timedelta(hours=1))
-        assert periods_hand_to_invoicing() == 1
-        assert periods_hand_to_invoicing() == 0
-    finally:
-        signals.period_ready_for_invoicing.disconnect(receiver)
+    clock.move_to(sub.current_period_end)
+    assert subscriptions_renew_due() == 1
+    assert periods_close_due() == 0  # still inside the grace window
+    clock.shift(timedelta(hours=1))
+    assert periods_close_due() == 1
+    assert periods_close_due() == 0
     first = SubscriptionPeriod.objects.get(subscription=sub, start=ANCHOR)
-    assert handed == [first.pk]
     assert first.status == PeriodStatus.INVOICING
+    assert Invoice.objects.filter(period=first).count() == 1
 
 
 def test_cancel_now_ends_the_period_and_expires_included_credits(

@@ -9,13 +9,14 @@ from decimal import Decimal
 import pytest
 import time_machine
 
+from billing_portal.invoicing.models import Invoice
+from billing_portal.invoicing.period_close import periods_close_due
 from billing_portal.invoicing.purchases import purchase_create
-from billing_portal.invoicing.services import invoice_for_period
 from billing_portal.outbound.models import EventType, OutboundEvent, WebhookDelivery
 from billing_portal.outbound.services import event_body
 from ledger import services as ledger
 from plans.models import CreditPack, Customer, SubscriptionPeriod
-from plans.services import periods_hand_to_invoicing, subscription_start, subscriptions_renew_due
+from plans.services import subscription_start, subscriptions_renew_due
 from tests.billing_portal.outbound.conftest import Receiver
 from tests.plans.factories import customer, load_demo_catalog, plan
 
@@ -100,10 +101,10 @@ def test_it_publishes_a_period_invoice(acme: Customer, clock: time_machine.Trave
     clock.move_to(first.end)
     subscriptions_renew_due()
     clock.shift(timedelta(hours=1))
-    periods_hand_to_invoicing()
+    periods_close_due()
 
-    invoice = invoice_for_period(period=first)
-    invoice_for_period(period=first)  # a second run finds the invoice: no second event
+    invoice = Invoice.objects.get(period=first)
+    Invoice.objects.get(period=first)  # a second run finds the invoice: no second event
 
     [event] = _events(EventType.INVOICE_FINALIZED)
     assert event.data["number"] == invoice.number

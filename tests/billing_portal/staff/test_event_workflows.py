@@ -9,13 +9,14 @@ import time_machine
 from django.test import Client
 from django.urls import reverse
 
+from billing_portal.invoicing.period_close import periods_close_due
 from billing_portal.staff.models import AuditLog
 from ledger.models import LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
 from metering.models import EventCancellation, EventRating, MeterEvent
 from plans.models import Customer, SubscriptionPeriod
-from plans.services import periods_hand_to_invoicing, subscriptions_renew_due
+from plans.services import subscriptions_renew_due
 from tests.billing_portal.staff.conftest import make_event
 
 pytestmark = pytest.mark.django_db
@@ -108,7 +109,7 @@ def test_an_event_in_an_invoiced_period_is_refused_and_nothing_changes(
     with time_machine.travel(period.end, tick=False) as clock:
         subscriptions_renew_due()
         clock.shift(timedelta(hours=2))
-        assert periods_hand_to_invoicing() == 1
+        assert periods_close_due() == 1
         client = client_as("Support")
         url = reverse("admin:metering_meterevent_cancel", args=[event.pk])
         response = client.post(url, {**REASON, "confirm": "1"})

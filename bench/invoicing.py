@@ -5,14 +5,16 @@ excluded and counted separately.
 
 Data, fresh for every run: a few template customers go through the real services with
 the clock moved back (customer and subscription created, events ingested and rated, one
-event cancelled, the period renewed and handed to invoicing), then their rows (account,
+event cancelled, the period renewed and due to be closed), then their rows (account,
 customer, subscription, periods, changes, grants, ledger operations and entries, events,
 ratings, cancellations, rollups, period usage) are copied in bulk with shifted ids until
-there are N customers, each with one ended period waiting for its invoice.
+there are N customers, each with one ended period due to be closed.
 
 Close: the periods go to a pool of worker processes (one per CPU, as a Celery worker's
-default concurrency), each calling the ``invoice_period`` task's body for one period at
-a time, as a worker with prefetch 1 does. Stripe is configured with a placeholder key and
+default concurrency), each calling the ``period_close_task`` task's body for one period
+at a time, as a worker with prefetch 1 does: write off and roll over the period's credits,
+hand it over, build its invoice and queue its Stripe sync
+(``billing_portal/invoicing/period_close.py``). Stripe is configured with a placeholder key and
 the Celery broker is in-process memory, so each invoice queues its Stripe sync as in
 production but no sync runs: the pending syncs are counted separately.
 
@@ -177,10 +179,9 @@ def _reset() -> None:
 
 
 def _templates(start: datetime) -> int:
-    """One customer per shape through the real services; returns the periods handed over."""
+    """One customer per shape through the real services; returns the periods due."""
     import time_machine
 
-    from billing_portal.invoicing.receivers import enqueue_period_invoice
     from metering.ingest import events_ingest
     from metering.rating import events_rate_pending
     from metering.services import event_cancel
@@ -188,14 +189,11 @@ def _templates(start: datetime) -> int:
     from plans.models import Plan, SubscriptionPeriod
     from plans.services import (
         customer_create,
-        periods_hand_to_invoicing,
+        periods_due_for_close,
         subscription_start,
         subscriptions_renew_due,
     )
-    from plans.signals import period_ready_for_invoicing
 
-    # The benchmark plays the invoicing workers: the hand-off must not queue tasks.
-    period_ready_for_invoicing.disconnect(enqueue_period_invoice)
     logging.disable(logging.INFO)  # the templates' usage alerts
     try:
         with time_machine.travel(start, tick=False) as clock:
@@ -235,10 +233,9 @@ def _templates(start: datetime) -> int:
             clock.move_to(first.end)
             subscriptions_renew_due()
             clock.move_to(first.end + timedelta(hours=2))
-            return periods_hand_to_invoicing()
+            return len(periods_due_for_close())
     finally:
         logging.disable(logging.NOTSET)
-        period_ready_for_invoicing.connect(enqueue_period_invoice)
 
 
 def _events(shape: Shape, start: datetime) -> list[dict[str, Any]]:
@@ -341,7 +338,7 @@ def _clone(copies: int) -> int:
 
 
 def _prepare(periods: int) -> tuple[list[int], float]:
-    """Fresh data: ``periods`` customers, each with one period handed to invoicing."""
+    """Fresh data: ``periods`` customers, each with one period due to be closed."""
     from django.utils import timezone
 
     from plans.models import PeriodStatus, SubscriptionPeriod
@@ -349,12 +346,12 @@ def _prepare(periods: int) -> tuple[list[int], float]:
     started = time.monotonic()
     _reset()
     start = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(days=45)
-    handed = _templates(start)
-    if handed != len(SHAPES):
-        raise RuntimeError(f"templates: {handed} periods handed to invoicing")
+    due = _templates(start)
+    if due != len(SHAPES):
+        raise RuntimeError(f"templates: {due} periods due to be closed")
     _clone(periods // len(SHAPES) - 1)
     ids = list(
-        SubscriptionPeriod.objects.filter(status=PeriodStatus.INVOICING)
+        SubscriptionPeriod.objects.filter(status=PeriodStatus.CLOSED)
         .order_by("pk")
         .values_list("pk", flat=True)
     )
@@ -383,9 +380,9 @@ def _worker_start(stripe: bool) -> None:
 
 
 def _invoice_period(period_id: int) -> int:
-    from billing_portal.invoicing.tasks import invoice_period
+    from billing_portal.invoicing.tasks import period_close_task
 
-    return int(invoice_period(period_id))  # the task's body, in this worker process
+    return int(period_close_task(period_id) or 0)  # the task's body, in this worker process
 
 
 def _close(ids: list[int], workers: int, stripe: bool) -> float:
@@ -631,13 +628,13 @@ separately).
 - Command: `{args.command_line}`
 - Data, fresh for every run: one customer per shape below goes through the real services
   with the clock moved back 45 days (subscription started, events ingested and rated, one
-  event cancelled, period renewed and handed to invoicing); their rows (accounts, customers,
+  event cancelled, period renewed and due to be closed); their rows (accounts, customers,
   subscriptions, periods, changes, grants, ledger operations and entries, events, ratings,
   cancellations, rollups, period usage) are then copied with shifted ids in one
   `INSERT ... SELECT` per table, and the database is analyzed. Median time to build it:
   {setup}.
 - Shapes (plan, credits used in the period -> expected invoice total, USD): {shapes}.
-- Close: {args.workers} worker processes, each calling the `invoice_period` task's body
+- Close: {args.workers} worker processes, each calling the `period_close_task` task's body
   for one period at a time (a Celery worker with prefetch 1); {stripe_note}.
 - Checks after every run: one invoice per period, every total equal to the expected total
   computed from the catalog's prices, the expected base fee, included usage and overage

@@ -31,8 +31,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from bench import env, report
-from bench.stats import median, ms, percentile, rate
+from bench import env, options, report
+from bench.stats import median, ms, percentile, rate, spread
 
 TARGET_RATE = 1000.0  # hold + capture cycles per second
 TARGET_P99 = 0.025  # seconds, per service call
@@ -478,7 +478,9 @@ def _operations_since(account_id: int, after_id: int) -> tuple[int, int]:
     return calls, transactions
 
 
-def measure_run(pool: ClientPool, hot: HotAccount, args: argparse.Namespace, seed: int):
+def measure_run(
+    pool: ClientPool, hot: HotAccount, args: argparse.Namespace, seed: int
+) -> tuple[RunFigures, Decimal, list[str]]:
     from django.db.models import Max
 
     from ledger.models import LedgerOperation
@@ -610,15 +612,11 @@ def _count(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
-def _spread(values: list[float]) -> str:
-    return f"{min(values):,.0f}-{max(values):,.0f}"
-
-
 def level_line(level: LevelFigures, base: LevelFigures) -> str:
     med = level.median("rate")
     return (
         f"ledger hold+capture, {_count(level.history)} history entries: "
-        f"{rate(med)} median of {len(level.runs)} runs ({_spread(level.rates)}), "
+        f"{rate(med)} median of {len(level.runs)} runs ({spread(level.rates)}), "
         f"{med / TARGET_RATE:.2f}x of target {rate(TARGET_RATE)}, "
         f"{med / base.median('rate'):.2f}x of the {_count(base.history)} rate; "
         f"per call p50 {ms(level.median('call_p50'))}, p99 {ms(level.median('call_p99'))} "
@@ -633,7 +631,7 @@ def layout_line(item: LayoutFigures, clients: int) -> str:
     lv = item.level
     return (
         f"ledger hold+capture, {layout(clients, item.processes)}: "
-        f"{rate(lv.median('rate'))} median ({_spread(lv.rates)}), call p99 "
+        f"{rate(lv.median('rate'))} median ({spread(lv.rates)}), call p99 "
         f"{ms(lv.median('call_p99'))}, {lv.median('per_transaction'):.1f} calls per "
         f"transaction, overdraw {lv.overdrawn}"
     )
@@ -643,7 +641,7 @@ def floor_line(floor: FloorFigures, clients: int) -> str:
     med = median(floor.rates)
     return (
         f"ledger reference, {clients} clients each committing a one-row UPDATE, "
-        f"{floor.rows} row(s): {rate(med)} median ({_spread(floor.rates)}), p99 "
+        f"{floor.rows} row(s): {rate(med)} median ({spread(floor.rates)}), p99 "
         f"{ms(median(floor.p99s))}; at two such calls per cycle at most "
         f"{med / 2:,.0f} cycles/s, {med / 2 / TARGET_RATE:.2f}x of target"
     )
@@ -705,7 +703,7 @@ def markdown(
     for level in levels:
         med = level.median("rate")
         lines.append(
-            f"| {level.history:,} | {med:,.0f} | {_spread(level.rates)} "
+            f"| {level.history:,} | {med:,.0f} | {spread(level.rates)} "
             f"| {med / TARGET_RATE:.2f}x | {med / base.median('rate'):.2f}x "
             f"| {ms(level.median('call_p50'))} | {ms(level.median('call_p99'))} "
             f"| {level.median('call_p99') / TARGET_P99:.2f}x "
@@ -728,7 +726,7 @@ def markdown(
         for floor in floors:
             med = median(floor.rates)
             lines.append(
-                f"| {floor.rows} | {med:,.0f} | {_spread(floor.rates)} "
+                f"| {floor.rows} | {med:,.0f} | {spread(floor.rates)} "
                 f"| {ms(median(floor.p99s))} | {med / 2:,.0f} | {med / 2 / TARGET_RATE:.2f}x |"
             )
     if layouts:
@@ -750,7 +748,7 @@ def markdown(
             lv = item.level
             med = lv.median("rate")
             lines.append(
-                f"| {layout(args.clients, item.processes)} | {med:,.0f} | {_spread(lv.rates)} "
+                f"| {layout(args.clients, item.processes)} | {med:,.0f} | {spread(lv.rates)} "
                 f"| {med / TARGET_RATE:.2f}x | {ms(lv.median('call_p99'))} "
                 f"| {lv.median('call_p99') / TARGET_P99:.2f}x "
                 f"| {lv.median('per_transaction'):.1f} | {lv.overdrawn} |"
@@ -777,10 +775,6 @@ def markdown(
 # --- entry point -------------------------------------------------------------------------
 
 
-def _history(value: str) -> list[int]:
-    return [int(x.replace("_", "")) for x in value.split(",") if x.strip()]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (32)")
     parser.add_argument("--runs", type=int, default=5, help="rounds; figures are medians (5)")
@@ -788,7 +782,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds (1)")
     parser.add_argument(
         "--history",
-        type=_history,
+        type=options.sizes,
         default=list(DEFAULT_HISTORY),
         help="prior ledger entries on the account, comma-separated (1000,10000,100000)",
     )
@@ -812,8 +806,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="other client layouts (process counts) measured on the first history size, "
         "for comparison (2,4,32; empty to skip)",
     )
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
+    options.add_output_arguments(parser)
 
 
 @contextlib.contextmanager
@@ -854,11 +847,10 @@ def run(args: argparse.Namespace) -> int:
         problems = [p for level in levels for p in level.problems]
         problems += [p for item in layouts for p in item.level.problems]
         problems += [f"{f.check}: {p}" for f in run_checks() for p in f.problems]
-    print(verdict_line(levels, problems), flush=True)
-    for problem in problems[:20]:
-        print(f"  problem: {problem}")
-    if not args.no_docs:
-        body = markdown(machine, args, levels, floors, layouts, problems)
-        path = report.write_section("ledger", body)
-        print(f"ledger: results written to {path.relative_to(env.ROOT)}")
-    return 1 if problems else 0
+    return report.finish(
+        "ledger",
+        verdict_line(levels, problems),
+        problems,
+        lambda: markdown(machine, args, levels, floors, layouts, problems),
+        write=not args.no_docs,
+    )

@@ -1,7 +1,9 @@
-"""Write a benchmark's section of docs/benchmarks.md, replacing the previous one."""
+"""How a benchmark ends: its verdict and problems printed, and its section of
+docs/benchmarks.md written, replacing the previous one."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.env import ROOT
@@ -36,3 +38,17 @@ def write_section(key: str, body: str, path: Path = DOC) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def finish(
+    key: str, verdict: str, problems: list[str], body: Callable[[], str], write: bool
+) -> int:
+    """Print the verdict and the first problems, write the section when asked; the exit
+    status: 1 when there were problems."""
+    print(verdict, flush=True)
+    for problem in problems[:20]:
+        print(f"  problem: {problem}")
+    if write:
+        path = write_section(key, body())
+        print(f"{key}: results written to {path.relative_to(ROOT)}")
+    return 1 if problems else 0

@@ -26,3 +26,8 @@ def ms(seconds: float) -> str:
 
 def rate(value: float) -> str:
     return f"{value:,.0f}/s"
+
+
+def spread(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
+    """``min-max`` of the values, each written with ``fmt``; ``n/a`` for none."""
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}" if values else "n/a"

@@ -63,8 +63,10 @@ def period_close(*, period_id: int, now: datetime | None = None) -> Invoice | No
     """Close one period and invoice it; None when another worker has it or it is done."""
     now = now or timezone.now()
     with transaction.atomic():
+        # of=self: without it the row locks of the joined plan and plan version, which
+        # every period shares, would make concurrent closes skip each other's periods.
         period = (
-            SubscriptionPeriod.objects.select_for_update(skip_locked=True)
+            SubscriptionPeriod.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("subscription__customer", "plan_version__plan")
             .filter(pk=period_id, status__in=[PeriodStatus.CLOSED, PeriodStatus.INVOICING])
             .first()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import psycopg
 import pytest
 import time_machine
 from django.db import connection
@@ -20,6 +21,7 @@ from metering.rating import events_rate_pending
 from metering.services import event_cancel
 from plans.models import SubscriptionPeriod
 from plans.services import subscription_start, subscriptions_renew_due
+from tests.dburl import database_url_for_subprocess
 from tests.plans.factories import customer, load_demo_catalog, plan
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -147,3 +149,24 @@ def test_handing_a_period_over_runs_the_invoicing_task_after_commit() -> None:
     invoice = Invoice.objects.get()
     assert invoice.period_id == first.pk
     assert invoice.total == Money("49.00", "USD")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_close_is_not_skipped_while_another_holds_the_shared_plan_rows() -> None:
+    """Closes of periods on the same plan run at once: locking a period must not lock the
+    plan version every period shares (a concurrent close would skip this one)."""
+    with time_machine.travel(START, tick=False) as clock:
+        load_demo_catalog()
+        subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+        first = _first_period_due(clock)
+        other = psycopg.connect(database_url_for_subprocess(), autocommit=False)
+        try:
+            other.execute(
+                "SELECT 1 FROM plans_planversion WHERE id = %s FOR UPDATE", [first.plan_version_id]
+            )
+            invoice = period_close(period_id=first.pk)
+        finally:
+            other.rollback()
+            other.close()
+    assert invoice is not None
+    assert Invoice.objects.get(period=first).pk == invoice.pk

@@ -1,6 +1,7 @@
 """Revenue recognition, following the domain rules:
 
-* a pack payment is deferred revenue (a liability) until its credits are used;
+* a pack payment, or paid credits granted any other way (at their cost basis), is
+  deferred revenue (a liability) until its credits are used;
 * paid credits are recognized as they are consumed, at their cost basis per credit;
 * paid credits that expire or are voided unused are breakage (recognized then), except
   those voided by a refund, which leave the deferred balance as cash goes back;
@@ -20,7 +21,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Sum
+from django.db.models import Exists, OuterRef, Q, Sum
 
 from billing_portal.invoicing.models import (
     CreditNote,
@@ -152,13 +153,19 @@ def _entry(
     )
 
 
+# A pack's credits are deferred by the pack's invoice line (the payment); paid credits
+# granted any other way (the API, staff) are deferred when granted, at their cost basis.
+PACK_SOURCE = "credit_pack_purchase"
+
+
 def revenue_recognize_credits(*, limit: int = 5000) -> int:
-    """Consumption, expiry and voids of paid credits not yet recognized."""
+    """Grants (outside packs), consumption, expiry and voids of paid credits not yet
+    recognized."""
+    movements = Q(
+        kind__in=[EntryKind.CONSUME, EntryKind.EXPIRE, EntryKind.VOID, EntryKind.REVERSAL]
+    ) | (Q(kind=EntryKind.GRANT) & ~Q(grant__source_type=PACK_SOURCE))
     pending = (
-        LedgerEntry.objects.filter(
-            grant__category=GrantCategory.PAID,
-            kind__in=[EntryKind.CONSUME, EntryKind.EXPIRE, EntryKind.VOID, EntryKind.REVERSAL],
-        )
+        LedgerEntry.objects.filter(movements, grant__category=GrantCategory.PAID)
         .exclude(Exists(RevenueEntry.objects.filter(ledger_entry=OuterRef("pk"))))
         .select_related("grant", "operation", "grant__account__customer")
         .order_by("pk")[:limit]
@@ -172,7 +179,9 @@ def _credit_entry(entry: LedgerEntry) -> RevenueEntry:
     value = (-entry.credits * basis.amount).quantize(EIGHT)
     customer_id = entry.grant.account.customer.pk
     refund = entry.kind == EntryKind.VOID and entry.operation.reason == "credit_note_refund"
-    if refund:
+    if entry.kind == EntryKind.GRANT:
+        kind, amount = RevenueKind.DEFERRED, ZERO  # paid for, not yet used
+    elif refund:
         kind, amount = RevenueKind.CREDIT_NOTE, ZERO  # the cash goes back: not revenue
     elif entry.kind in (EntryKind.EXPIRE, EntryKind.VOID):
         kind, amount = RevenueKind.BREAKAGE, value

@@ -19,6 +19,7 @@ Feb 28  (late) 300 credits from pack_short, rated Mar 1       recognized  1.50 (
 Mar  1  Feb invoice: base 49.00 + overage 2,500 x 0.004 = 59.00
 Mar  4  pack_short expires with 200 left                breakage 1.00
 Mar  5  credit note: 4.00 of the overage               credit note -4.00
+Mar  6  paid grant through the API: 1,000 credits at $0.004 deferred +4.00
 Mar 10  9,000 credits from included
 Mar 31  (late) 1,200 credits from March's included credits, not April's
 Apr  1  Mar invoice: base 49.00                        = 49.00
@@ -41,7 +42,7 @@ from billing_portal.invoicing.purchases import purchase_create, purchase_demo_pa
 from billing_portal.invoicing.revenue import revenue_recognize_all, revenue_report
 from ledger.models import CreditGrant, GrantCategory, GrantStatus, LedgerEntry
 from ledger.reconcile import run_checks
-from ledger.services import credit_grants_expire_due
+from ledger.services import credit_grant_create, credit_grants_expire_due
 from metering.ingest import events_ingest
 from metering.rating import events_rate_pending
 from plans import catalog
@@ -156,6 +157,15 @@ def test_three_months_of_invoices_revenue_and_deferred_balance(
         method="customer_credit",
         actor="staff:finance",
     )
+    clock.move_to(at(3, 6))
+    api_grant = credit_grant_create(  # as POST /credit_grants does: paid, at a cost basis
+        account=acme.account,
+        amount="1000",
+        category="paid",
+        actor="api:backend",
+        cost_basis=Money("0.004", "USD"),
+        source_type="api",
+    )
     _use(clock, at(3, 10), 9_000, "mar")
     march = _close(clock, datetime(2026, 4, 1, tzinfo=UTC), 1_200, "mar-late")
 
@@ -207,6 +217,8 @@ def test_three_months_of_invoices_revenue_and_deferred_balance(
         },
         Decimal("2.50"),
     )
+    # The API's paid grant (1,000 credits at $0.004) is deferred when granted; March's
+    # usage came from included credits (they expire first), so it is all still deferred.
     assert report(3) == (
         {
             "base_fee": Decimal("49.00"),
@@ -214,6 +226,8 @@ def test_three_months_of_invoices_revenue_and_deferred_balance(
             "breakage": Decimal("1.00"),
             "credit_note": Decimal("-4.00"),
         },
-        Decimal("0.00"),
+        Decimal("4.00"),
     )
+    api_grant.refresh_from_db()
+    assert api_grant.remaining == Decimal(1000)
     assert [f for f in run_checks() if f.problems] == []

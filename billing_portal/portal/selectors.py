@@ -23,8 +23,8 @@ from ledger.models import (
     GrantCategory,
     LedgerEntry,
 )
-from ledger.units import credits_text
-from metering.models import MeterEvent
+from ledger.units import credits_text, rfc3339
+from metering.models import EventRating, MeterEvent
 from metering.selectors import balance_payload, usage_rows
 from plans import selectors as plan_selectors
 from plans.models import Customer, OveragePolicy, PlanVersion
@@ -377,13 +377,16 @@ EXPORT_HEADER = [
     "value",
     "credits",
     "status",
+    "note",
 ]
 
 
 def usage_export_rows(*, customer: Customer, start: date, end: date) -> Iterator[Sequence[Cell]]:
     """One row per event with timestamp in [start, end], read in chunks: any size streams.
 
-    Numbers stay Decimals so the CSV writer can tell them from text (see csv_safe).
+    A cancelled event shows ``cancelled`` with no net credits, and its cancellation follows
+    as a row of its own (what was charged and reversed, why). Numbers stay Decimals so the
+    CSV writer can tell them from text (see csv_safe).
     """
     events = (
         MeterEvent.objects.filter(
@@ -391,20 +394,40 @@ def usage_export_rows(*, customer: Customer, start: date, end: date) -> Iterator
             timestamp__gte=datetime.combine(start, time(), tzinfo=UTC),
             timestamp__lt=datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC),
         )
-        .select_related("meter", "rating")
+        .select_related("meter", "rating", "cancellation")
         .order_by("timestamp", "pk")
     )
     yield EXPORT_HEADER
     for event in events.iterator(chunk_size=2000):
-        rating = getattr(event, "rating", None)
-        yield [
-            event.identifier,
-            event.timestamp.isoformat().replace("+00:00", "Z"),
-            event.event_name,
-            event.meter.code,
-            json.dumps(event.dimensions, sort_keys=True),
-            event.workspace or "",
-            event.value.normalize(),
-            rating.credits.quantize(CREDIT_QUANTUM) if rating else None,
-            rating.status if rating else "pending",
-        ]
+        yield from _export_rows(event)
+
+
+def _export_rows(event: MeterEvent) -> Iterator[Sequence[Cell]]:
+    rating = getattr(event, "rating", None)
+    cancellation = getattr(event, "cancellation", None)
+    charged = rating.credits.quantize(CREDIT_QUANTUM) if rating else None
+    described = [
+        event.identifier,
+        rfc3339(event.timestamp),
+        event.event_name,
+        event.meter.code,
+        json.dumps(event.dimensions, sort_keys=True),
+        event.workspace or "",
+    ]
+    if cancellation is None:
+        yield [*described, event.value.normalize(), charged, _status(rating), ""]
+        return
+    yield [*described, event.value.normalize(), ZERO.quantize(CREDIT_QUANTUM), "cancelled", ""]
+    yield [
+        *described[:1],
+        rfc3339(cancellation.created_at),
+        *described[2:],
+        None,
+        None,
+        "cancellation",
+        f"{cancellation.reason}: {charged or 0} credits charged, reversed",
+    ]
+
+
+def _status(rating: EventRating | None) -> str:
+    return rating.status if rating else "pending"

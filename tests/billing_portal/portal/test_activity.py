@@ -9,6 +9,7 @@ from django.test import Client
 from django.utils import timezone
 
 from billing_portal.invoicing.purchases import purchase_create, purchase_demo_pay
+from metering.services import event_cancel
 from plans.models import CreditPack, Customer
 from tests.billing_portal.portal.conftest import HTMX
 from tests.billing_portal.portal.factories import usage
@@ -63,6 +64,24 @@ def test_it_exports_usage_as_csv(client_owner: Client, acme: Customer) -> None:
     assert small["credits"] == "10.000000"
     assert small["status"] == "rated"
     assert small["timestamp"].endswith("Z")
+
+
+def test_the_export_shows_a_cancelled_event_and_its_cancellation(
+    client_owner: Client, acme: Customer
+) -> None:
+    usage(acme, "evt-gone", value="20000", dimensions={"model": "small", "token_type": "input"})
+    event_cancel(customer=acme, identifier="evt-gone", reason="duplicate", actor="t")
+    today = timezone.now().date()
+    response = client_owner.get(
+        "/portal/activity/export.csv", {"start": f"{today}", "end": f"{today}"}
+    )
+    body = b"".join(response.streaming_content).decode()  # type: ignore[attr-defined]
+    gone = [r for r in csv.DictReader(io.StringIO(body)) if r["identifier"] == "evt-gone"]
+    assert [(r["status"], r["credits"]) for r in gone] == [
+        ("cancelled", "0.000000"),
+        ("cancellation", ""),
+    ]
+    assert gone[1]["note"] == "duplicate: 10.000000 credits charged, reversed"
 
 
 def test_it_shows_export_errors_next_to_the_fields(client_owner: Client) -> None:

@@ -33,10 +33,21 @@ from ledger.models import ZERO, Hold, HoldStatus
 from ledger.units import to_credits
 from metering.models import RatingQueue, RatingStatus
 from metering.signals import usage_rated
-from plans.models import Aggregation, Customer, PeriodStatus, SubscriptionPeriod
+from plans.models import (
+    Aggregation,
+    Customer,
+    PeriodStatus,
+    Subscription,
+    SubscriptionPeriod,
+    SubscriptionStatus,
+)
 from plans.rating import Rated, RateTable, RatingError
+from plans.services import subscriptions_renew_due
 
 BATCH = 1000
+# How long an event stamped past its subscription's current period waits before it is
+# tried again; rating asks for the renewal at once (see events_rate_for_customer).
+RENEWAL_WAIT = timedelta(seconds=2)
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +142,12 @@ def _rate_claimed(customer_id: int, limit: int, event_id: int | None = None) -> 
             .select_for_update(of=("account",))
             .get(pk=customer_id)
         )
-        _Rater(customer, events).run()
-    return len(rows)
+        rater = _Rater(customer, events)
+        rater.run()
+    if rater.deferred:
+        # In its own transactions, after ours: renewal locks the subscription first.
+        subscriptions_renew_due()
+    return len(rows) - len(rater.deferred)
 
 
 def _blames_an_event(exc: Exception) -> bool:
@@ -242,13 +257,21 @@ class _Rater:
             .order_by("start")
         )
         self.table = RateTable.load({p.plan_version.rate_card_id for p in self.periods})
+        # When the active subscription's current period ends: an event at or after it
+        # belongs to a period the renewal job has not opened yet.
+        self.renewal_due_at = (
+            Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
+            .values_list("current_period_end", flat=True)
+            .first()
+        )
+        self.deferred: list[_Event] = []
         self.max_so_far: dict[tuple[int, int, str], Decimal] = {}
         self.dimensions = _Dimensions()
         # Pricing depends only on these inputs; a batch repeats few combinations.
         self._rated: dict[tuple[Any, ...], Rated] = {}
 
     def run(self) -> None:
-        priced = [self._price(event) for event in self.events]
+        priced = [p for p in map(self._price, self._waiting_for_renewal()) if p is not None]
         captures = [p for p in priced if p.event.authorization_id and p.rated]
         plain = [p for p in priced if not (p.event.authorization_id and p.rated) and p.credits > 0]
         for item in captures:
@@ -295,6 +318,16 @@ class _Rater:
             if period.status == PeriodStatus.OPEN:
                 return period
         return None
+
+    def _waiting_for_renewal(self) -> list[_Event]:
+        """The events that can be rated now; the others (after the current period's end,
+        before the renewal opened the next one) go back to the queue, not to unratable."""
+        due = self.renewal_due_at
+        ready = [e for e in self.events if due is None or e.timestamp < due]
+        self.deferred = [e for e in self.events if due is not None and e.timestamp >= due]
+        if self.deferred:
+            _requeue(self.customer.pk, self.deferred, self.now + RENEWAL_WAIT)
+        return ready
 
     def _price(self, event: _Event) -> _Priced:
         dimensions, dims_key = self.dimensions(event.dimensions)
@@ -364,6 +397,19 @@ class _Rater:
             actor="system:rating",
             meter=item.rated.meter.code if item.rated else "",
             workspace=item.event.workspace,
+        )
+
+
+def _requeue(customer_id: int, events: list[_Event], after: datetime) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO metering_ratingqueue
+                (event_id, customer_id, enqueued_at, attempts, last_error, next_attempt_at)
+            SELECT id, %s, %s, 0, '', %s FROM unnest(%s::bigint[]) AS t(id)
+            ON CONFLICT (event_id) DO NOTHING
+            """,
+            [customer_id, timezone.now(), after, [e.id for e in events]],
         )
 
 

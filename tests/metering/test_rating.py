@@ -266,3 +266,31 @@ def test_without_a_shared_cache_every_batch_sends_its_rating_task(
     for _ in range(2):
         tasks.events_rate_pending._send_unless_scheduled()
     assert sent == [1, 1]
+
+
+def test_an_event_after_the_period_end_waits_for_the_renewal_instead_of_going_unratable(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+    first = SubscriptionPeriod.objects.get()
+    clock.move_to(first.end + timedelta(seconds=30))  # the renewal job has not run yet
+    assert (
+        events_ingest(events=[_event("just-after", first.end + timedelta(seconds=10))]).count(
+            "accepted"
+        )
+        == 1
+    )
+
+    events_rate_pending()
+
+    # Rating put it back and asked for the renewal, so the next run charges it in the
+    # period it belongs to.
+    assert not EventRating.objects.exists()
+    assert RatingQueue.objects.get().attempts == 0
+    second = SubscriptionPeriod.objects.get(start=first.end)
+    clock.shift(timedelta(seconds=5))
+    events_rate_pending()
+    rating = EventRating.objects.get()
+    assert (rating.status, rating.period_id, rating.credits) == ("rated", second.pk, Decimal(15))
+    _clean()

@@ -39,6 +39,7 @@ app.conf.beat_schedule = {
     },
     # Stripe syncs and alert e-mails whose task message was never sent (broker down).
     "resend-unsent-stripe-syncs": {
+        # billing_portal/stripe/tasks.py, under the name it had before it moved there.
         "task": "billing_portal.invoicing.tasks.stripe_syncs_unsent",
         "schedule": 300.0,
     },

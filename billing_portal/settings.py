@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "metering",
     "billing_portal",
     "billing_portal.invoicing",
+    "billing_portal.stripe",
     "billing_portal.staff",
     "billing_portal.portal",
     "billing_portal.outbound",

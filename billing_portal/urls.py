@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing_portal.health import healthz
-from billing_portal.webhooks import stripe_webhook
+from billing_portal.stripe.webhooks import stripe_webhook
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

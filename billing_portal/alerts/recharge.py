@@ -27,8 +27,9 @@ from djmoney.money import Money
 from billing_portal.alerts.models import AlertKind, RechargeAttempt, RechargeStatus
 from billing_portal.alerts.services import alert_raise
 from billing_portal.invoicing.models import CreditPackPurchase, PurchaseStatus
-from billing_portal.invoicing.purchases import purchase_charge_off_session, purchase_create
+from billing_portal.invoicing.purchases import purchase_create
 from billing_portal.portal.models import AutoRecharge
+from billing_portal.stripe.payments import purchase_charge_off_session
 from ledger.errors import InvalidRequest
 from ledger.units import credits_text
 from plans.models import Customer

@@ -8,7 +8,7 @@ from celery import shared_task
 
 from billing_portal.alerts import recharge, services
 from billing_portal.alerts.models import Alert, RechargeAttempt
-from billing_portal.stripe_adapter import StripeTemporaryError
+from billing_portal.stripe.adapter import StripeTemporaryError
 from ledger.task_base import AfterCommitTask
 
 

@@ -14,7 +14,6 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import (
     CreditNote,
     CreditNoteLine,
@@ -27,6 +26,7 @@ from billing_portal.invoicing.models import (
     LineKind,
 )
 from billing_portal.invoicing.services import cents, invoice_number_next
+from billing_portal.invoicing.signals import credit_note_issued, credit_note_voided
 from ledger import services as ledger
 from ledger.errors import DomainError
 from ledger.models import ZERO, GrantStatus
@@ -169,7 +169,7 @@ def credit_note_issue(
         )
         if method == CreditNoteMethod.REFUND:
             _void_refunded_pack(locked, note, actor)
-        sync.credit_note_sync_enqueue(credit_note=note)
+        credit_note_issued.send(sender=CreditNote, credit_note=note)
     return note
 
 
@@ -194,5 +194,5 @@ def credit_note_void(*, credit_note: CreditNote, actor: str) -> CreditNote:
         locked.status = CreditNoteStatus.VOID
         locked.voided_at = timezone.now()
         locked.save(update_fields=["status", "voided_at"])
-        sync.credit_note_sync_enqueue(credit_note=locked)
+        credit_note_voided.send(sender=CreditNote, credit_note=locked)
     return locked

@@ -21,9 +21,9 @@
       (``billing_portal.invoicing.services.period_invoice_create``): base fee,
       prorations, credits used, postpaid overage, prior-period adjustments; every line
       linked to its entries;
-   d. queue the invoice's Stripe sync, sent once the transaction commits
-      (``billing_portal.invoicing.sync.invoice_sync_enqueue`` -> task
-      ``invoice_sync_task``).
+   d. announce the invoice (signal ``billing_portal.invoicing.signals.invoice_issued``):
+      the Stripe integration's receiver marks it pending and queues its sync (task
+      ``invoice_sync_task``), sent once the transaction commits.
 
 A period closed twice (a repeated message, two workers) is closed once: the second finds
 it locked or no longer ``closed``. A period handed to invoicing without an invoice (data
@@ -38,9 +38,9 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import Invoice
 from billing_portal.invoicing.services import period_invoice_create
+from billing_portal.invoicing.signals import invoice_issued
 from plans.models import PeriodStatus, SubscriptionPeriod
 from plans.services import period_credits_close, periods_due_for_close
 
@@ -76,5 +76,5 @@ def period_close(*, period_id: int, now: datetime | None = None) -> Invoice | No
         if period.status == PeriodStatus.CLOSED:
             period_credits_close(period=period, now=now)
         invoice = period_invoice_create(period=period)
-        sync.invoice_sync_enqueue(invoice=invoice)
+        invoice_issued.send(sender=Invoice, invoice=invoice)
     return invoice

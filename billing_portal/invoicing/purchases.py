@@ -1,12 +1,15 @@
 """Credit packs: a purchase, its invoice, its payment and, once paid, exactly one grant.
 
-A purchase is paid through Stripe Checkout (portal) or a charge of a saved card
-(auto-recharge); Stripe's webhooks then call :func:`purchase_complete`. In demo mode (no
-Stripe key, and ``BILLING_DEMO_PAYMENTS`` on, as in local mode) the portal's checkout page
-calls :func:`purchase_demo_pay`, which goes through the same :func:`purchase_complete`.
-Completion locks the purchase row and the grant has an idempotency key derived from it,
-so every repeat of the news (both webhooks, each
+The payment is taken by the payment provider's integration (Checkout in the portal, a
+charge of a saved card for auto-recharge), which reports the outcome here: its webhooks
+call :func:`purchase_complete`, :func:`purchase_fail` or :func:`purchase_cancel`. In demo
+mode the portal's checkout page pays with :func:`purchase_demo_pay`, which goes through
+the same :func:`purchase_complete`. Completion locks the purchase row and the grant has
+an idempotency key derived from it, so every repeat of the news (both webhooks, each
 delivered twice, the demo page reloaded) finds the purchase paid and does nothing.
+
+A purchase's invoice is announced like any other (``invoicing.signals``): issued when
+the purchase is created, voided when it is canceled.
 
 Lock order: purchase, then its invoice, then (inside the ledger) the customer's account.
 """
@@ -21,7 +24,6 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from djmoney.money import Money
 
-from billing_portal import stripe_adapter
 from billing_portal.invoicing.models import (
     CreditPackPurchase,
     Invoice,
@@ -32,31 +34,16 @@ from billing_portal.invoicing.models import (
     PurchaseStatus,
 )
 from billing_portal.invoicing.services import invoice_number_next
-from billing_portal.invoicing.sync import outside_transaction_required, stripe_customer_ensure
-from billing_portal.stripe_adapter import StripeAdapterError
+from billing_portal.invoicing.signals import invoice_issued, invoice_voided
 from ledger.errors import IdempotencyConflict, InvalidRequest
 from ledger.models import GrantCategory
 from ledger.services import credit_grant_create
 from plans.models import CreditPack, Customer
 from plans.money import as_money
 
-
-class PaymentsNotConfigured(InvalidRequest):
-    code = "payments_not_configured"
-
-
-def _payments_not_configured() -> PaymentsNotConfigured:
-    return PaymentsNotConfigured(
-        "payments are not configured: set STRIPE_API_KEY to take payments through Stripe "
-        "(BILLING_DEMO_PAYMENTS=true completes purchases without payment, for demos only)",
-        param="purchase",
-    )
-
-
 logger = logging.getLogger(__name__)
 
 COST_BASIS_QUANTUM = Decimal("0.00000001")  # the grant's cost_basis column has 8 places
-DEMO_CHECKOUT_PATH = "/portal/billing/checkout/{pk}/"
 
 
 def purchase_create(
@@ -129,7 +116,7 @@ def _purchase_insert(
             service_period_start=now,
             service_period_end=expires_at,
         )
-        return CreditPackPurchase.objects.create(
+        purchase = CreditPackPurchase.objects.create(
             customer=customer,
             pack=pack,
             credits=pack.credits,
@@ -140,87 +127,16 @@ def _purchase_insert(
             source=source,
             idempotency_key=idempotency_key,
         )
-
-
-def purchase_checkout_start(
-    *, purchase: CreditPackPurchase, success_url: str, cancel_url: str
-) -> str:
-    """Where to send the customer to pay: a Stripe Checkout URL, or the demo page.
-
-    Calls Stripe, so never inside a transaction. Starting again returns the same session.
-    """
-    purchase = CreditPackPurchase.objects.select_related("customer", "pack", "invoice").get(
-        pk=purchase.pk
-    )
-    if purchase.status in (PurchaseStatus.PAID, PurchaseStatus.CANCELED):
-        raise InvalidRequest(
-            f"purchase {purchase.pk} is {purchase.status}; start a new purchase to buy again",
-            param="purchase",
-        )
-    gateway = stripe_adapter.gateway_from_settings()
-    if gateway is None:
-        if not stripe_adapter.demo_payments_enabled():
-            raise _payments_not_configured()
-        return DEMO_CHECKOUT_PATH.format(pk=purchase.pk)
-    if purchase.stripe_checkout_session_id and purchase.checkout_url:
-        return purchase.checkout_url
-    outside_transaction_required()
-    stripe_customer_ensure(gateway=gateway, customer=purchase.customer)
-    session = gateway.checkout_session_create(
-        purchase=purchase, success_url=success_url, cancel_url=cancel_url
-    )
-    with transaction.atomic(durable=True):
-        CreditPackPurchase.objects.filter(pk=purchase.pk).update(
-            stripe_checkout_session_id=session.id, checkout_url=session.url
-        )
-    return session.url
-
-
-def purchase_charge_off_session(
-    *, purchase: CreditPackPurchase, actor: str, payment_method: str | None = None
-) -> CreditPackPurchase:
-    """Charge the customer's saved card now (auto-recharge); never inside a transaction.
-
-    A decline marks the purchase failed; a temporary Stripe failure is raised for the
-    caller's task to retry (the idempotency key makes the retry charge once). Success is
-    recorded here and again by the webhook, which then finds nothing to do.
-    """
-    purchase = CreditPackPurchase.objects.select_related("customer", "pack", "invoice").get(
-        pk=purchase.pk
-    )
-    if purchase.status != PurchaseStatus.PENDING:
-        return purchase  # paid, or its one charge was declined: a new try is a new purchase
-    gateway = stripe_adapter.gateway_from_settings()
-    if gateway is None and not stripe_adapter.demo_payments_enabled():
-        return purchase_fail(
-            purchase=purchase, message=_payments_not_configured().message, actor=actor
-        )
-    if gateway is None:
-        return purchase_demo_pay(purchase=purchase, actor=actor)
-    outside_transaction_required()
-    stripe_customer_ensure(gateway=gateway, customer=purchase.customer)
-    try:
-        intent = gateway.payment_intent_create(purchase=purchase, payment_method=payment_method)
-    except StripeAdapterError as exc:
-        if exc.retryable:
-            raise
-        return purchase_fail(purchase=purchase, message=str(exc), actor=actor)
-    if intent.status == "succeeded":
-        return purchase_complete(purchase=purchase, payment_intent_id=intent.id, actor=actor)
-    with transaction.atomic(durable=True):
-        CreditPackPurchase.objects.filter(pk=purchase.pk).update(stripe_payment_intent_id=intent.id)
-    purchase.refresh_from_db()
-    return purchase  # processing: the webhook completes or fails it
+        invoice_issued.send(sender=Invoice, invoice=invoice)
+    return purchase
 
 
 def purchase_demo_pay(*, purchase: CreditPackPurchase, actor: str) -> CreditPackPurchase:
-    """Demo mode's stand-in for a Stripe payment, through the path the webhook uses."""
-    if stripe_adapter.stripe_enabled():
-        raise InvalidRequest(
-            "demo payments are only possible when no Stripe key is configured", param="purchase"
-        )
-    if not stripe_adapter.demo_payments_enabled():
-        raise _payments_not_configured()
+    """Demo mode's stand-in for a payment, through the path the webhook uses.
+
+    Whether demo payments are allowed is the payment side's to decide (no provider
+    configured, and the operator allows them): callers check before calling this.
+    """
     return purchase_complete(
         purchase=purchase, payment_intent_id=f"demo_{purchase.pk}", actor=actor
     )
@@ -314,6 +230,7 @@ def purchase_cancel(*, purchase: CreditPackPurchase, reason: str, actor: str) ->
         invoice.status = InvoiceStatus.VOID
         invoice.voided_at = timezone.now()
         invoice.save(update_fields=["status", "voided_at"])
+        invoice_voided.send(sender=Invoice, invoice=invoice)
     logger.info("purchase %s canceled (%s): %s", locked.pk, actor, reason)
     return locked
 

@@ -25,18 +25,7 @@ def period_close_task(self, period_id: int) -> int | None:  # type: ignore[no-un
 
 
 @shared_task
-def stripe_syncs_unsent() -> int:
-    from billing_portal.invoicing.sync import stripe_syncs_unsent
-
-    return stripe_syncs_unsent()
-
-
-@shared_task
 def revenue_recognize() -> int:
     from billing_portal.invoicing.revenue import revenue_recognize_all
 
     return revenue_recognize_all()
-
-
-# Stripe sync tasks live beside the adapter's callers; imported so Celery registers them.
-from billing_portal.invoicing import stripe_tasks  # noqa: E402, F401

@@ -17,16 +17,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
-from billing_portal import stripe_adapter
 from billing_portal.alerts import selectors as alert_selectors
 from billing_portal.csv_safe import SafeWriter
 from billing_portal.invoicing.models import CreditNote, PurchaseStatus
-from billing_portal.invoicing.purchases import (
-    PaymentsNotConfigured,
-    purchase_checkout_start,
-    purchase_create,
-    purchase_demo_pay,
-)
+from billing_portal.invoicing.purchases import purchase_create
 from billing_portal.invoicing.selectors import invoices_for
 from billing_portal.portal import forms, selectors, services
 from billing_portal.portal.access import (
@@ -38,6 +32,12 @@ from billing_portal.portal.access import (
     purchase_for,
 )
 from billing_portal.portal.models import PortalMembership
+from billing_portal.stripe import adapter as stripe_adapter
+from billing_portal.stripe.payments import (
+    PaymentsNotConfigured,
+    purchase_checkout_start,
+    purchase_demo_pay,
+)
 from ledger.actors import Actor
 from ledger.errors import InvalidRequest
 from plans import selectors as plan_selectors

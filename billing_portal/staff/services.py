@@ -22,9 +22,10 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from billing_portal.invoicing import credit_notes, sync
+from billing_portal.invoicing import credit_notes
 from billing_portal.invoicing.models import CreditNote, Invoice
 from billing_portal.staff.models import AuditAction, AuditLog
+from billing_portal.stripe import sync
 from ledger import services as ledger
 from ledger.actors import Actor
 from ledger.errors import DomainError

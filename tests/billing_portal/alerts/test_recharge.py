@@ -13,17 +13,16 @@ from django.core import mail
 from django.db import IntegrityError, transaction
 from djmoney.money import Money
 
-from billing_portal import stripe_adapter
 from billing_portal.alerts.models import Alert, AlertKind, RechargeAttempt, RechargeStatus
 from billing_portal.alerts.recharge import recharge_attempts_reconcile
 from billing_portal.alerts.tasks import recharge_attempt_run_task
-from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import CreditPackPurchase, PurchaseStatus
 from billing_portal.portal.models import AutoRecharge
+from billing_portal.stripe import adapter as stripe_adapter
+from billing_portal.stripe import sync
 from ledger.models import CreditGrant, GrantCategory
 from ledger.selectors import account_balance
 from plans.models import CreditPack, Customer
-from tests.billing_portal import fake_stripe
 from tests.billing_portal.alerts.factories import (
     NOW,
     alert_settings,
@@ -33,8 +32,9 @@ from tests.billing_portal.alerts.factories import (
     rate,
     use,
 )
-from tests.billing_portal.fake_stripe import FakeStripe
 from tests.billing_portal.portal.factories import member, subscribed_customer
+from tests.billing_portal.stripe import fake_stripe
+from tests.billing_portal.stripe.fake_stripe import FakeStripe
 from tests.plans.factories import load_demo_catalog
 
 pytestmark = pytest.mark.django_db

@@ -152,7 +152,7 @@ def test_a_viewer_cannot_pay(viewer_client: Client, acme: Customer) -> None:
 def test_it_sends_the_buyer_to_stripe_checkout_when_stripe_is_configured(
     client_owner: Client, acme: Customer, monkeypatch: pytest.MonkeyPatch, settings: Any
 ) -> None:
-    from tests.billing_portal import fake_stripe
+    from tests.billing_portal.stripe import fake_stripe
 
     fake = fake_stripe.install(monkeypatch, settings)
     response = client_owner.post("/portal/billing/packs/", {"pack": "pack_50k"})

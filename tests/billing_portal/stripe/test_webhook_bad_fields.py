@@ -12,7 +12,6 @@ import pytest
 from django.db import OperationalError
 from django.test import Client
 
-from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import (
     CreditPackPurchase,
     Invoice,
@@ -22,13 +21,14 @@ from billing_portal.invoicing.models import (
     StripeEventStatus,
 )
 from billing_portal.invoicing.purchases import purchase_create
+from billing_portal.stripe import sync
 from plans.models import CreditPack, Customer
-from tests.billing_portal import fake_stripe
-from tests.billing_portal.fake_stripe import WEBHOOK_SECRET, FakeStripe, deliver, event
-from tests.billing_portal.test_stripe_adapter import period_invoice
+from tests.billing_portal.stripe import fake_stripe
+from tests.billing_portal.stripe.fake_stripe import WEBHOOK_SECRET, FakeStripe, deliver, event
+from tests.billing_portal.stripe.test_sync import period_invoice
 from tests.plans.factories import customer, load_demo_catalog, plan
 
-pytestmark = pytest.mark.urls("tests.billing_portal.fake_stripe")
+pytestmark = pytest.mark.urls("tests.billing_portal.stripe.fake_stripe")
 
 
 @pytest.fixture(autouse=True)
@@ -284,4 +284,4 @@ def test_while_the_database_is_down_the_event_is_answered_503_for_a_later_delive
 
 @pytest.fixture(autouse=True)
 def _errors_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="billing_portal.webhooks")
+    caplog.set_level(logging.INFO, logger="billing_portal.stripe.webhooks")

@@ -7,7 +7,9 @@ fails loudly before any network call. Each Stripe id is stored in its own short
 transaction as soon as Stripe returns it, so a retry reuses it instead of creating a
 second object, even after Stripe has forgotten the idempotency key.
 
-The ``invoice_stripe_*`` services record what Stripe tells us by webhook; they make no
+The ``*_sync_enqueue`` services mark a row pending and queue its task after commit; the
+receivers call them when invoicing issues or voids an invoice or a credit note. The
+``invoice_stripe_*`` services record what Stripe tells us by webhook; they make no
 network call and run in the webhook's transaction.
 """
 
@@ -21,7 +23,6 @@ from django.db import transaction
 from django.db.models import F, Model
 from django.utils import timezone
 
-from billing_portal import stripe_adapter
 from billing_portal.invoicing.models import (
     CreditNote,
     CreditNoteMethod,
@@ -32,7 +33,8 @@ from billing_portal.invoicing.models import (
     InvoiceStatus,
     SyncState,
 )
-from billing_portal.stripe_adapter import StripeAdapterError, StripeGateway, StripeTemporaryError
+from billing_portal.stripe import adapter
+from billing_portal.stripe.adapter import StripeAdapterError, StripeGateway, StripeTemporaryError
 from plans.models import Customer
 from plans.money import as_money
 
@@ -86,7 +88,7 @@ def invoice_sync(*, invoice: Invoice) -> Invoice:
     error is raised again, so the task can retry it.
     """
     invoice = Invoice.objects.select_related("customer").get(pk=invoice.pk)
-    gateway = stripe_adapter.gateway_from_settings()
+    gateway = adapter.gateway_from_settings()
     if gateway is None or not invoice_needs_stripe(invoice):
         if invoice.sync_state != SyncState.SYNCED:
             _write(Invoice, invoice.pk, sync_state=SyncState.NOT_SYNCED, sync_error="")
@@ -134,12 +136,13 @@ def invoice_sync_gave_up(*, invoice_id: int, error: str) -> None:
 def invoice_sync_enqueue(*, invoice: Invoice) -> None:
     """Queue the Stripe sync of an invoice once the current transaction commits.
 
-    Call it in the transaction that created (or voided) the invoice; nothing is queued in
-    demo mode or when there is nothing to collect.
+    Runs in the transaction that created (or voided) the invoice, called by the receiver
+    of invoicing's signals; nothing is queued in demo mode or when there is nothing to
+    collect.
     """
-    from billing_portal.invoicing.stripe_tasks import invoice_sync_task
+    from billing_portal.stripe.tasks import invoice_sync_task
 
-    if not stripe_adapter.stripe_enabled() or not invoice_needs_stripe(invoice):
+    if not adapter.stripe_enabled() or not invoice_needs_stripe(invoice):
         return
     Invoice.objects.filter(pk=invoice.pk).update(sync_state=SyncState.PENDING, sync_error="")
     invoice.sync_state = SyncState.PENDING
@@ -155,7 +158,7 @@ UNSENT_AFTER = timedelta(minutes=10)
 
 def stripe_syncs_unsent(*, now: datetime | None = None) -> int:
     """Queue again the Stripe syncs whose task never ran; return how many."""
-    from billing_portal.invoicing.stripe_tasks import credit_note_sync_task, invoice_sync_task
+    from billing_portal.stripe.tasks import credit_note_sync_task, invoice_sync_task
 
     before = (now or timezone.now()) - UNSENT_AFTER
     invoices = Invoice.objects.filter(
@@ -192,7 +195,7 @@ def credit_note_sync(*, credit_note: CreditNote) -> CreditNote:
     pack, which had no Stripe invoice, becomes a refund of its payment.
     """
     credit_note = CreditNote.objects.select_related("invoice").get(pk=credit_note.pk)
-    gateway = stripe_adapter.gateway_from_settings()
+    gateway = adapter.gateway_from_settings()
     if credit_note.sync_state == SyncState.SYNCED:
         return credit_note
     if gateway is None or not _credit_note_needs_stripe(credit_note):
@@ -263,9 +266,9 @@ def credit_note_sync_gave_up(*, credit_note_id: int, error: str) -> None:
 
 def credit_note_sync_enqueue(*, credit_note: CreditNote) -> None:
     """Queue the Stripe sync of a credit note (issued or voided) once the transaction commits."""
-    from billing_portal.invoicing.stripe_tasks import credit_note_sync_task
+    from billing_portal.stripe.tasks import credit_note_sync_task
 
-    if not stripe_adapter.stripe_enabled():
+    if not adapter.stripe_enabled():
         return
     CreditNote.objects.filter(pk=credit_note.pk).update(sync_state=SyncState.PENDING, sync_error="")
     credit_note.sync_state = SyncState.PENDING

@@ -12,17 +12,17 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from billing_portal.invoicing import sync
 from billing_portal.invoicing.models import Invoice, InvoiceStatus, StripeEvent, SyncState
-from billing_portal.stripe_adapter import StripeGateway
-from billing_portal.webhooks import stripe_event_process
+from billing_portal.stripe import sync
+from billing_portal.stripe.adapter import StripeGateway
+from billing_portal.stripe.webhooks import stripe_event_process
 from plans.models import Customer
-from tests.billing_portal import fake_stripe
-from tests.billing_portal.fake_stripe import WEBHOOK_SECRET, FakeStripe, deliver, event
-from tests.billing_portal.test_stripe_adapter import period_invoice
+from tests.billing_portal.stripe import fake_stripe
+from tests.billing_portal.stripe.fake_stripe import WEBHOOK_SECRET, FakeStripe, deliver, event
+from tests.billing_portal.stripe.test_sync import period_invoice
 from tests.plans.factories import customer, load_demo_catalog, plan
 
-pytestmark = pytest.mark.urls("tests.billing_portal.fake_stripe")
+pytestmark = pytest.mark.urls("tests.billing_portal.stripe.fake_stripe")
 
 
 @pytest.fixture(autouse=True)

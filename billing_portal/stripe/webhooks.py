@@ -32,16 +32,16 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing_portal import stripe_adapter
 from billing_portal.api.base import json_nesting_exceeds, json_too_deep_message
 from billing_portal.api.errors import DATABASE_UNAVAILABLE_ERRORS, UNAVAILABLE_RETRY_AFTER_SECONDS
-from billing_portal.invoicing import purchases, sync
+from billing_portal.invoicing import purchases
 from billing_portal.invoicing.models import (
     CreditPackPurchase,
     Invoice,
     StripeEvent,
     StripeEventStatus,
 )
+from billing_portal.stripe import adapter, sync
 from plans.money import as_money
 
 logger = logging.getLogger(__name__)
@@ -76,12 +76,12 @@ _BAD_FIELD_ERRORS = (
 def stripe_webhook(request: HttpRequest) -> HttpResponse:
     problem: str | None = None
     try:
-        event: Mapping[str, Any] | None = stripe_adapter.webhook_event_verify(
+        event: Mapping[str, Any] | None = adapter.webhook_event_verify(
             payload=request.body,
             signature=request.headers.get("Stripe-Signature"),
             secret=settings.STRIPE_WEBHOOK_SECRET,
         )
-    except stripe_adapter.WebhookSignatureInvalid as exc:
+    except adapter.WebhookSignatureInvalid as exc:
         return _error("invalid_signature", f"webhook refused: {exc}")
     except RecursionError:
         event = None  # decoded only once the signature checked out: a signed body
@@ -282,7 +282,7 @@ def _pays_for(purchase: CreditPackPurchase, obj: StripeObject, amount_field: str
     """Credits only for the pack's price in its currency; anything else is for staff."""
     price = as_money(purchase.price)
     amount, currency = obj.get(amount_field), str(obj.get("currency") or "")
-    if amount == stripe_adapter.minor_units(price) and currency.upper() == str(price.currency):
+    if amount == adapter.minor_units(price) and currency.upper() == str(price.currency):
         return True
     logger.error(
         "Stripe %s %s paid %s %s for purchase %s, which costs %s: no credits granted",

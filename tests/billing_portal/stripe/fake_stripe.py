@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 import stripe
 from django.urls import path
 
-from billing_portal.webhooks import stripe_webhook
+from billing_portal.stripe.webhooks import stripe_webhook
 
 API_KEY = "sk_test_fake_key"
 
@@ -761,12 +761,12 @@ def sign(payload: str, secret: str, *, timestamp: int | None = None) -> str:
 
 def install(monkeypatch: Any, settings: Any) -> FakeStripe:
     """Configure a Stripe key and route the product's gateway to a fresh fake."""
-    from billing_portal import stripe_adapter
+    from billing_portal.stripe import adapter
 
     fake = FakeStripe()
-    gateway = stripe_adapter.StripeGateway(client(fake))
+    gateway = adapter.StripeGateway(client(fake))
     settings.STRIPE_API_KEY = API_KEY
-    monkeypatch.setattr(stripe_adapter, "gateway_from_settings", lambda: gateway)
+    monkeypatch.setattr(adapter, "gateway_from_settings", lambda: gateway)
     return fake
 
 

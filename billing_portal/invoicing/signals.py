@@ -1,0 +1,20 @@
+"""What invoicing tells the apps above it (the Stripe integration), without importing them.
+
+Sent by invoicing's services inside the transaction that made the change, so what a
+receiver writes commits or rolls back with it; a receiver that talks to the outside
+world defers that work with ``transaction.on_commit``. A receiver may update the row it
+is given (its sync state), and the sender returns that same instance.
+"""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+# kwargs: invoice (an Invoice just created open: a period's, or a credit pack purchase's).
+invoice_issued = Signal()
+# kwargs: invoice (an Invoice just voided).
+invoice_voided = Signal()
+# kwargs: credit_note (a CreditNote just issued, its lines written).
+credit_note_issued = Signal()
+# kwargs: credit_note (a CreditNote just voided).
+credit_note_voided = Signal()

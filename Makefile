@@ -41,6 +41,7 @@ test: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 	$(PY) manage.py makemigrations --check --dry-run
 	@# pytest exits 5 when it collected nothing: a suite that ran no test has failed.
 	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \

@@ -24,11 +24,10 @@ from django.db.models import Q
 from django.utils import timezone
 from djmoney.money import Money
 
-from billing_portal.alerts.models import AlertKind, RechargeAttempt, RechargeStatus
+from billing_portal.alerts.models import AlertKind, AutoRecharge, RechargeAttempt, RechargeStatus
 from billing_portal.alerts.services import alert_raise
 from billing_portal.invoicing.models import CreditPackPurchase, PurchaseStatus
 from billing_portal.invoicing.purchases import purchase_create
-from billing_portal.portal.models import AutoRecharge
 from billing_portal.stripe.payments import purchase_charge_off_session
 from ledger.errors import InvalidRequest
 from ledger.units import credits_text

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 
 from django.db.models import Min, Q, QuerySet, Sum
 
-from billing_portal.alerts.models import Alert
-from billing_portal.portal.models import AlertSettings, PortalMembership, Role
+from billing_portal.alerts.models import Alert, AlertSettings
 from ledger.models import ZERO
 from metering.models import UsageRollup
 from metering.selectors import balance_payload
@@ -107,6 +107,23 @@ def burn_for(*, customer: Customer, hour: datetime) -> Burn:
     return Burn(this_hour, (totals["before"] or ZERO) / hours)
 
 
+# Who manages a customer's account, for alerts whose customer listed no recipients. The
+# portal owns its members and registers the answer here when it starts
+# (``PortalConfig.ready``): the portal shows alerts and so imports them, which leaves
+# alerts unable to import the portal without a cycle.
+class ManagersOf(Protocol):
+    def __call__(self, *, customer: Customer) -> list[str]: ...
+
+
+_managers_of: ManagersOf | None = None
+
+
+def alert_managers_register(*, managers_of: ManagersOf) -> None:
+    """Name the function that lists a customer's managers' e-mails."""
+    global _managers_of
+    _managers_of = managers_of
+
+
 def alert_recipients(*, customer: Customer) -> list[str]:
     """The customer's alert recipients; else their portal owners and admins; else the
     billing e-mail."""
@@ -114,12 +131,7 @@ def alert_recipients(*, customer: Customer) -> list[str]:
     listed = next(iter(own), None)
     if listed:
         return list(listed)
-    managers = (
-        PortalMembership.objects.filter(customer=customer, role__in=[Role.OWNER, Role.ADMIN])
-        .exclude(user__email="")
-        .order_by("pk")
-        .values_list("user__email", flat=True)
-    )
+    managers = _managers_of(customer=customer) if _managers_of is not None else []
     return list(dict.fromkeys(managers)) or ([customer.email] if customer.email else [])
 
 

@@ -13,6 +13,7 @@ from django.http import Http404, HttpRequest
 from django.http.response import HttpResponseBase
 from django_htmx.middleware import HtmxDetails
 
+from billing_portal.alerts.models import Alert
 from billing_portal.invoicing.models import CreditNote, CreditPackPurchase, Invoice
 from billing_portal.portal.models import PortalMembership
 
@@ -97,3 +98,10 @@ def member_for(request: PortalRequest, pk: int) -> PortalMembership:
     if member is None:
         raise Http404("no such member")
     return member
+
+
+def alert_for(request: PortalRequest, pk: int) -> Alert:
+    alert = Alert.objects.filter(pk=pk, customer_id=request.membership.customer_id).first()
+    if alert is None:
+        raise Http404("no such notification")
+    return alert

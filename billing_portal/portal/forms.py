@@ -11,7 +11,8 @@ from django.contrib.auth import get_user_model
 from django.core.validators import validate_email
 from django.utils import timezone
 
-from billing_portal.portal.models import AlertSettings, AutoRecharge, Role
+from billing_portal.alerts.models import AlertSettings, AutoRecharge
+from billing_portal.portal.models import Role
 from ledger.units import credits_text
 from plans.models import CreditPack, Plan
 from plans.money import as_money

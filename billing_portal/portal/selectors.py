@@ -14,6 +14,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing_portal.csv_safe import Cell
+from billing_portal.portal.models import PortalMembership, Role
 from ledger.models import (
     CREDIT_QUANTUM,
     ZERO,
@@ -431,3 +432,14 @@ def _export_rows(event: MeterEvent) -> Iterator[Sequence[Cell]]:
 
 def _status(rating: EventRating | None) -> str:
     return rating.status if rating else "pending"
+
+
+def manager_emails_for(*, customer: Customer) -> list[str]:
+    """The e-mails of the customer's portal owners and admins, oldest member first."""
+    emails = (
+        PortalMembership.objects.filter(customer=customer, role__in=[Role.OWNER, Role.ADMIN])
+        .exclude(user__email="")
+        .order_by("pk")
+        .values_list("user__email", flat=True)
+    )
+    return list(emails)

@@ -17,7 +17,8 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 from djmoney.money import Money
 
-from billing_portal.portal.models import AlertSettings, AutoRecharge, PortalMembership
+from billing_portal.alerts.models import AlertSettings, AutoRecharge
+from billing_portal.portal.models import PortalMembership
 from plans.models import CreditPack, Customer
 
 

@@ -1,6 +1,5 @@
 from django.urls import path
 
-from billing_portal.alerts import views as alert_views
 from billing_portal.portal import views
 
 app_name = "portal"
@@ -28,12 +27,8 @@ urlpatterns = [
     path("billing/credit-notes/<int:pk>/", views.credit_note_detail, name="credit_note"),
     path("activity/", views.activity, name="activity"),
     path("activity/export.csv", views.usage_export, name="usage_export"),
-    path("notifications/", alert_views.notifications, name="notifications"),
-    path(
-        "notifications/<int:pk>/read/",
-        alert_views.notification_read,
-        name="notification_read",
-    ),
+    path("notifications/", views.notifications, name="notifications"),
+    path("notifications/<int:pk>/read/", views.notification_read, name="notification_read"),
     path("team/", views.team, name="team"),
     path("team/invite/", views.member_invite, name="member_invite"),
     path("team/<int:pk>/remove/", views.member_remove, name="member_remove"),

@@ -13,11 +13,13 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
 from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
 
 from billing_portal.alerts import selectors as alert_selectors
+from billing_portal.alerts import services as alert_services
 from billing_portal.csv_safe import SafeWriter
 from billing_portal.invoicing.models import CreditNote, PurchaseStatus
 from billing_portal.invoicing.purchases import purchase_create
@@ -25,6 +27,7 @@ from billing_portal.invoicing.selectors import invoices_for
 from billing_portal.portal import forms, selectors, services
 from billing_portal.portal.access import (
     PortalRequest,
+    alert_for,
     credit_note_for,
     invoice_for,
     member_for,
@@ -349,6 +352,37 @@ def usage_export(request: PortalRequest) -> HttpResponseBase:
     filename = f"usage-{start:%Y%m%d}-{end:%Y%m%d}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+# --- notifications ---------------------------------------------------------------------
+
+NOTIFICATIONS_PAGE = 100
+
+
+@require_GET
+@portal_view()
+def notifications(request: PortalRequest) -> HttpResponse:
+    customer = request.membership.customer
+    alerts = alert_selectors.alerts_for(customer=customer).select_related("period")
+    return render(request, "portal/notifications.html", {"alerts": alerts[:NOTIFICATIONS_PAGE]})
+
+
+@require_POST
+@portal_view()
+def notification_read(request: PortalRequest, pk: int) -> HttpResponse:
+    """Reading a notification changes nothing billed, so viewers may do it too."""
+    alert_services.alert_mark_read(alert=alert_for(request, pk))
+    target = request.POST.get("next", "")
+    if request.htmx:
+        # The banner's place now shows the next unread notification, if any.
+        latest = alert_selectors.alert_unread_latest(customer=request.membership.customer)
+        context = {"alert": latest, "next": target}
+        return render(request, "portal/_alert_banner.html", context)
+    if url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(target)
+    return redirect("portal:notifications")
 
 
 # --- team ------------------------------------------------------------------------------

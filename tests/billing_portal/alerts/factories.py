@@ -10,8 +10,7 @@ from typing import Any
 from django.utils import timezone
 from djmoney.money import Money
 
-from billing_portal.alerts.models import Alert
-from billing_portal.portal.models import AlertSettings, AutoRecharge
+from billing_portal.alerts.models import Alert, AlertSettings, AutoRecharge
 from metering.ingest import events_ingest
 from metering.rating import events_rate_for_customer
 from plans.models import CreditPack, Customer

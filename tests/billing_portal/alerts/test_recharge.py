@@ -13,11 +13,16 @@ from django.core import mail
 from django.db import IntegrityError, transaction
 from djmoney.money import Money
 
-from billing_portal.alerts.models import Alert, AlertKind, RechargeAttempt, RechargeStatus
+from billing_portal.alerts.models import (
+    Alert,
+    AlertKind,
+    AutoRecharge,
+    RechargeAttempt,
+    RechargeStatus,
+)
 from billing_portal.alerts.recharge import recharge_attempts_reconcile
 from billing_portal.alerts.tasks import recharge_attempt_run_task
 from billing_portal.invoicing.models import CreditPackPurchase, PurchaseStatus
-from billing_portal.portal.models import AutoRecharge
 from billing_portal.stripe import adapter as stripe_adapter
 from billing_portal.stripe import sync
 from ledger.models import CreditGrant, GrantCategory

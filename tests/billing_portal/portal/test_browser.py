@@ -17,8 +17,7 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
-from billing_portal.alerts.models import Alert
-from billing_portal.portal.models import AlertSettings
+from billing_portal.alerts.models import Alert, AlertSettings
 from ledger.selectors import account_balance
 from plans.models import Customer
 from tests.billing_portal.portal.factories import PASSWORD, member, subscribed_customer, usage

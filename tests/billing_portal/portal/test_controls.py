@@ -5,7 +5,7 @@ from decimal import Decimal
 from django.test import Client
 from djmoney.money import Money
 
-from billing_portal.portal.models import AlertSettings, AutoRecharge
+from billing_portal.alerts.models import AlertSettings, AutoRecharge
 from plans.models import CreditPack, Customer
 from tests.billing_portal.portal.conftest import HTMX
 from tests.billing_portal.portal.factories import member, subscribed_customer

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import time_machine
 
 if TYPE_CHECKING:
     from tests.metering.worker_support import Broker, StartWorker, Worker
@@ -18,6 +19,16 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
     if isinstance(address, tuple) and address[0] not in {"127.0.0.1", "::1", "localhost"}:
         raise RuntimeError(f"tests may not reach the network: {address!r}")
     return _real_connect(self, address)
+
+
+@pytest.fixture
+def clock(request: pytest.FixtureRequest) -> Iterator[time_machine.Traveller]:
+    """The clock, stopped at the test module's ``START`` and moved by the test itself."""
+    start = getattr(request.module, "START", None)
+    if start is None:
+        pytest.fail(f"{request.module.__name__} uses the clock: give it a START datetime")
+    with time_machine.travel(start, tick=False) as traveller:
+        yield traveller
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -31,12 +31,6 @@ START = datetime(2026, 10, 1, tzinfo=UTC)
 LARGE_OUT = {"model": "large", "token_type": "output"}
 
 
-@pytest.fixture
-def clock() -> Iterator[time_machine.Traveller]:
-    with time_machine.travel(START, tick=False) as traveller:
-        yield traveller
-
-
 def _event(identifier: str, at: datetime, value: str = "1000", **extra: Any) -> dict[str, Any]:
     return {
         "identifier": identifier,

@@ -3,7 +3,6 @@ of times, then parked for staff; reconcile names it; it can still be cancelled."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,12 +27,6 @@ START = datetime(2026, 10, 1, tzinfo=UTC)
 LARGE_OUT = {"model": "large", "token_type": "output"}
 # 7e15 large output tokens are 1.05e14 credits: past the ledger's numeric(20,6).
 POISON_VALUE = Decimal("7000000000000000")
-
-
-@pytest.fixture
-def clock() -> Iterator[time_machine.Traveller]:
-    with time_machine.travel(START, tick=False) as traveller:
-        yield traveller
 
 
 @pytest.fixture

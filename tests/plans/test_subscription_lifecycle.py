@@ -5,7 +5,6 @@ The ledger is checked after every period against numbers computed by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -42,12 +41,7 @@ from tests.plans.factories import customer, load_demo_catalog, plan
 pytestmark = pytest.mark.django_db
 
 ANCHOR = datetime(2024, 1, 31, 10, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> Iterator[time_machine.Traveller]:
-    with time_machine.travel(ANCHOR, tick=False) as traveller:
-        yield traveller
+START = ANCHOR  # where the clock fixture (tests/conftest.py) stops time
 
 
 def _use(who: Customer, credits: str, n: int) -> None:

@@ -30,28 +30,15 @@ from ledger.reconcile import run_checks
 from metering.ingest import events_ingest
 from metering.models import EventRating
 from metering.rating import events_rate_pending
-from plans import catalog
 from plans.models import Customer, SubscriptionPeriod
 from plans.money import as_money
 from plans.services import subscription_start, subscriptions_renew_due
-from tests.plans.factories import DEMO_CATALOG, customer, plan
+from tests.plans.factories import customer, load_catalog_with_basic, plan
 
 pytestmark = pytest.mark.django_db
 
 INCLUDED = Decimal(1000)
 PRICE = Decimal("0.01")
-BASIC = """  - code: basic
-    name: Basic
-    interval: month
-    base_fee: "10.00"
-    included_credits: "1000"
-    rate_card: standard
-    overage: {policy: postpaid, price_per_credit: "0.01"}
-"""
-
-
-def load_catalog_with_basic() -> None:
-    catalog.load(DEMO_CATALOG.read_text().replace("plans:\n", "plans:\n" + BASIC, 1))
 
 
 def _event(identifier: str, at: datetime, credits: Decimal) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from billing_portal.invoicing.models import Invoice
 from plans.apikeys import api_key_create
-from tests.billing_portal.test_period_boundaries import load_catalog_with_basic
 from tests.metering.worker_support import StartWorker, wait_until
+from tests.plans.factories import load_catalog_with_basic
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -25,12 +24,6 @@ from tests.dburl import database_url_for_subprocess
 from tests.plans.factories import customer, load_demo_catalog, plan
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> Iterator[time_machine.Traveller]:
-    with time_machine.travel(START, tick=False) as traveller:
-        yield traveller
 
 
 def _use(clock: time_machine.Traveller, identifier: str, tokens: int, at: datetime) -> None:

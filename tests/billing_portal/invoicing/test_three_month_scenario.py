@@ -27,7 +27,6 @@ Apr  1  Mar invoice: base 49.00                        = 49.00
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -54,16 +53,11 @@ from tests.plans.factories import DEMO_CATALOG, customer, plan
 pytestmark = pytest.mark.django_db
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
+START = JAN  # where the clock fixture (tests/conftest.py) stops time
 SHORT_PACK = (
     '  - {code: pack_short, name: "2,000 credits", credits: "2000", price: "10.00",'
     " expires_after_days: 20}\n"
 )
-
-
-@pytest.fixture
-def clock() -> Iterator[time_machine.Traveller]:
-    with time_machine.travel(JAN, tick=False) as traveller:
-        yield traveller
 
 
 def at(month: int, day: int) -> datetime:

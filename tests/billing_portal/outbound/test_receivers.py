@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -87,12 +86,6 @@ def test_it_publishes_an_open_credit_pack_invoice(acme: Customer) -> None:
         "period": None,
         "issued_at": event.data["issued_at"],
     }
-
-
-@pytest.fixture
-def clock() -> Iterator[time_machine.Traveller]:
-    with time_machine.travel(START, tick=False) as traveller:
-        yield traveller
 
 
 def test_it_publishes_a_period_invoice(acme: Customer, clock: time_machine.Traveller) -> None:

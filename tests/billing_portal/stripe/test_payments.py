@@ -29,9 +29,9 @@ from billing_portal.stripe.payments import (
 from ledger.errors import InvalidRequest
 from ledger.models import CreditGrant
 from plans.models import CreditPack, Customer
+from tests.billing_portal.invoicing.factories import assert_paid_once
 from tests.billing_portal.stripe import fake_stripe
 from tests.billing_portal.stripe.fake_stripe import WEBHOOK_SECRET, FakeStripe, deliver, event
-from tests.billing_portal.test_purchases import assert_paid_once
 from tests.plans.factories import customer, load_demo_catalog
 
 pytestmark = pytest.mark.urls("tests.billing_portal.stripe.fake_stripe")

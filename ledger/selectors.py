@@ -1,7 +1,8 @@
-"""Reads of credits: balances and usable grants."""
+"""Reads of credits: balances, usable grants and the ledger's entries."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -9,7 +10,16 @@ from decimal import Decimal
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from ledger.models import DRAW_DOWN_ORDER, ZERO, Account, CreditGrant, GrantStatus
+from ledger.models import (
+    DRAW_DOWN_ORDER,
+    ZERO,
+    Account,
+    CreditGrant,
+    EntryKind,
+    GrantStatus,
+    LedgerEntry,
+    LedgerOperation,
+)
 
 
 def grants_usable(
@@ -82,3 +92,38 @@ def account_balance(*, account: Account, at: datetime | None = None) -> Balance:
     )
     posted = sum((g.remaining for g in grants), ZERO)
     return Balance(posted=posted, held=held, available=posted - held, grants=grants, as_of=at)
+
+
+# --- entries ------------------------------------------------------------------------------
+
+
+def ledger_entries_for(
+    *, account_id: int, kind: str | None = None, grant_id: int | None = None
+) -> QuerySet[LedgerEntry]:
+    """An account's entries, each with its operation (who, why)."""
+    entries = LedgerEntry.objects.filter(account_id=account_id).select_related("operation")
+    if kind is not None:
+        entries = entries.filter(kind=kind)
+    if grant_id is not None:
+        entries = entries.filter(grant_id=grant_id)
+    return entries
+
+
+def ledger_entries_caused_by(
+    *, account_id: int, cause_type: str, cause_id: str
+) -> QuerySet[LedgerEntry]:
+    return ledger_entries_for(account_id=account_id).filter(
+        cause_type=cause_type, cause_id=cause_id
+    )
+
+
+def grant_close_operations(*, grant_ids: Iterable[int]) -> dict[int, LedgerOperation]:
+    """The operation that voided or expired each grant, by grant id: its actor and reason.
+
+    Read from the grant's void or expire entry. A grant closed with nothing left in it
+    got no entry, and so is absent here: its operation does not name the grant.
+    """
+    entries = LedgerEntry.objects.filter(
+        grant_id__in=list(grant_ids), kind__in=[EntryKind.VOID, EntryKind.EXPIRE]
+    ).select_related("operation")
+    return {entry.grant_id: entry.operation for entry in entries if entry.grant_id is not None}

@@ -1,15 +1,16 @@
 """Reads over metering's tables: rating's backlog, the balance as customers and the API
-see it, usage over time."""
+see it, usage over time, and a customer's events with what rating made of them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from django.db import connection
-from django.db.models import Sum
+from django.db.models import Case, CharField, QuerySet, Sum, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Trunc
 from django.utils import timezone
@@ -17,9 +18,17 @@ from django.utils import timezone
 from ledger.models import CreditGrant
 from ledger.selectors import account_balance
 from ledger.units import rfc3339
-from metering.models import PeriodUsage, UsageRollup
+from metering.models import (
+    EventCancellation,
+    EventRating,
+    MeterEvent,
+    PeriodUsage,
+    RatingQueue,
+    RatingStatus,
+    UsageRollup,
+)
 from plans import selectors as plan_selectors
-from plans.models import Customer, OveragePolicy
+from plans.models import Customer, Meter, OveragePolicy
 
 GRANULARITY = {"hour": "hour", "day": "day", "month": "month"}
 
@@ -148,3 +157,128 @@ def usage_rows(
 
 def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def meter_dimension_keys() -> list[str]:
+    """Every dimension some meter has: what usage may be grouped by."""
+    keys = Meter.objects.values_list("dimensions", flat=True)
+    return sorted({key for dimensions in keys for key in dimensions})
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+class EventStatus(StrEnum):
+    ACCEPTED = "accepted"  # stored, not rated yet: still in the rating queue
+    RATED = "rated"
+    UNRATABLE = "unratable"  # rated to nothing: no rate or no subscription matched
+    CANCELLED = "cancelled"  # its debit reversed (or it never rated) by a cancellation
+
+
+# The status rule, stated once as SQL so lists filter on it: a cancellation wins over
+# everything, a queued event is accepted whatever it failed before, then what rating made
+# of it. A rating row always replaces the queue row in one transaction.
+EVENT_STATUS = Case(
+    When(cancellation__isnull=False, then=Value(EventStatus.CANCELLED.value)),
+    When(ratingqueue__isnull=False, then=Value(EventStatus.ACCEPTED.value)),
+    When(rating__status=RatingStatus.RATED, then=Value(EventStatus.RATED.value)),
+    When(rating__status=RatingStatus.UNRATABLE, then=Value(EventStatus.UNRATABLE.value)),
+    default=Value(EventStatus.ACCEPTED.value),
+    output_field=CharField(),
+)
+
+
+def events_for(
+    *,
+    customer: Customer,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    event_name: str | None = None,
+    status: EventStatus | None = None,
+) -> QuerySet[MeterEvent]:
+    """A customer's events with their ``status`` (EVENT_STATUS), rating, queue row and
+    cancellation; ``start`` and ``end`` bound the event's own timestamp, end excluded."""
+    events = (
+        MeterEvent.objects.filter(customer=customer)
+        .annotate(status=EVENT_STATUS)
+        .select_related("meter", "rating", "ratingqueue", "cancellation")
+    )
+    if start is not None:
+        events = events.filter(timestamp__gte=start)
+    if end is not None:
+        events = events.filter(timestamp__lt=end)
+    if event_name is not None:
+        events = events.filter(event_name=event_name)
+    if status is not None:
+        events = events.filter(status=status)
+    return events
+
+
+def event_for(*, customer: Customer, identifier: str) -> MeterEvent | None:
+    return events_for(customer=customer).filter(identifier=identifier).first()
+
+
+class RatingState(StrEnum):
+    PENDING = "pending"  # queued, not tried yet
+    FAILING = "failing"  # queued, failed, to be tried again after a back-off
+    PARKED = "parked"  # failed every attempt: waiting for staff
+    RATED = RatingStatus.RATED.value
+    UNRATABLE = RatingStatus.UNRATABLE.value
+    CANCELED = RatingStatus.CANCELED.value  # cancelled before it was rated
+
+
+@dataclass(frozen=True)
+class EventRatingReading:
+    """What rating made of an event so far, from its rating row or its queue row."""
+
+    state: RatingState
+    credits: Decimal | None = None
+    units: Decimal | None = None
+    rated_at: datetime | None = None
+    error_code: str = ""
+    error_message: str = ""
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    parked_at: datetime | None = None
+
+
+# The code of a queued event's last failure: the queue row keeps only its message.
+RATING_FAILED = "rating_failed"
+
+
+def event_rating_reading(event: MeterEvent) -> EventRatingReading:
+    """For an event read by :func:`events_for` (its rating and queue rows at hand)."""
+    queued: RatingQueue | None = getattr(event, "ratingqueue", None)
+    if queued is not None:
+        return _queued_reading(queued)
+    rating: EventRating | None = getattr(event, "rating", None)
+    if rating is None:  # no row of either: not in one read, rating swaps them atomically
+        return EventRatingReading(state=RatingState.PENDING)
+    return EventRatingReading(
+        state=RatingState(rating.status),
+        credits=rating.credits,
+        units=rating.units,
+        rated_at=rating.rated_at,
+        error_code=rating.error_code,
+        error_message=rating.error_message,
+    )
+
+
+def _queued_reading(queued: RatingQueue) -> EventRatingReading:
+    if queued.parked_at is not None:
+        state = RatingState.PARKED
+    else:
+        state = RatingState.FAILING if queued.attempts else RatingState.PENDING
+    return EventRatingReading(
+        state=state,
+        error_code=RATING_FAILED if queued.attempts else "",
+        error_message=queued.last_error,
+        attempts=queued.attempts,
+        next_attempt_at=queued.next_attempt_at,
+        parked_at=queued.parked_at,
+    )
+
+
+def event_cancellation(event: MeterEvent) -> EventCancellation | None:
+    found: EventCancellation | None = getattr(event, "cancellation", None)
+    return found

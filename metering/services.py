@@ -459,8 +459,12 @@ def authorization_release(*, authorization: Authorization, actor: str) -> Author
     try:
         ledger.hold_release(hold=authorization.hold, actor=actor)
     except ledger.HoldNotOpen as exc:
+        # Named as the caller knows it: the hold behind an authorization is internal.
+        authorization.hold.refresh_from_db(fields=["status"])
         raise MeteringConflict(
-            "authorization_captured", f"{exc.message}; nothing to release"
+            "authorization_captured",
+            f"authorization {authorization.pk} is already {authorization.hold.status}; "
+            "nothing to release",
         ) from exc
     authorization.hold.refresh_from_db()
     return authorization

@@ -191,6 +191,9 @@ class Customer(models.Model):
     # The customer's own cap on credits used per billing period (portal setting);
     # authorizations deny beyond it whatever the plan's overage policy.
     spend_limit_credits = CreditField(null=True, blank=True)
+    # The operator's own string keys and values (Stripe's metadata), at most 50 keys
+    # (plans.services.customer_update); billing never reads them.
+    metadata = models.JSONField(default=dict, blank=True)
     account = models.OneToOneField(
         "ledger.Account", on_delete=models.PROTECT, related_name="customer"
     )

@@ -8,8 +8,10 @@ from the period or change they belong to.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import Enum
 from typing import Literal
 
 from django.conf import settings
@@ -83,6 +85,91 @@ def customer_create(*, external_id: str, name: str, email: str, currency: str = 
             "use another external_id or fetch the existing customer",
             param="external_id",
         ) from exc
+
+
+class Keep(Enum):
+    """An argument an update leaves alone: None already means "clear it"."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+# Stripe's limit on metadata keys, which integrators already code against.
+CUSTOMER_METADATA_MAX_KEYS = 50
+
+
+def customer_update(
+    *,
+    customer: Customer,
+    name: str | Keep = KEEP,
+    email: str | Keep = KEEP,
+    currency: str | Keep = KEEP,
+    spend_limit_credits: Decimal | Keep | None = KEEP,
+    metadata: Mapping[str, str | None] | Keep | None = KEEP,
+) -> Customer:
+    """Change what an operator may change about a customer; what is left as KEEP stays.
+
+    ``metadata`` merges key by key, as Stripe's does: a key given None or "" is removed,
+    and None for the whole mapping removes every key. The currency cannot change, since
+    the customer's invoices and grants are in it: naming another one is refused.
+    """
+    if currency is not KEEP:
+        _currency_unchanged(customer, currency)
+    if spend_limit_credits is not KEEP and spend_limit_credits is not None:
+        _spend_limit_valid(spend_limit_credits)
+    with transaction.atomic():
+        # Locked so that two concurrent metadata merges both land.
+        locked = Customer.objects.select_for_update().get(pk=customer.pk)
+        values = {"name": name, "email": email, "spend_limit_credits": spend_limit_credits}
+        changed: dict[str, object] = {f: v for f, v in values.items() if v is not KEEP}
+        if metadata is not KEEP:
+            changed["metadata"] = _metadata_merged(locked.metadata, metadata)
+        for field, value in changed.items():
+            setattr(locked, field, value)
+        # Only the columns named: the portal sets the spend limit without this lock, and a
+        # save of every column from a stale row would undo its change.
+        locked.save(update_fields=list(changed))
+    return locked
+
+
+def _currency_unchanged(customer: Customer, currency: str) -> None:
+    if currency.upper() != customer.currency:
+        raise SubscriptionError(
+            "currency_cannot_change",
+            f"customer {customer.external_id!r} is billed in {customer.currency}, which cannot "
+            f"change: leave currency out, or create another customer in {currency.upper()}",
+            param="currency",
+        )
+
+
+def _spend_limit_valid(limit: Decimal) -> None:
+    if limit < 0:
+        raise SubscriptionError(
+            "invalid_spend_limit",
+            f"spend_limit_credits {limit} is negative: send 0 or more, or null for no limit",
+            param="spend_limit_credits",
+        )
+
+
+def _metadata_merged(
+    current: Mapping[str, str], changes: Mapping[str, str | None] | None
+) -> dict[str, str]:
+    if changes is None:
+        return {}
+    merged = dict(current)
+    for key, value in changes.items():
+        if value is None or value == "":
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    if len(merged) > CUSTOMER_METADATA_MAX_KEYS:
+        raise SubscriptionError(
+            "metadata_too_many_keys",
+            f"metadata would hold {len(merged)} keys; at most {CUSTOMER_METADATA_MAX_KEYS} are "
+            "allowed: remove keys by setting them to null",
+            param="metadata",
+        )
+    return merged
 
 
 def plan_version_current(plan: Plan) -> PlanVersion:

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from billing_portal.api.base import BaseApiView
 from billing_portal.api.fields import TimestampField, credits_field, customer_or_404
 from billing_portal.api.schema import error_responses
-from metering.selectors import GRANULARITY, balance_payload, usage_rows
+from metering.selectors import GRANULARITY, balance_payload, meter_dimension_keys, usage_rows
 
 # --- balance --------------------------------------------------------------------------
 
@@ -76,6 +76,24 @@ class BalanceApi(BaseApiView):
 # --- usage ----------------------------------------------------------------------------
 
 
+def _group_by_keys(text: str) -> list[str]:
+    """The dimension names of a ``group_by``: each must be a dimension of some meter, or
+    every row would group under null for it."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if any(not k.replace("_", "").isalnum() for k in keys):
+        raise serializers.ValidationError({"group_by": "comma-separated dimension names"})
+    known = meter_dimension_keys()
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise serializers.ValidationError(
+            {
+                "group_by": f"no meter has the dimension(s) {', '.join(unknown)}; "
+                f"group by {', '.join(known) or 'nothing: no meter has dimensions'}"
+            }
+        )
+    return keys
+
+
 class UsageApi(BaseApiView):
     required_scope = "read"
 
@@ -96,17 +114,19 @@ class UsageApi(BaseApiView):
             if end - start > timedelta(days=400):
                 raise serializers.ValidationError({"start": "the range may span at most 400 days"})
             attrs["start"], attrs["end"] = start, end
-            keys = [k.strip() for k in attrs["group_by"].split(",") if k.strip()]
-            if any(not k.replace("_", "").isalnum() for k in keys):
-                raise serializers.ValidationError({"group_by": "comma-separated dimension names"})
-            attrs["group_by"] = keys
+            attrs["group_by"] = _group_by_keys(attrs["group_by"])
             return attrs
 
     @extend_schema(
         parameters=[
             OpenApiParameter("start", OpenApiTypes.STR, description="RFC 3339 or Unix seconds"),
             OpenApiParameter("end", OpenApiTypes.STR),
-            OpenApiParameter("group_by", OpenApiTypes.STR, description="e.g. model,token_type"),
+            OpenApiParameter(
+                "group_by",
+                OpenApiTypes.STR,
+                description="Dimensions of the meters, comma-separated, e.g. model,token_type; "
+                "a name no meter has is refused (400).",
+            ),
             OpenApiParameter("granularity", OpenApiTypes.STR, enum=list(GRANULARITY)),
             OpenApiParameter("meter", OpenApiTypes.STR, description="meter code"),
         ],

@@ -8,7 +8,6 @@ from django.shortcuts import get_object_or_404
 from djmoney.money import Money
 from drf_spectacular.utils import (
     extend_schema,
-    inline_serializer,
 )
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -17,9 +16,11 @@ from rest_framework.response import Response
 from billing_portal.api.base import BaseApiView
 from billing_portal.api.errors import ApiError
 from billing_portal.api.fields import TimestampField, actor, credits_field, customer_or_404, is_id
+from billing_portal.api.pagination import Listing, PageQuery, page_response, page_schema, paginate
 from billing_portal.api.schema import error_responses
 from ledger import services as ledger
-from ledger.models import CreditGrant, GrantCategory, GrantStatus
+from ledger.models import CreditGrant, GrantCategory, GrantStatus, LedgerOperation
+from ledger.selectors import grant_close_operations
 from ledger.units import CREDIT_QUANTUM, rfc3339
 from plans import selectors
 from plans.models import (
@@ -29,6 +30,8 @@ from plans.models import (
 from plans.money import as_money
 
 # --- credit grants --------------------------------------------------------------------
+
+GRANTS = Listing(noun="credit grant")
 
 
 class CreditGrantOut(serializers.Serializer):
@@ -48,6 +51,15 @@ class CreditGrantOut(serializers.Serializer):
     reason = serializers.CharField()
     voided_at = serializers.SerializerMethodField()
     expired_at = serializers.SerializerMethodField()
+    closed_reason = serializers.SerializerMethodField(
+        help_text="The reason given when the grant was voided or expired."
+    )
+    closed_by = serializers.SerializerMethodField(
+        help_text='Who voided or expired it, as "kind:id", e.g. "api:backend" or "system:expiry".'
+    )
+    voided_reason = serializers.SerializerMethodField(
+        help_text="closed_reason, when the grant was voided."
+    )
     created_at = TimestampField()
 
     def get_customer(self, grant: CreditGrant) -> str:
@@ -75,6 +87,27 @@ class CreditGrantOut(serializers.Serializer):
             if grant.status == GrantStatus.EXPIRED and grant.closed_at
             else None
         )
+
+    # Read from the void or expire operation: the ledger keeps who closed a grant and why.
+    # A grant closed with nothing left wrote no entry, so its operation is not found.
+    def get_closed_reason(self, grant: CreditGrant) -> str | None:
+        operation = self._close_operation(grant)
+        return operation.reason if operation else None
+
+    def get_closed_by(self, grant: CreditGrant) -> str | None:
+        operation = self._close_operation(grant)
+        return operation.actor if operation else None
+
+    def get_voided_reason(self, grant: CreditGrant) -> str | None:
+        return self.get_closed_reason(grant) if grant.status == GrantStatus.VOIDED else None
+
+    def _close_operation(self, grant: CreditGrant) -> LedgerOperation | None:
+        if grant.status not in (GrantStatus.VOIDED, GrantStatus.EXPIRED):
+            return None
+        operations: dict[int, LedgerOperation] | None = self.context.get("close_operations")
+        if operations is None:
+            operations = grant_close_operations(grant_ids=[grant.pk])
+        return operations.get(grant.pk)
 
 
 def grant_or_404(grant_id: str) -> CreditGrant:
@@ -112,17 +145,34 @@ class CreditGrantsApi(BaseApiView):
                 )
             return value
 
+    class QuerySerializer(PageQuery):
+        status = serializers.ChoiceField(choices=GrantStatus.choices, required=False)
+        category = serializers.ChoiceField(choices=GrantCategory.choices, required=False)
+
     @extend_schema(
+        parameters=[QuerySerializer],
         responses={
-            200: inline_serializer("CreditGrantList", {"data": CreditGrantOut(many=True)}),
-            **error_responses(401, 403, 404),
-        }
+            200: page_schema("CreditGrantList", CreditGrantOut(many=True)),
+            **error_responses(400, 401, 403, 404),
+        },
+        description="The customer's grants, newest first.",
     )
     def get(self, request: Request, external_id: str) -> Response:
         customer = customer_or_404(external_id)
+        query = self.QuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         grants = selectors.credit_grants_for(customer=customer)
-        out = CreditGrantOut(grants, many=True, context={"customer": customer})
-        return Response({"data": out.data})
+        filters = {
+            name: query.validated_data[name]
+            for name in ("status", "category")
+            if name in query.validated_data
+        }
+        page = paginate(
+            grants.filter(**filters), within=grants, listing=GRANTS, query=query.validated_data
+        )
+        operations = grant_close_operations(grant_ids=[grant.pk for grant in page.items])
+        context = {"customer": customer, "close_operations": operations}
+        return page_response(page, CreditGrantOut, context)
 
     @extend_schema(
         request=InputSerializer,

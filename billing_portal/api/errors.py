@@ -22,6 +22,7 @@ from django.db import (
     OperationalError,
 )
 from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import page_not_found
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
@@ -133,6 +134,14 @@ def api_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """``handler404`` for the root URLconf: unknown URLs under /api/ answer in the envelope."""
     if not request.path.startswith("/api/"):
         return page_not_found(request, exception)
+    body = JSONRenderer().render(_not_found(request.path).as_body())
+    return HttpResponse(body, status=404, content_type="application/json")
+
+
+@csrf_exempt
+def api_path_unknown(request: HttpRequest, path: str = "") -> HttpResponse:
+    """The last route of /api/v1: an unknown path answers the envelope's 404 for every
+    method, in DEBUG too (where ``handler404`` is not used), without the database."""
     body = JSONRenderer().render(_not_found(request.path).as_body())
     return HttpResponse(body, status=404, content_type="application/json")
 

@@ -21,6 +21,7 @@ from plans.models import (
     Customer,
     Plan,
 )
+from plans.services import CUSTOMER_METADATA_MAX_KEYS
 
 # --- shared fields --------------------------------------------------------------------
 
@@ -67,6 +68,69 @@ class TimestampField(serializers.Field):
         return rfc3339(value)
 
 
+METADATA_KEY_MAX_LENGTH = 40
+METADATA_VALUE_MAX_LENGTH = 500
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {
+            "type": "string",
+            "nullable": True,
+            "maxLength": METADATA_VALUE_MAX_LENGTH,
+        },
+        "maxProperties": CUSTOMER_METADATA_MAX_KEYS,
+    }
+)
+class MetadataField(serializers.Field):
+    """Stripe-style metadata: an object of string keys (1 to 40 characters) and string
+    values (up to 500); in an update a value of null or "" removes its key."""
+
+    default_error_messages = {
+        "not_object": 'must be an object of strings, like {{"crm_id": "42"}}',
+        "key": "keys must be 1 to {max} characters without U+0000; {name!r} is not",
+        "value": "the value of {name!r} must be a string of up to {max} characters without "
+        'U+0000 (null or "" removes the key)',
+    }
+
+    def to_internal_value(self, data: Any) -> dict[str, str | None]:
+        if not isinstance(data, dict):
+            self.fail("not_object")
+        for key, value in data.items():
+            # PostgreSQL's jsonb cannot hold U+0000.
+            if not 1 <= len(key) <= METADATA_KEY_MAX_LENGTH or "\x00" in key:
+                self.fail("key", name=key, max=METADATA_KEY_MAX_LENGTH)
+            if value is not None and not _metadata_value_valid(value):
+                self.fail("value", name=key, max=METADATA_VALUE_MAX_LENGTH)
+        return data
+
+    def to_representation(self, value: dict[str, str]) -> dict[str, str]:
+        return dict(value)
+
+
+def _metadata_value_valid(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) <= METADATA_VALUE_MAX_LENGTH and "\x00" not in value
+    )
+
+
+def unknown_fields_refused(data: Any, serializer: type[serializers.Serializer]) -> None:
+    """Refuse fields a serializer does not know, as Stripe does, instead of ignoring them:
+    a misspelt field in an update would otherwise change nothing and answer 200."""
+    if not isinstance(data, dict):
+        return  # the serializer says what is wrong with the body
+    known = serializer().fields
+    for name in data:
+        if name not in known:
+            raise ApiError(
+                400,
+                "parameter_unknown",
+                f"Unknown field {name!r}: send only {', '.join(known)}.",
+                str(name),
+            )
+
+
 def is_id(value: str) -> bool:
     # str.isdigit() is also true for non-ASCII digits such as superscripts, which the
     # database refuses or reads as another number.
@@ -87,6 +151,23 @@ def customer_or_404(external_id: str) -> Customer:
     if "\x00" in external_id:  # PostgreSQL text cannot hold it: no such customer
         raise ApiError(404, "resource_missing", "no customer with that external_id", "external_id")
     return get_object_or_404(Customer.objects.select_related("account"), external_id=external_id)
+
+
+def customer_named(external_id: str, param: str = "customer") -> Customer:
+    """The customer a body or query names by external_id; 400 when there is none."""
+    customer = (
+        Customer.objects.select_related("account").filter(external_id=external_id).first()
+        if "\x00" not in external_id
+        else None
+    )
+    if customer is None:
+        raise ApiError(
+            400,
+            "unknown_customer",
+            f"no customer with external_id {external_id!r}; create it first",
+            param,
+        )
+    return customer
 
 
 def plan_or_error(code: str) -> Plan:

@@ -4,12 +4,14 @@ ledger entries.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     extend_schema,
-    inline_serializer,
+    extend_schema_field,
 )
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -18,10 +20,21 @@ from rest_framework.response import Response
 from billing_portal.api.base import BaseApiView
 from billing_portal.api.errors import ApiError
 from billing_portal.api.fields import TimestampField, customer_or_404, is_id
+from billing_portal.api.pagination import Listing, PageQuery, page_response, page_schema, paginate
 from billing_portal.api.schema import error_responses
-from billing_portal.invoicing.models import Invoice, InvoiceLine
+from billing_portal.invoicing.models import (
+    CreditNote,
+    CreditNoteReason,
+    CreditNoteStatus,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+)
 from billing_portal.invoicing.selectors import invoices_for
+from ledger.units import ZERO
 from plans.money import as_money
+
+INVOICES = Listing(noun="invoice")
 
 
 def _money(value: object) -> str:
@@ -66,6 +79,34 @@ class InvoiceLineOut(serializers.Serializer):
         return [str(link.entry_id) for link in line.entry_links.all()]
 
 
+class InvoiceCreditNoteOut(serializers.Serializer):
+    id = serializers.CharField(source="pk")
+    number = serializers.CharField()
+    status = serializers.CharField(help_text="issued or void.")
+    total = serializers.SerializerMethodField()
+    reason = serializers.ChoiceField(choices=CreditNoteReason.choices)
+
+    def get_total(self, note: CreditNote) -> str:
+        return _money(note.total)
+
+
+def amount_due(invoice: Invoice) -> Decimal:
+    """What the customer still owes: the total less the credit notes issued on it (a voided
+    one no longer counts), never below zero; nothing once the invoice is paid or void.
+    Reads ``invoice.credit_notes.all()``, which lists prefetch."""
+    if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.VOID):
+        return ZERO
+    credited = sum(
+        (
+            as_money(note.total).amount
+            for note in invoice.credit_notes.all()
+            if note.status == CreditNoteStatus.ISSUED
+        ),
+        ZERO,
+    )
+    return max(as_money(invoice.total).amount - credited, ZERO)
+
+
 class InvoiceOut(serializers.Serializer):
     id = serializers.CharField(source="pk")
     number = serializers.CharField()
@@ -81,33 +122,52 @@ class InvoiceOut(serializers.Serializer):
     hosted_invoice_url = serializers.CharField()
     stripe_invoice_id = serializers.CharField()
     sync_state = serializers.CharField()
+    amount_due = serializers.SerializerMethodField()
     lines = InvoiceLineOut(many=True)
+    credit_notes = serializers.SerializerMethodField()
 
     def get_total(self, invoice: Invoice) -> str:
         return _money(invoice.total)
 
+    def get_amount_due(self, invoice: Invoice) -> str:
+        return f"{amount_due(invoice):.2f}"
 
-def _invoices() -> Any:
-    return Invoice.objects.select_related("customer").prefetch_related("lines__entry_links")
+    @extend_schema_field(InvoiceCreditNoteOut(many=True))
+    def get_credit_notes(self, invoice: Invoice) -> list[dict[str, Any]]:
+        notes = sorted(invoice.credit_notes.all(), key=lambda note: note.pk)
+        return list(InvoiceCreditNoteOut(notes, many=True).data)
+
+
+def _with_parts(invoices: QuerySet[Invoice]) -> QuerySet[Invoice]:
+    """What InvoiceOut reads, in a fixed number of queries per page."""
+    return invoices.select_related("customer").prefetch_related(
+        "lines__entry_links", "credit_notes"
+    )
 
 
 class CustomerInvoicesApi(BaseApiView):
     required_scope = "read"
 
     @extend_schema(
+        parameters=[PageQuery],
         responses={
-            200: inline_serializer("InvoiceList", {"data": InvoiceOut(many=True)}),
-            **error_responses(401, 403, 404),
-        }
+            200: page_schema("InvoiceList", InvoiceOut(many=True)),
+            **error_responses(400, 401, 403, 404),
+        },
+        description="The customer's invoices, newest first.",
     )
     def get(self, request: Request, external_id: str) -> Response:
         customer = customer_or_404(external_id)
-        invoices = (
-            invoices_for(customer=customer)
-            .select_related("customer")
-            .prefetch_related("lines__entry_links")
+        query = PageQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        invoices = invoices_for(customer=customer)
+        page = paginate(
+            _with_parts(invoices),
+            within=invoices,
+            listing=INVOICES,
+            query=query.validated_data,
         )
-        return Response({"data": InvoiceOut(invoices, many=True).data})
+        return page_response(page, InvoiceOut)
 
 
 class InvoiceDetailApi(BaseApiView):
@@ -117,4 +177,6 @@ class InvoiceDetailApi(BaseApiView):
     def get(self, request: Request, invoice_id: str) -> Response:
         if not is_id(invoice_id):
             raise ApiError(404, "resource_missing", f"no invoice {invoice_id!r}", "id")
-        return Response(InvoiceOut(get_object_or_404(_invoices(), pk=invoice_id)).data)
+        return Response(
+            InvoiceOut(get_object_or_404(_with_parts(Invoice.objects.all()), pk=invoice_id)).data
+        )

@@ -1,10 +1,15 @@
-"""``/subscriptions``: start, change plan, cancel."""
+"""``/subscriptions``: start, list, read, change plan, cancel."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from django.db import transaction
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     extend_schema,
+    extend_schema_field,
 )
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -12,15 +17,26 @@ from rest_framework.response import Response
 
 from billing_portal.api.base import BaseApiView
 from billing_portal.api.errors import ApiError
-from billing_portal.api.fields import TimestampField, actor, is_id, plan_or_error
+from billing_portal.api.fields import (
+    TimestampField,
+    actor,
+    customer_named,
+    is_id,
+    plan_or_error,
+)
+from billing_portal.api.pagination import Listing, PageQuery, page_response, page_schema, paginate
 from billing_portal.api.schema import error_responses
 from plans import services
 from plans.models import (
-    Customer,
     Subscription,
+    SubscriptionChange,
+    SubscriptionStatus,
 )
+from plans.money import as_money
 
 # --- subscriptions --------------------------------------------------------------------
+
+SUBSCRIPTIONS = Listing(noun="subscription")
 
 
 class SubscriptionOut(serializers.Serializer):
@@ -38,22 +54,95 @@ class SubscriptionOut(serializers.Serializer):
     canceled_at = TimestampField(allow_null=True)
 
 
-def subscription_or_404(subscription_id: str) -> Subscription:
-    if not is_id(subscription_id):
-        raise ApiError(404, "resource_missing", f"no subscription {subscription_id!r}", "id")
-    return get_object_or_404(
-        Subscription.objects.select_related("customer__account", "plan_version__plan"),
-        pk=subscription_id,
+class MoneyOut(serializers.Serializer):
+    amount = serializers.CharField(help_text='A plain decimal string, e.g. "-12.50".')
+    currency = serializers.CharField(help_text="ISO 4217, e.g. USD.")
+
+
+class SubscriptionChangeOut(SubscriptionOut):
+    """A subscription as a plan change or cancellation left it, with the prorated base fee
+    that call wrote (negative: a credit); null when it prorated nothing."""
+
+    proration = serializers.SerializerMethodField()
+
+    @extend_schema_field(MoneyOut(allow_null=True))
+    def get_proration(self, subscription: Subscription) -> dict[str, str] | None:
+        change: SubscriptionChange | None = self.context.get("change")
+        if change is None or change.proration is None:
+            return None
+        money = as_money(change.proration)
+        return {"amount": f"{money.amount:f}", "currency": str(money.currency)}
+
+
+def _subscriptions() -> QuerySet[Subscription]:
+    return Subscription.objects.select_related(
+        "customer__account", "plan_version__plan", "pending_plan_version__plan"
     )
 
 
-class SubscriptionCreateApi(BaseApiView):
-    required_scope = "write"
+def subscription_or_404(subscription_id: str) -> Subscription:
+    if not is_id(subscription_id):
+        raise ApiError(404, "resource_missing", f"no subscription {subscription_id!r}", "id")
+    return get_object_or_404(_subscriptions(), pk=subscription_id)
+
+
+def changed(
+    subscription: Subscription, write: Callable[[], Subscription]
+) -> tuple[Subscription, SubscriptionChange | None]:
+    """Run one service call that changes a subscription, and find the change row it wrote
+    (None when it had nothing to do). The subscription's row is locked first, as the
+    services lock it, and held to the end: no other change can come in between."""
+    with transaction.atomic():
+        locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        before = locked.changes.order_by("-pk").values_list("pk", flat=True).first() or 0
+        result = write()
+        change = result.changes.filter(pk__gt=before).order_by("-pk").first()
+    return result, change
+
+
+class SubscriptionsApi(BaseApiView):
+    required_scope = {"GET": "read", "POST": "write"}
 
     class InputSerializer(serializers.Serializer):
         customer = serializers.CharField()
         plan = serializers.CharField()
         start_at = TimestampField(required=False)
+
+        class Meta:
+            # The name the document gave it before this view also listed subscriptions.
+            ref_name = "SubscriptionCreateInput"
+
+    class QuerySerializer(PageQuery):
+        customer = serializers.CharField(
+            required=False, help_text="Only this customer's subscriptions (its external_id)."
+        )
+        status = serializers.ChoiceField(choices=SubscriptionStatus.choices, required=False)
+
+    @extend_schema(
+        operation_id="v1_subscriptions_list",
+        parameters=[QuerySerializer],
+        responses={
+            200: page_schema("SubscriptionList", SubscriptionOut(many=True)),
+            **error_responses(400, 401, 403),
+        },
+        description="Subscriptions, newest first.",
+    )
+    def get(self, request: Request) -> Response:
+        query = self.QuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        subscriptions = _subscriptions()
+        if "customer" in query.validated_data:
+            customer = customer_named(query.validated_data["customer"])
+            subscriptions = subscriptions.filter(customer=customer)
+        if "status" in query.validated_data:
+            subscriptions = subscriptions.filter(status=query.validated_data["status"])
+        page = paginate(
+            subscriptions,
+            within=Subscription.objects.all(),
+            listing=SUBSCRIPTIONS,
+            query=query.validated_data,
+        )
+        return page_response(page, SubscriptionOut)
 
     @extend_schema(
         request=InputSerializer,
@@ -62,25 +151,21 @@ class SubscriptionCreateApi(BaseApiView):
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        customer = (
-            Customer.objects.select_related("account")
-            .filter(external_id=data.validated_data["customer"])
-            .first()
-        )
-        if customer is None:
-            raise ApiError(
-                400,
-                "unknown_customer",
-                "no customer with that external_id; create it first",
-                "customer",
-            )
         subscription = services.subscription_start(
-            customer=customer,
+            customer=customer_named(data.validated_data["customer"]),
             plan=plan_or_error(data.validated_data["plan"]),
             start_at=data.validated_data.get("start_at"),
             actor=actor(request),
         )
         return Response(SubscriptionOut(subscription).data, status=201)
+
+
+class SubscriptionDetailApi(BaseApiView):
+    required_scope = "read"
+
+    @extend_schema(responses={200: SubscriptionOut, **error_responses(401, 403, 404)})
+    def get(self, request: Request, subscription_id: str) -> Response:
+        return Response(SubscriptionOut(subscription_or_404(subscription_id)).data)
 
 
 class SubscriptionChangePlanApi(BaseApiView):
@@ -92,19 +177,23 @@ class SubscriptionChangePlanApi(BaseApiView):
 
     @extend_schema(
         request=InputSerializer,
-        responses={200: SubscriptionOut, **error_responses(400, 401, 403, 404, 409)},
+        responses={200: SubscriptionChangeOut, **error_responses(400, 401, 403, 404, 409)},
     )
     def post(self, request: Request, subscription_id: str) -> Response:
         subscription = subscription_or_404(subscription_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        subscription = services.subscription_change_plan(
-            subscription=subscription,
-            plan=plan_or_error(data.validated_data["plan"]),
-            when=data.validated_data.get("when"),
-            actor=actor(request),
+        plan = plan_or_error(data.validated_data["plan"])
+        subscription, change = changed(
+            subscription,
+            lambda: services.subscription_change_plan(
+                subscription=subscription,
+                plan=plan,
+                when=data.validated_data.get("when"),
+                actor=actor(request),
+            ),
         )
-        return Response(SubscriptionOut(subscription).data)
+        return Response(SubscriptionChangeOut(subscription, context={"change": change}).data)
 
 
 class SubscriptionCancelApi(BaseApiView):
@@ -117,13 +206,16 @@ class SubscriptionCancelApi(BaseApiView):
 
     @extend_schema(
         request=InputSerializer,
-        responses={200: SubscriptionOut, **error_responses(400, 401, 403, 404, 409)},
+        responses={200: SubscriptionChangeOut, **error_responses(400, 401, 403, 404, 409)},
     )
     def post(self, request: Request, subscription_id: str) -> Response:
         subscription = subscription_or_404(subscription_id)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        subscription = services.subscription_cancel(
-            subscription=subscription, when=data.validated_data["when"], actor=actor(request)
+        subscription, change = changed(
+            subscription,
+            lambda: services.subscription_cancel(
+                subscription=subscription, when=data.validated_data["when"], actor=actor(request)
+            ),
         )
-        return Response(SubscriptionOut(subscription).data)
+        return Response(SubscriptionChangeOut(subscription, context={"change": change}).data)

@@ -1,19 +1,24 @@
 """Every route of ``/api/v1``; names are kept stable (the tests and the schema use them)."""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from billing_portal.api import (
     authorizations,
     balance,
     credit_grants,
+    credit_notes,
     customers,
+    event_reads,
     events,
     invoices,
+    ledger_entries,
     subscriptions,
 )
+from billing_portal.api.errors import api_path_unknown
 
 urlpatterns = [
-    path("customers", customers.CustomerCreateApi.as_view(), name="customer-create"),
+    # "customer-create" and "subscription-create" also list, since v1.1: names kept.
+    path("customers", customers.CustomersApi.as_view(), name="customer-create"),
     path(
         "customers/<str:external_id>",
         customers.CustomerDetailApi.as_view(),
@@ -24,8 +29,11 @@ urlpatterns = [
         credit_grants.CreditGrantsApi.as_view(),
         name="customer-credit-grants",
     ),
+    path("subscriptions", subscriptions.SubscriptionsApi.as_view(), name="subscription-create"),
     path(
-        "subscriptions", subscriptions.SubscriptionCreateApi.as_view(), name="subscription-create"
+        "subscriptions/<str:subscription_id>",
+        subscriptions.SubscriptionDetailApi.as_view(),
+        name="subscription-detail",
     ),
     path(
         "subscriptions/<str:subscription_id>/change_plan",
@@ -49,6 +57,21 @@ urlpatterns = [
     ),
     path("events", events.EventsApi.as_view(), name="events"),
     path("events/cancel", events.EventCancelApi.as_view(), name="events-cancel"),
+    path(
+        "customers/<str:external_id>/events",
+        event_reads.CustomerEventsApi.as_view(),
+        name="customer-events",
+    ),
+    path(  # identifiers may hold "/": the path converter takes them whole
+        "customers/<str:external_id>/events/<path:identifier>",
+        event_reads.CustomerEventDetailApi.as_view(),
+        name="customer-event-detail",
+    ),
+    path(
+        "customers/<str:external_id>/ledger_entries",
+        ledger_entries.CustomerLedgerEntriesApi.as_view(),
+        name="customer-ledger-entries",
+    ),
     path("customers/<str:external_id>/balance", balance.BalanceApi.as_view(), name="balance"),
     path("customers/<str:external_id>/usage", balance.UsageApi.as_view(), name="usage"),
     path("authorizations", authorizations.AuthorizationsApi.as_view(), name="authorizations"),
@@ -63,4 +86,12 @@ urlpatterns = [
         name="customer-invoices",
     ),
     path("invoices/<str:invoice_id>", invoices.InvoiceDetailApi.as_view(), name="invoice-detail"),
+    path("credit_notes", credit_notes.CreditNotesApi.as_view(), name="credit-notes"),
+    path(
+        "credit_notes/<str:credit_note_id>",
+        credit_notes.CreditNoteDetailApi.as_view(),
+        name="credit-note-detail",
+    ),
+    # Last: whatever no route above matched, in the error envelope.
+    re_path(r"^(?P<path>.*)$", api_path_unknown, name="unknown-path"),
 ]

@@ -39,6 +39,7 @@ from metering import ingest, services
 from metering.rating import events_rate_pending
 from plans.apikeys import api_key_create
 from plans.services import subscription_start
+from tests.billing_portal.api.invoice_factories import credit_note, invoice
 from tests.plans.factories import customer, load_demo_catalog, plan
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,11 +110,16 @@ def _seed() -> dict[str, str]:
         request=services.AuthorizationRequest(identifier="seed-auth", credits=Decimal(25)),
         actor="test",
     )
+    acme_invoice = invoice(acme, "35.00")
+    note = credit_note(acme_invoice, "10.00")
     return {
         "external_id": acme.external_id,
         "grant_id": str(grant.pk),
         "subscription_id": str(subscription.pk),
         "authorization_id": str(authorization.pk),
+        "identifier": "seed-0",
+        "credit_note_id": str(note.pk),
+        "invoice_id": str(acme_invoice.pk),
     }
 
 
@@ -185,6 +191,10 @@ REQUEST_FIELDS = {
     "POST /api/v1/customers/{external_id}/credit_grants": (
         {"amount", "category"},
         {"priority", "effective_at", "expires_at", "applies_to", "cost_basis", "reason"},
+    ),
+    "PATCH /api/v1/customers/{external_id}": (
+        set(),
+        {"name", "email", "spend_limit_credits", "metadata", "currency"},
     ),
     "POST /api/v1/events/cancel": ({"customer", "identifier", "reason"}, set()),
     "POST /api/v1/authorizations": (

@@ -45,6 +45,7 @@ CUSTOMER_KEYS = {
     "email",
     "currency",
     "spend_limit_credits",
+    "metadata",
     "created_at",
 }
 SUBSCRIPTION_KEYS = {
@@ -76,6 +77,9 @@ GRANT_KEYS = {
     "reason",
     "voided_at",
     "expired_at",
+    "closed_reason",
+    "closed_by",
+    "voided_reason",
     "created_at",
 }
 
@@ -471,7 +475,7 @@ class TestChangePlan:
         response = api.post(f"/subscriptions/{sub['id']}/change_plan", {"plan": "team"})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == SUBSCRIPTION_KEYS
+        assert set(body) == SUBSCRIPTION_KEYS | {"proration"}
         assert (body["id"], body["status"], body["plan"]) == (sub["id"], "active", "team")
         assert body["pending_plan"] is None
         assert body["current_period_start"] == sub["current_period_start"]
@@ -541,7 +545,7 @@ class TestCancel:
         response = api.post(f"/subscriptions/{sub['id']}/cancel", {"when": "now"})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert set(body) == SUBSCRIPTION_KEYS
+        assert set(body) == SUBSCRIPTION_KEYS | {"proration"}
         assert (body["id"], body["status"], body["plan"]) == (sub["id"], "canceled", "pro")
         canceled_at = _time(body["canceled_at"])
         assert before <= canceled_at <= timezone.now()
@@ -731,7 +735,7 @@ class TestCreditGrantList:
         _create_customer(api)
         response = api.get("/customers/acme/credit_grants")
         assert response.status_code == 200
-        assert response.json() == {"data": []}
+        assert response.json() == {"data": [], "has_more": False}
         _error(api.get("/customers/nobody/credit_grants"), 404, "resource_missing")
 
 

@@ -1,0 +1,104 @@
+"""GET /api/v1/subscriptions (?customer=), GET /api/v1/subscriptions/{id}, and the
+proration that change_plan and cancel answer."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from plans.models import ChangeKind, Customer, Subscription, SubscriptionChange
+from plans.money import as_money
+from plans.services import subscription_cancel, subscription_start
+from tests.billing_portal.api.conftest import Api, error_of
+from tests.plans.factories import customer, plan
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _subscribed(external_id: str, plan_code: str = "pro", start_at: datetime | None = None) -> str:
+    subscription = subscription_start(
+        customer=customer(external_id), plan=plan(plan_code), actor="test", start_at=start_at
+    )
+    return str(subscription.pk)
+
+
+def test_it_lists_a_customers_subscriptions_newest_first(api: Api) -> None:
+    old = _subscribed("acme")
+    subscription_cancel(subscription=Subscription.objects.get(pk=old), when="now", actor="test")
+    acme = Customer.objects.get(external_id="acme")
+    new = subscription_start(customer=acme, plan=plan("team"), actor="test")
+    _subscribed("globex")
+
+    body = api.ok("/subscriptions", customer="acme")
+    assert [s["id"] for s in body["data"]] == [str(new.pk), old]
+    assert [s["status"] for s in body["data"]] == ["active", "canceled"]
+    assert {s["customer"] for s in body["data"]} == {"acme"}
+    assert body["has_more"] is False
+    active = api.ok("/subscriptions", customer="acme", status="active")["data"]
+    assert [s["id"] for s in active] == [str(new.pk)]
+    assert len(api.ok("/subscriptions")["data"]) == 3
+    assert [len(page) for page in api.pages("/subscriptions", limit=2)] == [2, 1]
+
+
+def test_an_unknown_customer_filter_is_400_naming_it(api: Api) -> None:
+    error = error_of(api.get("/subscriptions", customer="nobody"), 400, "unknown_customer")
+    assert error["param"] == "customer"
+    assert "nobody" in error["message"]
+    error = error_of(api.get("/subscriptions", status="paused"), 400, "invalid_request")
+    assert error["param"] == "status"
+
+
+def test_it_reads_one_subscription_or_404(api: Api) -> None:
+    sub_id = _subscribed("acme")
+    body = api.ok(f"/subscriptions/{sub_id}")
+    assert (body["id"], body["customer"], body["plan"], body["status"]) == (
+        sub_id,
+        "acme",
+        "pro",
+        "active",
+    )
+    assert "proration" not in body
+    assert api.get(f"/subscriptions/{sub_id}", key=api.read).status_code == 200
+    error_of(api.get(f"/subscriptions/{sub_id}", key=api.ingest), 403, "insufficient_scope")
+    for missing in ("999999", "sub_nope"):
+        error_of(api.get(f"/subscriptions/{missing}"), 404, "resource_missing")
+
+
+def test_an_upgrade_now_answers_the_proration_it_wrote(api: Api) -> None:
+    sub_id = _subscribed("acme", start_at=timezone.now() - timedelta(days=10))
+    response = api.post(f"/subscriptions/{sub_id}/change_plan", {"plan": "team", "when": "now"})
+    assert response.status_code == 200, response.text
+    proration = response.json()["proration"]
+    change = SubscriptionChange.objects.get(kind=ChangeKind.PLAN_CHANGE)
+    assert proration == {"amount": str(as_money(change.proration).amount), "currency": "USD"}
+    # 150.00 more a month, for the two thirds or so of the period left.
+    assert Decimal(80) < Decimal(proration["amount"]) < Decimal(120)
+    assert "E" not in proration["amount"]
+
+
+def test_a_downgrade_now_prorates_a_credit(api: Api) -> None:
+    sub_id = _subscribed("acme", plan_code="team")
+    response = api.post(f"/subscriptions/{sub_id}/change_plan", {"plan": "pro", "when": "now"})
+    assert response.status_code == 200, response.text
+    amount = Decimal(response.json()["proration"]["amount"])
+    assert Decimal(-150) <= amount < Decimal(-149)
+
+
+def test_changes_that_prorate_nothing_answer_null(api: Api) -> None:
+    sub_id = _subscribed("acme")
+    scheduled = api.post(f"/subscriptions/{sub_id}/change_plan", {"plan": "starter"})
+    assert scheduled.status_code == 200, scheduled.text
+    assert (scheduled.json()["pending_plan"], scheduled.json()["proration"]) == ("starter", None)
+    unchanged = api.post(f"/subscriptions/{sub_id}/change_plan", {"plan": "pro"})
+    assert unchanged.json()["proration"] is None
+    # An earlier change's proration is not mistaken for this call's.
+    upgrade = api.post(f"/subscriptions/{sub_id}/change_plan", {"plan": "team", "when": "now"})
+    assert upgrade.json()["proration"] is not None
+    again = api.post(f"/subscriptions/{sub_id}/change_plan", {"plan": "team"})
+    assert again.json()["proration"] is None
+    canceled = api.post(f"/subscriptions/{sub_id}/cancel", {"when": "now"})
+    assert canceled.status_code == 200, canceled.text
+    assert (canceled.json()["status"], canceled.json()["proration"]) == ("canceled", None)

@@ -69,7 +69,7 @@ def test_each_key_is_different() -> None:
     assert first != second
 
 
-@pytest.mark.urls("tests.plans.api_test_urls")
+@pytest.mark.urls("tests.billing_portal.api.api_test_urls")
 def test_the_printed_key_authenticates_over_http(live_server: Any) -> None:
     secret = _create("--name", "http", "--scopes", "read").splitlines()[-1]
     response = requests.get(

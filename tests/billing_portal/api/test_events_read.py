@@ -12,12 +12,13 @@ import pytest
 from django.utils import timezone
 
 from ledger.models import LedgerEntry
+from ledger.units import rfc3339
 from metering import ingest, services
 from metering.models import MeterEvent, RatingQueue
 from metering.rating import events_rate_pending
 from plans.models import Customer
 from plans.services import subscription_start
-from tests.billing_portal.api.conftest import Api, error_of, rfc3339
+from tests.billing_portal.api.http_support import Api, error_of
 from tests.plans.factories import customer, plan
 
 pytestmark = pytest.mark.django_db(transaction=True)

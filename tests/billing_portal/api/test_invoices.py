@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.billing_portal.api.conftest import Api, error_of
+from tests.billing_portal.api.http_support import Api, error_of
 from tests.billing_portal.api.invoice_factories import credit_note, invoice
 from tests.plans.factories import customer
 

@@ -10,7 +10,7 @@ import pytest
 from ledger import services as ledger
 from ledger.models import CreditGrant, LedgerEntry
 from plans.services import subscription_start
-from tests.billing_portal.api.conftest import Api, error_of
+from tests.billing_portal.api.http_support import Api, error_of
 from tests.plans.factories import customer, plan
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from plans.models import Customer
-from tests.billing_portal.api.conftest import Api, error_of
+from tests.billing_portal.api.http_support import Api, error_of
 from tests.plans.factories import customer
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -12,7 +12,7 @@ from django.utils import timezone
 from plans.models import ChangeKind, Customer, Subscription, SubscriptionChange
 from plans.money import as_money
 from plans.services import subscription_cancel, subscription_start
-from tests.billing_portal.api.conftest import Api, error_of
+from tests.billing_portal.api.http_support import Api, error_of
 from tests.plans.factories import customer, plan
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from tests.billing_portal.api.conftest import Api, error_of
+from tests.billing_portal.api.http_support import Api, error_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.billing_portal.api.conftest import Api, error_of
+from tests.billing_portal.api.http_support import Api, error_of
 from tests.plans.factories import customer
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -38,7 +38,7 @@ from metering.rating import events_rate_pending
 from plans.apikeys import api_key_create
 from plans.models import Customer, PeriodStatus, SubscriptionPeriod
 from plans.services import subscription_start
-from tests.metering.http_support import assert_reconciled
+from tests.billing_portal.api.http_support import assert_reconciled
 from tests.plans.factories import customer, plan
 
 pytestmark = [

@@ -15,7 +15,7 @@ from ledger import task_base
 from metering import tasks
 from metering.models import EventRating, MeterEvent, RatingQueue
 from plans.services import subscription_start
-from tests.metering.http_support import assert_reconciled
+from tests.billing_portal.api.http_support import assert_reconciled
 from tests.plans.factories import customer, plan
 
 pytestmark = pytest.mark.django_db(transaction=True)

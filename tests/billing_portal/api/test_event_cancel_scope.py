@@ -14,7 +14,7 @@ from metering.models import EventCancellation
 from metering.rating import events_rate_pending
 from plans.apikeys import api_key_create
 from plans.services import subscription_start
-from tests.metering.http_support import assert_reconciled
+from tests.billing_portal.api.http_support import assert_reconciled
 from tests.plans.factories import customer, plan
 
 pytestmark = [

@@ -13,9 +13,9 @@ import requests
 
 from plans.apikeys import api_key_create
 from plans.models import ApiKeyRateWindow
+from tests.billing_portal.api.server_support import gunicorn
 from tests.dburl import database_url_for_subprocess
 from tests.plans.factories import customer
-from tests.plans.server_support import gunicorn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

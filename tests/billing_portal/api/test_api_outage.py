@@ -24,8 +24,8 @@ from metering.models import MeterEvent
 from plans.apikeys import api_key_create
 from plans.models import IdempotencyRecord
 from plans.services import subscription_start
+from tests.billing_portal.api.server_support import DatabaseRelay, Server, gunicorn
 from tests.plans.factories import customer, load_demo_catalog, plan
-from tests.plans.server_support import DatabaseRelay, Server, gunicorn
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

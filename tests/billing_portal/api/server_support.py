@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from django.conf import settings
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(settings.BASE_DIR)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from plans.models import ApiKey, IdempotencyRecord, Meter
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.urls("tests.plans.api_test_urls"),
+    pytest.mark.urls("tests.billing_portal.api.api_test_urls"),
 ]
 
 # --- test-only views ------------------------------------------------------------------

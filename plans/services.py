@@ -186,7 +186,9 @@ def subscription_start(
     *, customer: Customer, plan: Plan, actor: str, start_at: datetime | None = None
 ) -> Subscription:
     version = plan_version_current(plan)
-    anchor = start_at or timezone.now()
+    # Whole seconds: events are often stamped to the second, and one stamped in the second
+    # the subscription started must fall inside its first period, not before it.
+    anchor = (start_at or timezone.now()).replace(microsecond=0)
     start, end = period_bounds(anchor, version.interval, 0)
     try:
         with transaction.atomic():
@@ -376,12 +378,20 @@ def _rollover(ended: SubscriptionPeriod, unused: Decimal) -> None:
     )
 
 
-def _finish(subscription: Subscription, at: datetime, actor: str) -> Subscription:
+def _finish(
+    subscription: Subscription,
+    at: datetime,
+    actor: str,
+    *,
+    period: SubscriptionPeriod | None = None,
+    proration: Money | None = None,
+) -> Subscription:
     subscription.status = SubscriptionStatus.CANCELED
     subscription.canceled_at = at
     subscription.current_period_end = min(subscription.current_period_end, at)
     subscription.save()
-    _change(subscription, None, ChangeKind.CANCEL, subscription.plan_version, None, at, actor)
+    version = subscription.plan_version
+    _change(subscription, period, ChangeKind.CANCEL, version, None, at, actor, proration=proration)
     return subscription
 
 
@@ -497,8 +507,15 @@ def subscription_cancel(
             )
             return locked
         period = _current_period(locked)
+        refund = _unused_base_fee(locked.plan_version, period, now)
         _period_close(period, at=now, write_off=True)
-        return _finish(locked, period.end, actor)
+        return _finish(locked, period.end, actor, period=period, proration=refund)
+
+
+def _unused_base_fee(version: PlanVersion, period: SubscriptionPeriod, now: datetime) -> Money:
+    """Cancelling now gives back the base fee of the time left, as an upgrade charges it."""
+    fee = as_money(version.base_fee)
+    return Money(-to_cents(fee.amount * _fraction_left(period, now)), fee.currency)
 
 
 def _require_active(subscription: Subscription) -> None:

@@ -146,23 +146,35 @@ def _base_fee(period: SubscriptionPeriod) -> _Line:
 
 
 def _prorations(period: SubscriptionPeriod) -> list[_Line]:
+    """Upgrades charge the fee difference for the time left; cancelling now gives back the
+    base fee of the time left (over the period as it ended, like the base fee itself)."""
     changes = SubscriptionChange.objects.filter(
-        period=period, kind=ChangeKind.PLAN_CHANGE
+        period=period, kind__in=[ChangeKind.PLAN_CHANGE, ChangeKind.CANCEL]
     ).select_related("from_version", "to_version")
     lines = []
     for change in changes.order_by("effective_at"):
-        if change.proration is None or change.to_version is None or change.from_version is None:
+        if change.proration is None or change.from_version is None:
             continue
         amount = as_money(change.proration).amount
+        if change.kind == ChangeKind.CANCEL:
+            label = f"Cancelled on {change.effective_at:%Y-%m-%d}: base fee of the unused time"
+            start = period.start
+        elif change.to_version is not None:
+            label = (
+                f"Change from {change.from_version.name} to {change.to_version.name} "
+                f"({change.effective_at:%Y-%m-%d}), prorated"
+            )
+            start = change.effective_at
+        else:
+            continue
         lines.append(
             _Line(
                 LineKind.PRORATION,
-                f"Change from {change.from_version.name} to {change.to_version.name} "
-                f"({change.effective_at:%Y-%m-%d}), prorated",
+                label,
                 Decimal(1),
                 amount,
                 amount,
-                change.effective_at,
+                start,
                 period.end,
                 credits=change.extra_included_credits,
             )

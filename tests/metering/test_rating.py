@@ -288,3 +288,16 @@ def test_an_event_after_the_period_end_waits_for_the_renewal_instead_of_going_un
     rating = EventRating.objects.get()
     assert (rating.status, rating.period_id, rating.credits) == ("rated", second.pk, Decimal(15))
     _clean()
+
+
+def test_an_event_stamped_in_the_second_the_subscription_started_is_charged(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    clock.move_to(START + timedelta(milliseconds=707))
+    subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+    # Second precision, as many senders stamp events: 00:00:00, before .707.
+    assert events_ingest(events=[_event("same-second", START)]).count("accepted") == 1
+    events_rate_pending()
+    rating = EventRating.objects.get()
+    assert (rating.status, rating.credits) == ("rated", Decimal(15))

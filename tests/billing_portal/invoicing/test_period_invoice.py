@@ -19,7 +19,8 @@ from metering.ingest import events_ingest
 from metering.rating import events_rate_pending
 from metering.services import event_cancel
 from plans.models import SubscriptionPeriod
-from plans.services import subscription_start, subscriptions_renew_due
+from plans.money import as_money
+from plans.services import subscription_cancel, subscription_start, subscriptions_renew_due
 from tests.dburl import database_url_for_subprocess
 from tests.plans.factories import customer, load_demo_catalog, plan
 
@@ -163,3 +164,20 @@ def test_a_close_is_not_skipped_while_another_holds_the_shared_plan_rows() -> No
             other.close()
     assert invoice is not None
     assert Invoice.objects.get(period=first).pk == invoice.pk
+
+
+@pytest.mark.django_db
+def test_cancelling_now_bills_the_base_fee_of_the_time_used(clock: time_machine.Traveller) -> None:
+    """Pro ($49.00) from Oct 1 for 31 days, cancelled after 3: 28/31 of the fee comes back."""
+    load_demo_catalog()
+    subscription = subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+    clock.move_to(START + timedelta(days=3))
+    subscription_cancel(subscription=subscription, actor="t", when="now")
+    clock.shift(timedelta(hours=1))
+    assert periods_close_due() == 1
+
+    invoice = Invoice.objects.get()
+    lines = {line.kind: as_money(line.amount).amount for line in invoice.lines.all()}
+    assert lines["base_fee"] == Decimal("49.00")
+    assert lines["proration"] == Decimal("-44.26")  # 49.00 x 28 / 31, to the cent
+    assert as_money(invoice.total).amount == Decimal("4.74")

@@ -28,7 +28,7 @@ from metering.models import (
     UsageRollup,
 )
 from plans import selectors as plan_selectors
-from plans.models import Customer, Meter, OveragePolicy
+from plans.models import Customer, Meter, OveragePolicy, SubscriptionPeriod
 
 GRANULARITY = {"hour": "hour", "day": "day", "month": "month"}
 
@@ -84,19 +84,14 @@ def balance_payload(customer: Customer) -> dict[str, Any]:
     limit = customer.spend_limit_credits
     return {
         "customer": customer.external_id,
-        "available": _fmt(balance.available),
+        # What usage with no workspace may draw: pooled credits (as an authorization
+        # without a workspace sees it). Each workspace adds its own: see "workspaces".
+        "available": _fmt(_pooled(balance.grants) - balance.held),
         "posted": _fmt(balance.posted),
         "held": _fmt(balance.held),
+        "workspaces": _workspaces(balance.grants, balance.held),
         "grants": [_grant(g) for g in balance.grants],
-        "period": {
-            "start": rfc3339(period.start),
-            "end": rfc3339(period.end),
-            "included": _fmt(period.included_credits),
-            "used": _fmt(used),
-            "overage": _fmt(usage.overage if usage else Decimal(0)),
-        }
-        if period
-        else None,
+        "period": _period(period, usage) if period else None,
         "limits": {
             "overage_policy": policy,
             "hard_stop": policy == OveragePolicy.HARD_STOP,
@@ -104,6 +99,49 @@ def balance_payload(customer: Customer) -> dict[str, Any]:
             "spend_limit_reached": limit is not None and used + balance.held >= limit,
         },
         "as_of": rfc3339(balance.as_of),
+    }
+
+
+def _pooled(grants: list[CreditGrant]) -> Decimal:
+    return sum((g.remaining for g in grants if g.workspace is None), Decimal(0))
+
+
+def _workspaces(grants: list[CreditGrant], held: Decimal) -> list[dict[str, str]]:
+    """Per workspace with credits of its own: what usage in it may draw (its credits and
+    the pooled ones), the figure an authorization in that workspace sees."""
+    pooled = _pooled(grants)
+    names = sorted({g.workspace for g in grants if g.workspace is not None})
+    return [
+        {
+            "workspace": name,
+            "available": _fmt(
+                pooled
+                + sum((g.remaining for g in grants if g.workspace == name), Decimal(0))
+                - held
+            ),
+        }
+        for name in names
+    ]
+
+
+def _own(grants: list[CreditGrant], workspace: str) -> Decimal:
+    return sum((g.remaining for g in grants if g.workspace == workspace), Decimal(0))
+
+
+def _period(period: SubscriptionPeriod, usage: PeriodUsage | None) -> dict[str, str]:
+    used_included = plan_selectors.included_credits_used(period_ids=[period.pk]).get(
+        period.pk, Decimal(0)
+    )
+    return {
+        "start": rfc3339(period.start),
+        "end": rfc3339(period.end),
+        "included": _fmt(period.included_credits),
+        # Credits charged in the period from any grant, and as overage.
+        "used": _fmt(usage.credits if usage else Decimal(0)),
+        "overage": _fmt(usage.overage if usage else Decimal(0)),
+        # Of the included credits: drawn and left (the figures usage alerts use).
+        "included_used": _fmt(used_included),
+        "included_left": _fmt(period.included_credits - used_included),
     }
 
 

@@ -269,6 +269,10 @@ class PeriodStatus(models.TextChoices):
     INVOICING = "invoicing"  # handed to invoicing
 
 
+# The source of the grants a period owns (its included and rollover credits).
+PERIOD_SOURCE = "subscription_period"
+
+
 class SubscriptionPeriod(models.Model):
     subscription = models.ForeignKey(Subscription, on_delete=models.PROTECT, related_name="periods")
     plan_version = models.ForeignKey(PlanVersion, on_delete=models.PROTECT, related_name="+")

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from ledger.models import CreditGrant
-from plans.models import Customer, Subscription, SubscriptionPeriod, SubscriptionStatus
+from ledger.models import ZERO, CreditGrant, EntryKind, GrantCategory, LedgerEntry
+from plans.models import (
+    PERIOD_SOURCE,
+    Customer,
+    Subscription,
+    SubscriptionPeriod,
+    SubscriptionStatus,
+)
 
 
 def subscription_active(*, customer: Customer) -> Subscription | None:
@@ -65,3 +73,32 @@ def period_in_force_among(
 
 def credit_grants_for(*, customer: Customer) -> QuerySet[CreditGrant]:
     return CreditGrant.objects.filter(account_id=customer.account_id).order_by("-created_at", "-pk")
+
+
+def included_credits_used(*, period_ids: Iterable[int]) -> dict[int, Decimal]:
+    """Credits drawn from each period's own included grants (what "share of included
+    credits used" means everywhere: the balance, the dashboard, usage alerts). Usage paid
+    by a promotional grant or a pack does not count; credits written off do not either."""
+    # A subquery: joined to the grants, the entries would multiply their amounts.
+    written_off = (
+        LedgerEntry.objects.filter(
+            grant=OuterRef("pk"), kind__in=[EntryKind.EXPIRE, EntryKind.VOID]
+        )
+        .values("grant")
+        .annotate(total=Sum("credits"))
+        .values("total")
+    )
+    grants = (
+        CreditGrant.objects.filter(
+            source_type=PERIOD_SOURCE,
+            source_id__in=[str(pk) for pk in period_ids],
+            category=GrantCategory.INCLUDED,
+        )
+        .annotate(written_off=Coalesce(Subquery(written_off), ZERO))
+        .values_list("source_id", "amount", "remaining", "written_off")
+    )
+    used: dict[int, Decimal] = {}
+    for source_id, amount, remaining, gone in grants:
+        period = int(source_id)
+        used[period] = used.get(period, ZERO) + amount - remaining + gone
+    return used

@@ -31,6 +31,7 @@ from ledger.models import (
 )
 from ledger.units import to_cents
 from plans.models import (
+    PERIOD_SOURCE,
     ChangeKind,
     Customer,
     PeriodStatus,
@@ -45,7 +46,6 @@ from plans.money import as_money
 from plans.periods import period_bounds, period_containing
 
 When = Literal["now", "period_end"]
-PERIOD_SOURCE = "subscription_period"
 
 
 class SubscriptionError(DomainError):

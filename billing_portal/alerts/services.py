@@ -30,7 +30,7 @@ from ledger.selectors import Balance, account_balance
 from ledger.units import credits_text, to_credits
 from metering.models import PeriodUsage
 from plans.models import Customer, SubscriptionPeriod
-from plans.selectors import period_in_force, period_in_force_among
+from plans.selectors import included_credits_used, period_in_force, period_in_force_among
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +63,25 @@ def usage_evaluate(
         current = _current_period(customer, periods, now)
         if current is not None:
             periods[current.pk] = current
-        used = dict(
-            PeriodUsage.objects.filter(period_id__in=periods).values_list("period_id", "credits")
+        # Of each period's own included credits: the figure the balance and the dashboard
+        # show too (plans.selectors.included_credits_used). The spend limit counts every
+        # credit charged in the period, as the balance's spend_limit_reached does.
+        included_used = included_credits_used(period_ids=periods)
+        spent = (
+            dict(
+                PeriodUsage.objects.filter(period_id__in=periods).values_list(
+                    "period_id", "credits"
+                )
+            )
+            if customer.spend_limit_credits is not None
+            else {}
         )
         rules = selectors.alert_rules_for(customer=customer, period=current)
         candidates = [
             *_usage_thresholds(
-                rules, [periods[pk] for pk in sorted(period_ids) if pk in periods], used
+                rules, [periods[pk] for pk in sorted(period_ids) if pk in periods], included_used
             ),
-            *_balance_alerts(customer, rules, balance, current, used),
+            *_balance_alerts(customer, rules, balance, current, spent),
             *_burn_alert(customer, current, now),
         ]
         _raise_new(customer, candidates, list(periods))

@@ -49,8 +49,15 @@ class BalanceOutSerializer(serializers.Serializer):
             "included": credits_field(),
             "used": credits_field(),
             "overage": credits_field(),
+            "included_used": credits_field(),
+            "included_left": credits_field(),
         },
         allow_null=True,
+    )
+    workspaces = inline_serializer(
+        "BalanceWorkspace",
+        {"workspace": serializers.CharField(), "available": credits_field()},
+        many=True,
     )
     limits = inline_serializer(
         "BalanceLimits",

@@ -61,9 +61,7 @@ def dashboard_for(*, customer: Customer, now: datetime | None = None) -> Dashboa
     subscription = plan_selectors.subscription_active(customer=customer)
     version = subscription.plan_version if subscription else None
     available = Decimal(payload["available"])
-    included_left = sum(
-        (Decimal(g["remaining"]) for g in payload["grants"] if g["category"] == "included"), ZERO
-    )
+    included_left = Decimal(period["included_left"]) if period else ZERO
     used = Decimal(period["used"]) if period else None
     start = datetime.fromisoformat(period["start"]) if period else None
     end = datetime.fromisoformat(period["end"]) if period else None

@@ -13,6 +13,8 @@ import pytest
 import requests
 from django.utils import timezone
 
+from billing_portal.alerts.models import Alert
+from ledger.services import credit_grant_create
 from metering.rating import events_rate_pending
 from plans.apikeys import api_key_create
 from plans.models import Customer, SubscriptionPeriod
@@ -150,6 +152,57 @@ def test_the_balance_has_the_contracts_shape_and_numbers(api: Api) -> None:
         assert RFC3339_UTC.match(body["period"][name]), body["period"][name]
     assert RFC3339_UTC.match(body["as_of"])
     assert abs(parse(body["as_of"]) - timezone.now()) < timedelta(seconds=30)
+
+
+def test_pooled_and_workspace_credits_are_shown_apart_and_match_authorizations(
+    api: Api,
+) -> None:
+    subscriber = subscribed("starter")  # 2,000 included credits, pooled
+    credit_grant_create(
+        account=subscriber.account,
+        amount="80",
+        category="promotional",
+        actor="t",
+        workspace="ws-a",
+    )
+    balance = api.get("/customers/acme/balance").json()
+    assert (balance["available"], balance["posted"]) == ("2000.000000", "2080.000000")
+    assert balance["workspaces"] == [{"workspace": "ws-a", "available": "2080.000000"}]
+
+    def available(**scope: str) -> str:
+        body = {"customer": "acme", "credits": "1", "hold": False, **scope}
+        identifier = "check-" + "-".join(scope.values())
+        answer = api.post("/authorizations", {"identifier": identifier, **body})
+        assert answer.status_code == 200, answer.text
+        value: str = answer.json()["available"]
+        return value
+
+    # The authorization's "available" is the balance's figure for the same scope.
+    assert available() == balance["available"]
+    assert available(workspace="ws-a") == balance["workspaces"][0]["available"]
+
+
+def test_the_share_of_included_credits_used_counts_only_included_credits(api: Api) -> None:
+    subscriber = subscribed()  # pro: 20,000 included
+    credit_grant_create(  # drawn first (priority 0), usable for the whole period
+        account=subscriber.account,
+        amount="5000",
+        category="promotional",
+        actor="t",
+        priority=0,
+        effective_at=timezone.now() - timedelta(days=10),
+    )
+    now = timezone.now() - timedelta(minutes=1)
+    api.ingest([tokens(f"u-{n}", now, "100000", "large", "output") for n in range(8)])  # 12,000
+
+    period = api.get("/customers/acme/balance").json()["period"]
+    assert (period["used"], period["included_used"], period["included_left"]) == (
+        "12000.000000",
+        "7000.000000",
+        "13000.000000",
+    )
+    # 7,000 of 20,000 included credits is 35%: no 50% usage alert (12,000 would be 60%).
+    assert not Alert.objects.filter(customer=subscriber, kind="usage_threshold").exists()
 
 
 def test_hard_stop_usage_beyond_the_grants_is_recorded_as_overage(api: Api) -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-import re
 from collections.abc import Mapping
-from itertools import accumulate
 from typing import IO, Any, ClassVar
 
 import msgspec
@@ -26,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing_portal.api.auth import ApiKeyAuthentication, ApiKeyRateThrottle, HasApiScope
-from billing_portal.api.errors import DATABASE_UNAVAILABLE_ERRORS, ApiError
+from billing_portal.api.errors import ApiError
 from billing_portal.api.idempotency import (
     IdempotentReplay,
     idempotency_claim,
@@ -34,6 +32,11 @@ from billing_portal.api.idempotency import (
     idempotency_settle,
 )
 from billing_portal.api.schema import ApiAutoSchema
+from billing_portal.web import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    json_nesting_exceeds,
+    json_too_deep_message,
+)
 from plans.models import (
     ApiKey,
     IdempotencyRecord,
@@ -43,41 +46,6 @@ logger = logging.getLogger(__name__)
 
 
 # --- request bodies ------------------------------------------------------------------
-
-# Deeper JSON is refused before it is decoded: decoders, and every walk over the decoded
-# body (validation, storing rejected events, the JSON column), recurse once per level.
-MAX_JSON_DEPTH = 64
-# A string, or an unterminated one up to the end (the decoder refuses that body anyway).
-_JSON_STRING = re.compile(rb'"[^"]*(?:"|$)')
-_NOT_JSON_STRUCTURE = bytes(range(256)).translate(None, b'"[]{}')
-_JSON_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
-
-
-def json_too_deep_message() -> str:
-    return (
-        f"the body is refused: nesting deeper than {MAX_JSON_DEPTH} levels of arrays and "
-        "objects; send a flatter document"
-    )
-
-
-def json_nesting_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether a JSON body nests arrays and objects deeper than ``limit``.
-
-    Linear and in C for the most part, so it costs little next to decoding: escapes are
-    dropped (so every remaining quote delimits a string), then all but quotes and
-    brackets, then the strings with the brackets inside them; the running depth of what
-    is left is the nesting. Malformed JSON may be misjudged here; the decoder refuses it.
-    """
-    if b"\\" in body:
-        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    structure = body.translate(None, _NOT_JSON_STRUCTURE)
-    if structure.count(b"[") + structure.count(b"{") <= limit:
-        return False  # too few brackets to nest deeper, wherever they are
-    # Most strings hold no bracket: dropping their quote pairs first leaves the regex
-    # little to do. (A pair that closes one string and opens the next only joins them.)
-    structure = _JSON_STRING.sub(b"", structure.replace(b'""', b""))
-    depths = accumulate(map(_JSON_DEPTH_STEP.__getitem__, structure))
-    return max(depths, default=0) > limit
 
 
 class ApiJSONParser(JSONParser):

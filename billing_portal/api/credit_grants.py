@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from djmoney.money import Money
 from drf_spectacular.utils import (
@@ -18,6 +19,8 @@ from billing_portal.api.errors import ApiError
 from billing_portal.api.fields import TimestampField, actor, credits_field, customer_or_404, is_id
 from billing_portal.api.pagination import Listing, PageQuery, page_response, page_schema, paginate
 from billing_portal.api.schema import error_responses
+from billing_portal.staff.models import AuditAction
+from billing_portal.staff.services import audit_record
 from ledger import services as ledger
 from ledger.models import CreditGrant, GrantCategory, GrantStatus, LedgerOperation
 from ledger.selectors import grant_close_operations
@@ -184,14 +187,21 @@ class CreditGrantsApi(BaseApiView):
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         basis = values.pop("cost_basis", None)
-        grant = ledger.credit_grant_create(
-            account=customer.account,
-            actor=actor(request),
-            cost_basis=Money(basis if basis is not None else 0, customer.currency),
-            source_type="api",
-            **values,
-        )
+        with transaction.atomic():
+            grant = ledger.credit_grant_create(
+                account=customer.account,
+                actor=actor(request),
+                cost_basis=Money(basis if basis is not None else 0, customer.currency),
+                source_type="api",
+                **values,
+            )
+            _audit(request, AuditAction.GRANT_CREATE, values.get("reason") or "api", grant)
         return Response(CreditGrantOut(grant, context={"customer": customer}).data, status=201)
+
+
+def _audit(request: Request, action: str, reason: str, grant: CreditGrant) -> None:
+    # In the change's transaction: the audit row and the change commit together.
+    audit_record(actor=actor(request), action=action, reason=reason, target=grant)
 
 
 class ReasonInput(serializers.Serializer):
@@ -210,7 +220,11 @@ class CreditGrantVoidApi(BaseApiView):
         grant = grant_or_404(grant_id)
         data = ReasonInput(data=request.data)
         data.is_valid(raise_exception=True)
-        grant = ledger.credit_grant_void(grant=grant, actor=actor(request), **data.validated_data)
+        with transaction.atomic():
+            grant = ledger.credit_grant_void(
+                grant=grant, actor=actor(request), **data.validated_data
+            )
+            _audit(request, AuditAction.GRANT_VOID, data.validated_data["reason"], grant)
         return Response(CreditGrantOut(grant).data)
 
 
@@ -225,5 +239,9 @@ class CreditGrantExpireApi(BaseApiView):
         grant = grant_or_404(grant_id)
         data = ReasonInput(data=request.data)
         data.is_valid(raise_exception=True)
-        grant = ledger.credit_grant_expire(grant=grant, actor=actor(request), **data.validated_data)
+        with transaction.atomic():
+            grant = ledger.credit_grant_expire(
+                grant=grant, actor=actor(request), **data.validated_data
+            )
+            _audit(request, AuditAction.GRANT_EXPIRE, data.validated_data["reason"], grant)
         return Response(CreditGrantOut(grant).data)

@@ -13,14 +13,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import psycopg
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.signals import got_request_exception
-from django.db import (
-    InterfaceError,
-    OperationalError,
-)
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import page_not_found
@@ -31,6 +26,7 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView, set_rollback
 
+from billing_portal.web import DATABASE_UNAVAILABLE_ERRORS, UNAVAILABLE_RETRY_AFTER_SECONDS
 from ledger.errors import Conflict, DomainError, IdempotencyConflict, NotFound
 
 logger = logging.getLogger(__name__)
@@ -54,16 +50,6 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
 
-# Errors that mean the database cannot be reached (or dropped the connection): the
-# request may succeed if retried, so they answer 503, not 500. psycopg's own classes
-# come from statements run on the raw connection (the ingest's bulk insert).
-DATABASE_UNAVAILABLE_ERRORS = (
-    OperationalError,
-    InterfaceError,
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-)
-UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 # Error codes a serializer field may raise (ValidationError(code=...)) that the envelope
 # keeps, instead of the generic invalid_request.
 FIELD_ERROR_CODES = frozenset({"value_out_of_range"})

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+from django.db import transaction
 from drf_spectacular.utils import (
     extend_schema,
     inline_serializer,
@@ -14,16 +15,13 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from billing_portal.api.base import (
-    MAX_JSON_DEPTH,
-    BaseApiView,
-    FastJSONRenderer,
-    json_nesting_exceeds,
-    json_too_deep_message,
-)
+from billing_portal.api.base import BaseApiView, FastJSONRenderer
 from billing_portal.api.errors import ApiError
 from billing_portal.api.fields import actor
 from billing_portal.api.schema import error_responses
+from billing_portal.staff.models import AuditAction
+from billing_portal.staff.services import audit_record
+from billing_portal.web import MAX_JSON_DEPTH, json_nesting_exceeds, json_too_deep_message
 from ledger.units import rfc3339
 from metering import ingest, services, tasks
 from metering.ingest import MAX_EVENTS
@@ -171,12 +169,20 @@ class EventCancelApi(BaseApiView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         customer = _customer_for_body(data.validated_data["customer"])
-        cancellation = services.event_cancel(
-            customer=customer,
-            identifier=data.validated_data["identifier"],
-            reason=data.validated_data["reason"],
-            actor=actor(request),
-        )
+        with transaction.atomic():
+            cancellation = services.event_cancel(
+                customer=customer,
+                identifier=data.validated_data["identifier"],
+                reason=data.validated_data["reason"],
+                actor=actor(request),
+            )
+            audit_record(
+                actor=actor(request),
+                action=AuditAction.EVENT_CANCEL,
+                reason=data.validated_data["reason"],
+                target=cancellation.event,
+                identifier=data.validated_data["identifier"],
+            )
         return Response(
             {
                 "customer": customer.external_id,

@@ -29,8 +29,11 @@ class AuditAction(models.TextChoices):
 
 
 class AuditLog(models.Model):
+    """Every balance-changing action, from any surface: the admin's workflows (a staff
+    user) and the API (no user: ``operator_name`` is the actor, e.g. ``api:backend``)."""
+
     operator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True
     )
     # Kept in clear so the row still reads right if the user is later renamed.
     operator_name = models.CharField(max_length=150)

@@ -79,6 +79,23 @@ def actor_of(operator: Operator) -> str:
     return str(Actor.staff(operator.get_username()))
 
 
+def audit_record(
+    *, actor: str, action: str, reason: str, target: Any, memo: str = "", **details: Any
+) -> AuditLog:
+    """Audit an action taken outside the admin (the API): by an actor, not a staff user.
+    Call it in the transaction that made the change."""
+    return AuditLog.objects.create(
+        operator=None,
+        operator_name=actor[:150],
+        action=action,
+        reason_code=reason,
+        memo=memo,
+        target_type=target._meta.label_lower,
+        target_id=str(target.pk),
+        details={key: str(value) for key, value in details.items()},
+    )
+
+
 def _audit(
     operator: Operator, action: str, reason: Reason, target: Any, **details: Any
 ) -> AuditLog:

@@ -32,8 +32,6 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing_portal.api.base import json_nesting_exceeds, json_too_deep_message
-from billing_portal.api.errors import DATABASE_UNAVAILABLE_ERRORS, UNAVAILABLE_RETRY_AFTER_SECONDS
 from billing_portal.invoicing import purchases
 from billing_portal.invoicing.models import (
     CreditPackPurchase,
@@ -42,6 +40,12 @@ from billing_portal.invoicing.models import (
     StripeEventStatus,
 )
 from billing_portal.stripe import adapter, sync
+from billing_portal.web import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    UNAVAILABLE_RETRY_AFTER_SECONDS,
+    json_nesting_exceeds,
+    json_too_deep_message,
+)
 from plans.money import as_money
 
 logger = logging.getLogger(__name__)

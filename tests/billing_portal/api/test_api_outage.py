@@ -19,7 +19,7 @@ import requests
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
-from billing_portal.api.errors import UNAVAILABLE_RETRY_AFTER_SECONDS
+from billing_portal.web import UNAVAILABLE_RETRY_AFTER_SECONDS
 from metering.models import MeterEvent
 from plans.apikeys import api_key_create
 from plans.models import IdempotencyRecord

@@ -17,7 +17,7 @@ import pytest
 import requests
 from django.utils import timezone
 
-from billing_portal.api.base import MAX_JSON_DEPTH
+from billing_portal.web import MAX_JSON_DEPTH
 from metering.models import Authorization, MeterEvent, RejectedEvent
 from plans.models import MAX_CREDITS, MAX_EVENT_VALUE, Customer, Rate, RateCardVersion
 from plans.services import subscription_start

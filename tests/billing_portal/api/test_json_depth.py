@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from billing_portal.api.base import json_nesting_exceeds
+from billing_portal.web import json_nesting_exceeds
 
 TRICKY_TEXT = st.text(alphabet='[]{}"\\ \x00é/u0', max_size=12)
 DOCUMENTS = st.recursive(

@@ -18,7 +18,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def _audited() -> list[tuple[str, str | None, str, str]]:
     return [
-        (row.action, row.operator_id and str(row.operator_id), row.operator_name, row.reason_code)
+        (
+            row.action,
+            None if row.operator_id is None else str(row.operator_id),
+            row.operator_name,
+            row.reason_code,
+        )
         for row in AuditLog.objects.order_by("pk")
     ]
 

@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "plans",
     "metering",
     "billing_portal",
+    "billing_portal.api",
     "billing_portal.invoicing",
     "billing_portal.stripe",
     "billing_portal.staff",

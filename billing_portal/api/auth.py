@@ -19,12 +19,9 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
+from billing_portal.api.models import ApiKeyRateWindow
 from plans.apikeys import api_key_authenticate
-from plans.models import (
-    ApiKey,
-    ApiKeyRateWindow,
-    ApiScope,
-)
+from plans.models import ApiKey, ApiScope
 
 # --- authentication, scopes, throttling -------------------------------------------------
 

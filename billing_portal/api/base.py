@@ -31,16 +31,14 @@ from billing_portal.api.idempotency import (
     idempotency_release,
     idempotency_settle,
 )
+from billing_portal.api.models import IdempotencyRecord
 from billing_portal.api.schema import ApiAutoSchema
 from billing_portal.web import (
     DATABASE_UNAVAILABLE_ERRORS,
     json_nesting_exceeds,
     json_too_deep_message,
 )
-from plans.models import (
-    ApiKey,
-    IdempotencyRecord,
-)
+from plans.models import ApiKey
 
 logger = logging.getLogger(__name__)
 

@@ -22,10 +22,8 @@ from billing_portal.api.errors import (
     REPLAYED_HEADER,
     ApiError,
 )
-from plans.models import (
-    ApiKey,
-    IdempotencyRecord,
-)
+from billing_portal.api.models import IdempotencyRecord
+from plans.models import ApiKey
 
 # --- idempotency ---------------------------------------------------------------------
 

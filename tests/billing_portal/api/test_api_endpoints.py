@@ -19,16 +19,11 @@ import requests
 from django.core.cache import cache
 from django.utils import timezone
 
+from billing_portal.api.models import IdempotencyRecord
 from ledger import services as ledger
 from ledger.models import CreditGrant, GrantStatus, LedgerEntry, LedgerOperation
 from plans.apikeys import api_key_create
-from plans.models import (
-    Customer,
-    IdempotencyRecord,
-    Subscription,
-    SubscriptionChange,
-    SubscriptionStatus,
-)
+from plans.models import Customer, Subscription, SubscriptionChange, SubscriptionStatus
 from plans.periods import add_months
 from plans.services import subscription_start
 from tests.plans.factories import customer, load_demo_catalog, plan

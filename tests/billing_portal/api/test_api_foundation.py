@@ -25,10 +25,11 @@ from rest_framework.response import Response
 from billing_portal.api.auth import request_api_key
 from billing_portal.api.base import BaseApiView
 from billing_portal.api.errors import IDEMPOTENCY_HEADER, ApiError
+from billing_portal.api.models import IdempotencyRecord
 from billing_portal.api.schema import error_responses
 from ledger.errors import HoldNotOpen
 from plans.apikeys import api_key_authenticate, api_key_create, api_key_revoke
-from plans.models import ApiKey, IdempotencyRecord, Meter
+from plans.models import ApiKey, Meter
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

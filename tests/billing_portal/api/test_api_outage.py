@@ -19,10 +19,10 @@ import requests
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
+from billing_portal.api.models import IdempotencyRecord
 from billing_portal.web import UNAVAILABLE_RETRY_AFTER_SECONDS
 from metering.models import MeterEvent
 from plans.apikeys import api_key_create
-from plans.models import IdempotencyRecord
 from plans.services import subscription_start
 from tests.billing_portal.api.server_support import DatabaseRelay, Server, gunicorn
 from tests.plans.factories import customer, load_demo_catalog, plan

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from billing_portal.api.models import ApiKeyRateWindow
 from plans.apikeys import api_key_create
-from plans.models import ApiKeyRateWindow
 from tests.billing_portal.api.server_support import gunicorn
 from tests.dburl import database_url_for_subprocess
 from tests.plans.factories import customer

@@ -285,12 +285,53 @@ class CancellationInline(ReadOnlyInline):
     readonly_fields = fields
 
 
+class RatingResultFilter(admin.SimpleListFilter):
+    """Accepted events by what rating made of them: unratable ones charge nothing."""
+
+    title = "rating"
+    parameter_name = "rating"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("rated", "rated"),
+            ("unratable", "unratable"),
+            ("canceled", "cancelled"),
+            ("waiting", "waiting to be rated"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "waiting":
+            return queryset.filter(rating__isnull=True)
+        if self.value():
+            return queryset.filter(rating__status=self.value())
+        return queryset
+
+
 @admin.register(MeterEvent)
 class MeterEventAdmin(ReadOnlyAdmin):
-    list_display = ["identifier", "customer", "event_name", "timestamp", "value", "workspace"]
-    list_filter = ["event_name"]
+    list_display = [
+        "identifier",
+        "customer",
+        "event_name",
+        "timestamp",
+        "value",
+        "workspace",
+        "rating_result",
+    ]
+    list_filter = [RatingResultFilter, "event_name"]
+    list_select_related = ["customer", "rating"]
     search_fields = ["identifier", "customer__external_id"]
-    readonly_fields = ["workflows"]
+    readonly_fields = ["workflows", "rating_result"]
+
+    @admin.display(description="rating")
+    def rating_result(self, obj: MeterEvent) -> str:
+        rating = getattr(obj, "rating", None)
+        if rating is None:
+            return "waiting to be rated"
+        if rating.error_code:
+            return f"{rating.status}: {rating.error_code} ({rating.error_message})"
+        return f"{rating.status}: {rating.credits.normalize():f} credits"
+
     inlines = [CancellationInline]
 
     def get_urls(self) -> list[URLPattern]:

@@ -99,3 +99,21 @@ def test_the_unmatched_report_counts_unratable_and_failing_events(
     assert "<td>acme</td><td><a href=" in body and ">no-rate</a>" in body  # each one, named
     assert "Failing to rate" in body
     assert "<td>acme</td><td>1</td><td>1</td>" in body  # one failing, one of them parked
+
+
+def test_the_event_list_shows_and_filters_what_rating_made_of_each_event(
+    acme: Customer, client_as: Callable[[str], Client]
+) -> None:
+    charged = make_event(acme, "charged")
+    unknown = make_event(acme, "no-rate")
+    EventRating.objects.filter(event=unknown).update(
+        status=RatingStatus.UNRATABLE,
+        error_code="no_rate_matches",
+        error_message="no rate matches model=tiny",
+    )
+    url = reverse("admin:metering_meterevent_changelist")
+    support = client_as("Support")
+    body = support.get(f"{url}?rating=unratable").content.decode()
+    assert "unratable: no_rate_matches (no rate matches model=tiny)" in body
+    assert ">charged<" not in body
+    assert charged.identifier in support.get(f"{url}?rating=rated").content.decode()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import ClassVar
 
 from django.db import transaction
 from django.shortcuts import get_object_or_404
@@ -209,8 +211,12 @@ class ReasonInput(serializers.Serializer):
     memo = serializers.CharField(required=False, default="", allow_blank=True)
 
 
-class CreditGrantVoidApi(BaseApiView):
+class _CreditGrantCloseApi(BaseApiView):
+    """Void or expire: the grant's credits left are written off, with a reason."""
+
     required_scope = "write"
+    close: ClassVar[Callable[..., CreditGrant]]
+    action: ClassVar[str]
 
     @extend_schema(
         request=ReasonInput,
@@ -221,27 +227,16 @@ class CreditGrantVoidApi(BaseApiView):
         data = ReasonInput(data=request.data)
         data.is_valid(raise_exception=True)
         with transaction.atomic():
-            grant = ledger.credit_grant_void(
-                grant=grant, actor=actor(request), **data.validated_data
-            )
-            _audit(request, AuditAction.GRANT_VOID, data.validated_data["reason"], grant)
+            grant = type(self).close(grant=grant, actor=actor(request), **data.validated_data)
+            _audit(request, self.action, data.validated_data["reason"], grant)
         return Response(CreditGrantOut(grant).data)
 
 
-class CreditGrantExpireApi(BaseApiView):
-    required_scope = "write"
+class CreditGrantVoidApi(_CreditGrantCloseApi):
+    close = ledger.credit_grant_void
+    action = AuditAction.GRANT_VOID
 
-    @extend_schema(
-        request=ReasonInput,
-        responses={200: CreditGrantOut, **error_responses(400, 401, 403, 404, 409)},
-    )
-    def post(self, request: Request, grant_id: str) -> Response:
-        grant = grant_or_404(grant_id)
-        data = ReasonInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        with transaction.atomic():
-            grant = ledger.credit_grant_expire(
-                grant=grant, actor=actor(request), **data.validated_data
-            )
-            _audit(request, AuditAction.GRANT_EXPIRE, data.validated_data["reason"], grant)
-        return Response(CreditGrantOut(grant).data)
+
+class CreditGrantExpireApi(_CreditGrantCloseApi):
+    close = ledger.credit_grant_expire
+    action = AuditAction.GRANT_EXPIRE

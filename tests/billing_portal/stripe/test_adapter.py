@@ -18,25 +18,9 @@ from billing_portal.stripe.adapter import (
     minor_units,
 )
 from plans.models import Customer
-from plans.services import subscription_start
 from tests.billing_portal.stripe import fake_stripe
+from tests.billing_portal.stripe.factories import period_invoice
 from tests.billing_portal.stripe.fake_stripe import FakeStripe
-from tests.billing_portal.stripe.test_sync import period_invoice
-from tests.plans.factories import customer, load_demo_catalog, plan
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, settings: Any) -> FakeStripe:
-    return fake_stripe.install(monkeypatch, settings)
-
-
-@pytest.fixture
-def acme(db: None) -> Customer:
-    load_demo_catalog()
-    acme = customer()
-    subscription_start(customer=acme, plan=plan("pro"), actor="t")
-    return acme
-
 
 # --- errors, amounts, configuration -----------------------------------------------------
 

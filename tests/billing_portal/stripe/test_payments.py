@@ -30,24 +30,16 @@ from ledger.errors import InvalidRequest
 from ledger.models import CreditGrant
 from plans.models import CreditPack, Customer
 from tests.billing_portal.invoicing.factories import assert_paid_once
-from tests.billing_portal.stripe import fake_stripe
-from tests.billing_portal.stripe.fake_stripe import WEBHOOK_SECRET, FakeStripe, deliver, event
+from tests.billing_portal.stripe.fake_stripe import FakeStripe, deliver, event
 from tests.plans.factories import customer, load_demo_catalog
 
-pytestmark = pytest.mark.urls("tests.billing_portal.stripe.fake_stripe")
+pytestmark = [
+    pytest.mark.urls("tests.billing_portal.stripe.fake_stripe"),
+    pytest.mark.usefixtures("webhook_secret"),
+]
 
 SUCCESS = "https://billing.example.com/portal/billing/?paid=1"
 CANCEL = "https://billing.example.com/portal/billing/"
-
-
-@pytest.fixture(autouse=True)
-def _webhook_secret(settings: Any) -> None:
-    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, settings: Any) -> FakeStripe:
-    return fake_stripe.install(monkeypatch, settings)
 
 
 @pytest.fixture

@@ -19,27 +19,13 @@ from billing_portal.invoicing.signals import invoice_issued, invoice_voided
 from billing_portal.stripe.tasks import credit_note_sync_task, invoice_sync_task
 from plans.models import CreditPack, Customer, SubscriptionPeriod
 from plans.services import subscription_start, subscriptions_renew_due
-from tests.billing_portal.stripe import fake_stripe
+from tests.billing_portal.stripe.factories import period_invoice
 from tests.billing_portal.stripe.fake_stripe import FakeStripe
-from tests.billing_portal.stripe.test_sync import period_invoice
 from tests.plans.factories import customer, load_demo_catalog, plan
 
 pytestmark = pytest.mark.django_db
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, settings: Any) -> FakeStripe:
-    return fake_stripe.install(monkeypatch, settings)
-
-
-@pytest.fixture
-def acme(db: None) -> Customer:
-    load_demo_catalog()
-    acme = customer()
-    subscription_start(customer=acme, plan=plan("pro"), actor="t")
-    return acme
 
 
 @pytest.fixture

@@ -13,89 +13,17 @@ from billing_portal.invoicing.models import (
     CreditNote,
     CreditNoteLine,
     Invoice,
-    InvoiceKind,
-    InvoiceLine,
     InvoiceStatus,
     SyncState,
 )
-from billing_portal.invoicing.services import invoice_number_next
 from billing_portal.stripe import adapter as stripe_adapter
 from billing_portal.stripe import sync
 from billing_portal.stripe.adapter import StripeGateway, StripeTemporaryError
 from billing_portal.stripe.tasks import credit_note_sync_task, invoice_sync_task
-from plans.models import Customer, SubscriptionPeriod
-from plans.services import subscription_start
+from plans.models import Customer
 from tests.billing_portal.stripe import fake_stripe
+from tests.billing_portal.stripe.factories import period_invoice
 from tests.billing_portal.stripe.fake_stripe import FakeStripe
-from tests.plans.factories import customer, load_demo_catalog, plan
-
-LINES = (
-    ("base_fee", "Pro plan", "49.00"),
-    ("included_usage", "Credits used from grants (prepaid or included)", "0.00"),
-    ("overage", "Usage beyond credits", "16.00"),
-)
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, settings: Any) -> FakeStripe:
-    return fake_stripe.install(monkeypatch, settings)
-
-
-@pytest.fixture
-def acme(db: None) -> Customer:
-    load_demo_catalog()
-    acme = customer()
-    subscription_start(customer=acme, plan=plan("pro"), actor="t")
-    return acme
-
-
-def period_invoice(owner: Customer, lines: tuple[tuple[str, str, str], ...] = LINES) -> Invoice:
-    """An open period invoice with these lines, as period close would have made it."""
-    period = _uninvoiced_period(owner)
-    total = sum((Decimal(amount) for _, _, amount in lines), Decimal(0))
-    with transaction.atomic():
-        invoice = Invoice.objects.create(
-            customer=owner,
-            kind=InvoiceKind.PERIOD,
-            period=period,
-            number=invoice_number_next(),
-            status=InvoiceStatus.OPEN,
-            currency="USD",
-            total=Decimal(total),
-            total_currency="USD",
-            period_start=period.start,
-            period_end=period.end,
-            issued_at=timezone.now(),
-        )
-        for kind, description, amount in lines:
-            InvoiceLine.objects.create(
-                invoice=invoice,
-                kind=kind,
-                description=description,
-                quantity=Decimal(1),
-                unit_amount=Decimal(amount),
-                unit_amount_currency="USD",
-                amount=Decimal(amount),
-                amount_currency="USD",
-                service_period_start=period.start,
-                service_period_end=period.end,
-            )
-    return invoice
-
-
-def _uninvoiced_period(owner: Customer) -> SubscriptionPeriod:
-    periods = SubscriptionPeriod.objects.filter(subscription__customer=owner).order_by("start")
-    free = periods.filter(invoice__isnull=True).first()
-    if free is not None:
-        return free
-    last = periods.last()
-    assert last is not None
-    return SubscriptionPeriod.objects.create(
-        subscription=last.subscription,
-        plan_version=last.plan_version,
-        start=last.end,
-        end=last.end + (last.end - last.start),
-    )
 
 
 def credit_note_for(

@@ -23,32 +23,13 @@ from billing_portal.invoicing.models import (
 from billing_portal.invoicing.purchases import purchase_create
 from billing_portal.stripe import sync
 from plans.models import CreditPack, Customer
-from tests.billing_portal.stripe import fake_stripe
-from tests.billing_portal.stripe.fake_stripe import WEBHOOK_SECRET, FakeStripe, deliver, event
-from tests.billing_portal.stripe.test_sync import period_invoice
-from tests.plans.factories import customer, load_demo_catalog, plan
+from tests.billing_portal.stripe.factories import period_invoice
+from tests.billing_portal.stripe.fake_stripe import FakeStripe, deliver, event
 
-pytestmark = pytest.mark.urls("tests.billing_portal.stripe.fake_stripe")
-
-
-@pytest.fixture(autouse=True)
-def _webhook_secret(settings: Any) -> None:
-    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch, settings: Any) -> FakeStripe:
-    return fake_stripe.install(monkeypatch, settings)
-
-
-@pytest.fixture
-def acme(db: None) -> Customer:
-    from plans.services import subscription_start
-
-    load_demo_catalog()
-    acme = customer()
-    subscription_start(customer=acme, plan=plan("pro"), actor="t")
-    return acme
+pytestmark = [
+    pytest.mark.urls("tests.billing_portal.stripe.fake_stripe"),
+    pytest.mark.usefixtures("webhook_secret"),
+]
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ urlpatterns = [
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("portal/", include("billing_portal.portal.urls")),
     path("api/v1/", include("billing_portal.api.urls")),
+    path("compat/", include("billing_portal.api.compat.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]

@@ -12,7 +12,10 @@ class MeterEvent(models.Model):
     """An accepted event exactly as it arrived. Never updated: rating writes elsewhere."""
 
     customer = models.ForeignKey("plans.Customer", on_delete=models.PROTECT, related_name="+")
-    identifier = models.CharField(max_length=255)
+    # The sender's identifier; for one part of an event that fed several meters,
+    # ``"<sender's identifier>#<meter code>"`` with the sender's in ``parent_identifier``.
+    identifier = models.CharField(max_length=330)
+    parent_identifier = models.CharField(max_length=255, null=True, blank=True)
     event_name = models.CharField(max_length=128)
     meter = models.ForeignKey("plans.Meter", on_delete=models.PROTECT, related_name="+")
     timestamp = models.DateTimeField()
@@ -34,6 +37,11 @@ class MeterEvent(models.Model):
         ]
         indexes = [
             models.Index(fields=["customer", "timestamp"], name="metering_event_customer_time"),
+            models.Index(
+                fields=["customer", "parent_identifier"],
+                condition=Q(parent_identifier__isnull=False),
+                name="metering_event_parts",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -32,12 +32,26 @@ class Aggregation(models.TextChoices):
 
 
 class Meter(models.Model):
+    """What is counted. Several meters may share an event name: one event carrying
+    ``properties`` (an LLM call's input, output and cached tokens) then feeds each of
+    them, every meter taking its value from its own ``value_property``."""
+
     code = models.SlugField(max_length=64, unique=True)
-    event_name = models.CharField(max_length=128, unique=True)
+    event_name = models.CharField(max_length=128, db_index=True)
     aggregation = models.CharField(max_length=8, choices=Aggregation.choices)
     unit = models.CharField(max_length=32)
     dimensions = ArrayField(models.CharField(max_length=64), default=list, blank=True)
+    # Where an event's ``properties`` hold this meter's value (a dotted path), and which
+    # properties become its dimensions (each named by its path's last part; empty: the
+    # meter's dimensions, read from properties of the same names).
+    value_property = models.CharField(max_length=128, default="value")
+    dimension_properties = ArrayField(models.CharField(max_length=128), default=list, blank=True)
+    display_name = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.code
 
     def __str__(self) -> str:
         return self.code
@@ -225,6 +239,9 @@ class SubscriptionStatus(models.TextChoices):
 
 class Subscription(models.Model):
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="subscriptions")
+    # The integrator's own id for it (Lago's external_subscription_id): events sent to
+    # the Lago-compatible endpoint name the subscription by it.
+    external_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
     plan_version = models.ForeignKey(
         PlanVersion, on_delete=models.PROTECT, related_name="subscriptions"
     )

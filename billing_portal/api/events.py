@@ -137,11 +137,17 @@ class EventsApi(BaseApiView):
         ),
     )
     def post(self, request: Request) -> Response:
-        events = events_from_body(request.body)
-        outcome = ingest.events_ingest(events=events)
-        if outcome.count("accepted"):
-            tasks.events_rate_pending.delay_on_commit()
+        outcome = events_accept(events_from_body(request.body))
         return Response(outcome.as_dict(), status=202)
+
+
+def events_accept(events: list[Any]) -> ingest.IngestOutcome:
+    """Store a batch of native events and wake rating: the one ingest path, which the
+    vendor-compatible endpoints (``billing_portal.api.compat``) translate into."""
+    outcome = ingest.events_ingest(events=events)
+    if outcome.count("accepted"):
+        tasks.events_rate_pending.delay_on_commit()
+    return outcome
 
 
 class EventCancelApi(BaseApiView):

@@ -16,22 +16,33 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 HOST = "127.0.0.1"  # every request goes here and nowhere else
 MODELS = (("large", "input"), ("large", "output"), ("small", "input"), ("small", "output"))
 AUTH_VALUE = 1000  # tokens per authorization estimate: 0.5 credits on the demo rate card
 
 
+JSON = "application/json"
+
+
 def http(
-    port: int, method: str, path: str, key: str, body: bytes | None = None, timeout: float = 60.0
+    port: int,
+    method: str,
+    path: str,
+    key: str,
+    body: bytes | None = None,
+    timeout: float = 60.0,
+    content_type: str = JSON,
 ) -> tuple[int, bytes]:
     """One request on a new connection, as gunicorn's sync workers serve them; status 0
     when the connection fails."""
     lines = [f"{method} {path} HTTP/1.0", f"Host: {HOST}:{port}", f"Authorization: Bearer {key}"]
     if body is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
     try:
         with socket.create_connection((HOST, port), timeout=timeout) as sock:
@@ -72,6 +83,158 @@ def events_body(
     return ('{"events":[' + ",".join(parts) + "]}").encode(), customer, identifier
 
 
+# --- the same usage, as each ingest path takes it -----------------------------------------
+
+Built = tuple[bytes, str, str]  # body, and the last event's customer and identifier
+_CALL = (
+    '{"identifier":"%s","event_name":"llm.call","customer":"%s","timestamp":"%s",'
+    '"properties":{"model":"%s","input_tokens":%d,"output_tokens":%d,"cached_tokens":%d}}'
+)
+_CLOUDEVENT = (
+    '{"specversion":"1.0","id":"%s","source":"bench","type":"llm.tokens","subject":"%s",'
+    '"time":"%s","data":{"value":%d,"model":"%s","token_type":"%s"}}'
+)
+_LAGO_EVENT = (
+    '{"transaction_id":"%s","external_customer_id":"%s","code":"llm.tokens","timestamp":%d,'
+    '"properties":{"value":%d,"model":"%s","token_type":"%s"}}'
+)
+
+
+def _usage(
+    customers: tuple[str, ...], batch: int, rng: random.Random
+) -> list[tuple[str, str, int, str, str]]:
+    """``batch`` new events: identifier, customer, value, model and token type."""
+    usage = []
+    for i in range(batch):
+        model, token = MODELS[i & 3]
+        identifier = f"{rng.getrandbits(128):032x}"
+        customer = customers[rng.randrange(len(customers))]
+        usage.append((identifier, customer, rng.randint(1, 4000), model, token))
+    return usage
+
+
+def _rfc3339_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def native_single_body(customers: tuple[str, ...], batch: int, rng: random.Random) -> Built:
+    """One native event object, not wrapped in ``events`` (``batch`` is 1)."""
+    identifier, customer, value, model, token = _usage(customers, 1, rng)[0]
+    body = _EVENT % (identifier, customer, _rfc3339_now(), value, model, token)
+    return body.encode(), customer, identifier
+
+
+def calls_body(customers: tuple[str, ...], batch: int, rng: random.Random) -> Built:
+    """Native ``llm.call`` events with ``properties``: each feeds three meters."""
+    stamp = _rfc3339_now()
+    usage = _usage(customers, batch, rng)
+    parts = [_CALL % (i, c, stamp, model, v, v // 7 + 1, v // 3) for i, c, v, model, _ in usage]
+    return ('{"events":[' + ",".join(parts) + "]}").encode(), usage[-1][1], usage[-1][0]
+
+
+def stripe_body(customers: tuple[str, ...], batch: int, rng: random.Random) -> Built:
+    """Stripe's meter event, form-encoded as stripe-python sends it (one per request)."""
+    identifier, customer, value, model, token = _usage(customers, 1, rng)[0]
+    form = {
+        "event_name": "llm.tokens",
+        "identifier": identifier,
+        "timestamp": str(int(time.time())),
+        "payload[stripe_customer_id]": customer,
+        "payload[value]": str(value),
+        "payload[model]": model,
+        "payload[token_type]": token,
+    }
+    return urlencode(form).encode(), customer, identifier
+
+
+def _cloudevents(customers: tuple[str, ...], batch: int, rng: random.Random) -> list[str]:
+    stamp = _rfc3339_now()
+    return [_CLOUDEVENT % (i, c, stamp, v, m, t) for i, c, v, m, t in _usage(customers, batch, rng)]
+
+
+def openmeter_batch_body(customers: tuple[str, ...], batch: int, rng: random.Random) -> Built:
+    """A CloudEvents batch (a JSON array), as the OpenMeter SDK sends it."""
+    return ("[" + ",".join(_cloudevents(customers, batch, rng)) + "]").encode(), "", ""
+
+
+def openmeter_single_body(customers: tuple[str, ...], batch: int, rng: random.Random) -> Built:
+    """One structured CloudEvent."""
+    return _cloudevents(customers, 1, rng)[0].encode(), "", ""
+
+
+def _lago_events(customers: tuple[str, ...], batch: int, rng: random.Random) -> list[str]:
+    stamp = int(time.time())
+    return [_LAGO_EVENT % (i, c, stamp, v, m, t) for i, c, v, m, t in _usage(customers, batch, rng)]
+
+
+def lago_batch_body(customers: tuple[str, ...], batch: int, rng: random.Random) -> Built:
+    return ('{"events":[' + ",".join(_lago_events(customers, batch, rng)) + "]}").encode(), "", ""
+
+
+def lago_single_body(customers: tuple[str, ...], batch: int, rng: random.Random) -> Built:
+    return ('{"event":' + _lago_events(customers, 1, rng)[0] + "}").encode(), "", ""
+
+
+def _native_accepted(payload: bytes, batch: int) -> int:
+    found = _COUNTS.search(payload, 0, 200)
+    return int(found[1]) if found else 0
+
+
+def _stripe_accepted(payload: bytes, batch: int) -> int:
+    return 1 if b'"billing.meter_event"' in payload else 0
+
+
+def _all_accepted(payload: bytes, batch: int) -> int:
+    """204 without a body: OpenMeter's answer when no event was rejected."""
+    return batch
+
+
+def _lago_accepted(payload: bytes, batch: int) -> int:
+    """Lago echoes every stored event (a batch's, or the single ``event``)."""
+    return payload.count(b'"transaction_id"')
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ingest path: where it is, what it is sent, and what it answers on success."""
+
+    path: str
+    build: Callable[[tuple[str, ...], int, random.Random], Built]
+    status: int
+    accepted: Callable[[bytes, int], int]  # events stored, read from a successful answer
+    content_type: str = JSON
+
+
+ROUTES = {
+    "native": Route("/api/v1/events", events_body, 202, _native_accepted),
+    "native-single": Route("/api/v1/events", native_single_body, 202, _native_accepted),
+    "native-calls": Route("/api/v1/events", calls_body, 202, _native_accepted),
+    "stripe": Route(
+        "/compat/stripe/v1/billing/meter_events",
+        stripe_body,
+        200,
+        _stripe_accepted,
+        "application/x-www-form-urlencoded",
+    ),
+    "openmeter-batch": Route(
+        "/compat/openmeter/api/v1/events",
+        openmeter_batch_body,
+        204,
+        _all_accepted,
+        "application/cloudevents-batch+json",
+    ),
+    "openmeter-single": Route(
+        "/compat/openmeter/api/v1/events",
+        openmeter_single_body,
+        204,
+        _all_accepted,
+        "application/cloudevents+json",
+    ),
+    "lago-batch": Route("/compat/lago/api/v1/events/batch", lago_batch_body, 200, _lago_accepted),
+    "lago-single": Route("/compat/lago/api/v1/events", lago_single_body, 200, _lago_accepted),
+}
+
+
 @dataclass(frozen=True)
 class Job:
     """What one client process does in one run, with ``threads`` clients of its own."""
@@ -91,6 +254,11 @@ class Job:
     sample: bool = False  # report the last event of every request, for the lag figure
     value: int = AUTH_VALUE
     tag: str = ""
+    route: str = "native"  # ingest: which path of ROUTES, and so the body and its type
+
+    @property
+    def content_type(self) -> str:
+        return ROUTES[self.route].content_type if self.kind == "ingest" else JSON
 
     @property
     def window(self) -> tuple[float, float]:
@@ -132,8 +300,9 @@ def _request(
     job: Job, client: int, n: int, rng: random.Random
 ) -> tuple[str, str, bytes | None, tuple[str, str] | None]:
     if job.kind == "ingest":
-        body, customer, identifier = events_body(job.customers, job.batch, rng)
-        return "POST", "/api/v1/events", body, (customer, identifier)
+        route = ROUTES[job.route]
+        body, customer, identifier = route.build(job.customers, job.batch, rng)
+        return "POST", route.path, body, (customer, identifier)
     if job.kind == "auth":
         identifier = f"{job.tag}-{client}-{n}"
         body = (AUTHORIZATION % (job.customers[0], identifier, job.value)).encode()
@@ -143,13 +312,13 @@ def _request(
 
 def _account(job: Job, status: int, payload: bytes, result: LoadResult) -> int:
     """Count the answer; return the events it accepted (ingest) or 1 (others), 0 on failure."""
-    expected = 202 if job.kind == "ingest" else 200
+    route = ROUTES[job.route] if job.kind == "ingest" else None
+    expected = route.status if route else 200
     if status != expected:
         result.failures[str(status)] += 1
         return 0
-    if job.kind == "ingest":
-        found = _COUNTS.search(payload, 0, 200)
-        accepted = int(found[1]) if found else 0
+    if route:
+        accepted = route.accepted(payload, job.batch)
         result.accepted_total += accepted
         result.not_accepted += job.batch - accepted
         return accepted
@@ -185,7 +354,7 @@ def _send(
     method, path, body, sample = _request(job, client, n, rng)
     began = time.time()
     started = time.perf_counter()
-    status, payload = http(job.port, method, path, job.key, body)
+    status, payload = http(job.port, method, path, job.key, body, content_type=job.content_type)
     elapsed = time.perf_counter() - started
     result.sent += 1
     counted = _account(job, status, payload, result)

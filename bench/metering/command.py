@@ -11,16 +11,18 @@ import time
 from collections.abc import Callable
 
 from bench import env, options, report
-from bench.metering import auth, ingest, lag, rating
+from bench.metering import auth, compat, ingest, lag, rating
 from bench.metering.analysis import analysis_text
 from bench.metering.clients import HOST, ClientPool
 from bench.metering.context import Context
 from bench.metering.cpu import CpuMeter
 from bench.metering.data import create_data, postgres_pids
-from bench.metering.docs import markdown
+from bench.metering.docs import compat_markdown, markdown, reserve_section
 from bench.metering.results import Results, verdict_line
 from bench.metering.stack import Broker, Services, pick_broker
 
+FIGURES = ("ingest", "compat", "lag", "auth")
+METERING_FIGURES = {"ingest", "lag", "auth"}  # the "metering" section; compat has its own
 DEFAULT_LEVELS = (10_000, 100_000, 1_000_000)
 QUICK_LEVELS = (10_000, 100_000)
 QUICK = {
@@ -66,11 +68,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backlog", type=int, help="events queued to time rating (40000)")
     parser.add_argument("--auth-clients", type=int, default=32, help="concurrent clients (32)")
     parser.add_argument("--auth-duration", type=float, help="measured seconds per phase (5)")
+    parser.add_argument(
+        "--compat-clients",
+        type=int,
+        default=8,
+        help="concurrent clients per ingest path in the compat figure (8)",
+    )
     _add_service_arguments(parser)
     parser.add_argument(
         "--only",
-        default="ingest,lag,auth",
-        help="figures to measure, comma-separated: ingest,lag,auth",
+        default=",".join(FIGURES),
+        help=f"figures to measure, comma-separated: {','.join(FIGURES)}",
     )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--profile-requests", type=int)
@@ -105,6 +113,9 @@ def _fill_defaults(args: argparse.Namespace) -> None:
             setattr(args, name, value)
     args.levels = sorted(args.levels)
     args.figures = {f.strip() for f in args.only.split(",") if f.strip()}
+    unknown = args.figures - set(FIGURES)
+    if unknown or not args.figures:
+        raise SystemExit(f"--only: choose among {','.join(FIGURES)} (not {args.only!r})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,6 +173,8 @@ def _measure(ctx: Context, res: Results) -> None:
     figures = ctx.args.figures
     if "ingest" in figures:
         ingest.run_figure(ctx, res)
+    if "compat" in figures:
+        compat.run_figure(ctx, res)
     if "lag" in figures:
         rating.run_figure(ctx, res)
         lag.run_figure(ctx, res)
@@ -184,10 +197,24 @@ def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
         if not ctx.problems:
             ctx.services.drop_logs()
     res.elapsed = time.monotonic() - started
-    return report.finish(
-        "metering",
-        verdict_line(res),
-        res.problems,
-        lambda: markdown(res, args, analysis_text(res, args)),
-        write=not args.no_docs,
-    )
+    return _finish(res, args)
+
+
+def _finish(res: Results, args: argparse.Namespace) -> int:
+    """The verdict, and the sections of the figures measured: the metering section (the
+    figures ingest, lag and auth) and the compat figure's own, each written only when its
+    figures ran, so ``--only compat`` leaves the other figures' section as it was."""
+    sections: list[tuple[str, Callable[[], str]]] = []
+    if args.figures & METERING_FIGURES:
+        sections.append(("metering", lambda: markdown(res, args, analysis_text(res, args))))
+    if "compat" in args.figures:
+        if not args.no_docs:
+            reserve_section(compat.SECTION, after="metering")
+        sections.append((compat.SECTION, lambda: compat_markdown(res, args)))
+    (key, body), *others = sections
+    status = report.finish(key, verdict_line(res), res.problems, body, write=not args.no_docs)
+    for key, body in others:
+        if not args.no_docs:
+            path = report.write_section(key, body())
+            print(f"{key}: results written to {path.relative_to(env.ROOT)}")
+    return status

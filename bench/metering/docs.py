@@ -4,14 +4,15 @@ tables, the checks, and why each figure lands where it does."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from bench.metering import auth, ingest, lag, memory
+from bench import report
+from bench.metering import auth, compat, ingest, lag, memory
 from bench.metering.results import Results
 from bench.stats import median, spread
 
 
 def _header(res: Results, args: argparse.Namespace) -> list[str]:
-    m = res.machine
     return [
         "## Metering over HTTP: ingest, accepted -> balance, authorizations",
         "",
@@ -20,14 +21,29 @@ def _header(res: Results, args: argparse.Namespace) -> list[str]:
         "accepted -> reflected in `GET .../balance` p99 under 2 s while ingesting 5,000 "
         "events/s; `POST /api/v1/authorizations` on one hot customer with 32 concurrent "
         "clients at least half the rate of a trivial DRF GET served by the same server in "
-        "the same run, zero overdraw.",
+        "the same run, zero overdraw. The vendor-compatible ingest paths are measured "
+        "next to the native one in their own section below.",
         "",
+        *_facts(res, args),
+    ]
+
+
+def _facts(res: Results, args: argparse.Namespace, cpu_table: bool = True) -> list[str]:
+    """When, where and how the run was made: the machine, the command and the services."""
+    m = res.machine
+    shared = (
+        "the `others` column below is CPU that no process of this benchmark used"
+        if cpu_table
+        else "hence ratios within a run"
+    )
+    make_args = "metering" if cpu_table else "'metering --only compat'"
+    return [
         f"- Date: {m.date}",
         f"- Machine: {m.describe()}",
         f"- Load average (1 min) at the start of the measured runs: median "
         f"{median(res.loads):.1f}, {spread(res.loads, '{:.1f}')} (the machine is shared: "
-        "the `others` column below is CPU that no process of this benchmark used)",
-        f"- Command: `{args.command_line}` (or `make bench BENCH_ARGS=metering`); "
+        f"{shared})",
+        f"- Command: `{args.command_line}` (or `make bench BENCH_ARGS={make_args}`); "
         f"{res.elapsed / 60:.1f} minutes",
         f"- Services, started by the benchmark on its own database and stopped at the end: "
         f"`gunicorn billing_portal.wsgi --workers {args.web_workers} --threads "
@@ -55,6 +71,37 @@ def _checked(problems: list[str]) -> list[str]:
             else f"**{len(problems)} problems**: {'; '.join(problems[:5])}"
         ),
     ]
+
+
+def compat_markdown(res: Results, args: argparse.Namespace) -> str:
+    """The vendor-compatible paths' own section: writing it alone (``--only compat``)
+    leaves the other figures' section as it was."""
+    lines = [
+        "## Metering over HTTP: vendor-compatible ingest next to the native one",
+        "",
+        "Target: each vendor-compatible ingest path (Stripe meter events, OpenMeter "
+        "CloudEvents, Lago events, all under `/compat/<vendor>/` and translated into the one "
+        f"native ingest) at least {compat.COMPAT_TARGET}x the native `POST /api/v1/events` "
+        "rate at the same batch size, measured in the same run; the native `llm.call` "
+        "events with `properties` (one event, three meters) are shown against native plain "
+        "events the same way.",
+        "",
+        *_facts(res, args, cpu_table=False),
+        *compat.section(res, args),
+        *_checked(res.problems),
+    ]
+    return "\n".join(lines)
+
+
+def reserve_section(key: str, after: str, path: Path = report.DOC) -> None:
+    """Put ``key``'s (empty) markers right after the ``after`` section, when ``key`` has
+    none yet, so that its first writing lands there rather than at the end."""
+    start, end = (f"<!-- bench:{key}:{edge} -->" for edge in ("start", "end"))
+    after_end = f"<!-- bench:{after}:end -->"
+    text = path.read_text() if path.exists() else ""
+    if start in text or after_end not in text:
+        return
+    path.write_text(text.replace(after_end, f"{after_end}\n\n{start}\n{end}", 1))
 
 
 def markdown(res: Results, args: argparse.Namespace, analysis: list[str]) -> str:

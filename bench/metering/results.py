@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from bench import env
-from bench.metering import auth, ingest, lag
+from bench.metering import auth, compat, ingest, lag
 from bench.metering.auth import AuthRound, Exhaustion
+from bench.metering.compat import Compat
 from bench.metering.db_paths import DbPath
 from bench.metering.ingest import Level
 from bench.metering.lag import BalanceCost, LagRun
@@ -26,6 +27,7 @@ class Results:
     levels: list[Level] = field(default_factory=list)
     ingest_profile: RequestProfile | None = None
     paths: list[DbPath] = field(default_factory=list)
+    compat: Compat | None = None
     drain: Drain | None = None
     lags: list[LagRun] = field(default_factory=list)
     balance: BalanceCost | None = None
@@ -55,6 +57,8 @@ def verdict_line(res: Results) -> str:
     parts = []
     if res.levels:
         parts.append(ingest.verdict(res))
+    if res.compat:
+        parts.append(compat.verdict(res))
     if res.lags:
         parts.append(lag.verdict(res))
     if res.rounds:

@@ -248,6 +248,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Meter events, real-time authorizations, credits, invoices.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Operation ids are named from the path after /api/, also now that /compat/ paths
+    # exist beside it (they name their own ids).
+    "SCHEMA_PATH_PREFIX": r"^/api/",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

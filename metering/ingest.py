@@ -4,6 +4,13 @@ Validation is plain Python over the decoded JSON rather than a serializer per ev
 runs a few microseconds an event, and each event gets its own precise rejection code.
 Accepted events are written with one INSERT ... ON CONFLICT per batch, which also
 enqueues them for rating in the same statement.
+
+An event feeds every meter its ``event_name`` names (or the one ``meter`` it names).
+With ``properties`` each meter reads its value and dimensions from them, so one LLM call
+carrying input, output and cached tokens is one event. An event that feeds several
+meters is stored as one part per meter, identified ``<identifier>#<meter code>`` and
+linked by ``parent_identifier``; its parts are accepted, refused or found duplicate
+together, in one statement, and each is rated exactly once.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import psycopg
@@ -31,8 +38,18 @@ from plans.models import MAX_EVENT_VALUE, Customer, Meter
 MAX_EVENTS = 1000
 IDENTIFIER = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 VALUE_QUANTUM = CREDIT_QUANTUM  # values carry the same six places as credits
-REQUIRED = ("identifier", "event_name", "customer", "timestamp", "value")
-KNOWN_FIELDS = {*REQUIRED, "dimensions", "workspace", "authorization"}
+REQUIRED = ("identifier", "customer", "timestamp")
+KNOWN_FIELDS = {
+    *REQUIRED,
+    "event_name",
+    "meter",
+    "value",
+    "dimensions",
+    "properties",
+    "workspace",
+    "authorization",
+}
+PART_SEPARATOR = "#"
 
 # Sorted keys: the same dimensions in another order are the same content.
 _encoder = msgspec.json.Encoder(order="sorted")
@@ -58,6 +75,7 @@ class Row:
     workspace: str | None
     authorization_id: int | None
     content_hash: str
+    parent_identifier: str | None = None
 
 
 @dataclass
@@ -66,6 +84,7 @@ class Result:
     identifier: str | None
     status: str
     error: Rejection | None = None
+    meters: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -73,6 +92,8 @@ class Result:
             "identifier": self.identifier,
             "status": self.status,
         }
+        if self.meters is not None and self.status == "accepted":
+            out["meters"] = self.meters
         if self.error is not None:
             out["error"] = {
                 "code": self.error.code,
@@ -114,7 +135,11 @@ class _Lookups:
         self.customers = {
             c.external_id: c for c in Customer.objects.filter(external_id__in=external_ids)
         }
-        self.meters = {m.event_name: m for m in Meter.objects.all()}
+        self.meters_by_code: dict[str, Meter] = {}
+        self.meters: dict[str, list[Meter]] = {}
+        for meter in Meter.objects.order_by("code"):
+            self.meters_by_code[meter.code] = meter
+            self.meters.setdefault(meter.event_name, []).append(meter)
         auth_ids = {i for i in (_int(e.get("authorization")) for e in dicts) if i is not None}
         self.authorizations = dict(
             Authorization.objects.filter(pk__in=auth_ids, hold__isnull=False).values_list(
@@ -135,12 +160,17 @@ def _reject(code: str, message: str, param: str | None = None) -> Rejection:
     return Rejection(code, message, param)
 
 
-def validate(index: int, event: Any, lookups: _Lookups, now: datetime) -> Row | Rejection:
+def validate(index: int, event: Any, lookups: _Lookups, now: datetime) -> list[Row] | Rejection:
+    """The event's rows (one per meter it feeds), or why it is refused."""
     if not isinstance(event, dict):
         return _reject("missing_field", "each event must be a JSON object")
     for name in REQUIRED:
         if event.get(name) is None:
             return _reject("missing_field", f"{name} is required", name)
+    if event.get("event_name") is None and event.get("meter") is None:
+        return _reject("missing_field", "event_name is required", "event_name")
+    if event.get("properties") is None and event.get("value") is None:
+        return _reject("missing_field", "value (or properties) is required", "value")
     unknown = set(event) - KNOWN_FIELDS
     if unknown:
         name = sorted(unknown)[0]
@@ -165,17 +195,49 @@ def validate(index: int, event: Any, lookups: _Lookups, now: datetime) -> Row | 
             f"no customer with external_id {event['customer']!r}; create it first",
             "customer",
         )
-    meter = (
-        lookups.meters.get(event["event_name"]) if isinstance(event["event_name"], str) else None
-    )
-    if meter is None:
+    meters = _meters_fed(event, lookups)
+    if isinstance(meters, Rejection):
+        return meters
+    return _validate_content(index, event, identifier, customer, meters, lookups, now)
+
+
+def _meters_fed(event: dict[str, Any], lookups: _Lookups) -> list[Meter] | Rejection:
+    name, code = event.get("event_name"), event.get("meter")
+    if code is not None:
+        meter = lookups.meters_by_code.get(code) if isinstance(code, str) else None
+        if meter is None:
+            return _reject(
+                "unknown_meter",
+                f"no meter with code {code!r}; known: "
+                f"{', '.join(sorted(lookups.meters_by_code)) or 'none'}",
+                "meter",
+            )
+        if name is not None and name != meter.event_name:
+            return _reject(
+                "invalid_request",
+                f"meter {code!r} is fed by events named {meter.event_name!r}, not {name!r}",
+                "event_name",
+            )
+        return [meter]
+    meters = lookups.meters.get(name) if isinstance(name, str) else None
+    if not meters:
         return _reject(
             "unknown_event_name",
-            f"no meter is fed by events named {event['event_name']!r}; "
+            f"no meter is fed by events named {name!r}; "
             f"known: {', '.join(sorted(lookups.meters)) or 'none'}",
             "event_name",
         )
-    return _validate_content(index, event, identifier, customer, meter, lookups, now)
+    return meters
+
+
+class _Common(NamedTuple):
+    """What every row of one event shares."""
+
+    identifier: str
+    customer: Customer
+    timestamp: datetime
+    workspace: str | None
+    authorization_id: int | None
 
 
 def _validate_content(
@@ -183,16 +245,10 @@ def _validate_content(
     event: dict[str, Any],
     identifier: str,
     customer: Customer,
-    meter: Meter,
+    meters: list[Meter],
     lookups: _Lookups,
     now: datetime,
-) -> Row | Rejection:
-    value = _value(event["value"])
-    if isinstance(value, Rejection):
-        return value
-    dimensions = _dimensions(event.get("dimensions"), meter)
-    if isinstance(dimensions, Rejection):
-        return dimensions
+) -> list[Row] | Rejection:
     timestamp = _timestamp(event["timestamp"], now)
     if isinstance(timestamp, Rejection):
         return timestamp
@@ -210,22 +266,152 @@ def _validate_content(
                 f"no authorization {event['authorization']!r} with a hold for this customer",
                 "authorization",
             )
+        if len(meters) > 1:
+            return _reject(
+                "invalid_request",
+                f"an authorization is captured by an event of one meter; this one feeds "
+                f"{', '.join(m.code for m in meters)}: name the meter (meter)",
+                "authorization",
+            )
+    common = _Common(identifier, customer, timestamp, workspace, authorization_id)
+    if event.get("properties") is not None:
+        return _rows_from_properties(index, event, meters, common)
+    if len(meters) > 1:
+        # A plain event naming an event_name several meters share: its value and
+        # dimensions are its properties.
+        dimensions = event.get("dimensions")
+        if dimensions is not None and not isinstance(dimensions, dict):
+            return _reject(
+                "invalid_dimensions", "dimensions must be an object of string values", "dimensions"
+            )
+        properties = {**(dimensions or {}), "value": event["value"]}
+        return _rows_from_properties(index, {**event, "properties": properties}, meters, common)
+    return _row_from_value(index, event, meters[0], common)
+
+
+def _row_from_value(
+    index: int, event: dict[str, Any], meter: Meter, common: _Common
+) -> list[Row] | Rejection:
+    value = _value(event["value"])
+    if isinstance(value, Rejection):
+        return value
+    dimensions = _dimensions(event.get("dimensions"), meter)
+    if isinstance(dimensions, Rejection):
+        return dimensions
+    return [_row(index, meter, common, value, dimensions, None)]
+
+
+def _rows_from_properties(
+    index: int, event: dict[str, Any], meters: list[Meter], common: _Common
+) -> list[Row] | Rejection:
+    properties = event["properties"]
+    if not isinstance(properties, dict):
+        return _reject("invalid_request", "properties must be a JSON object", "properties")
+    if event.get("value") is not None or event.get("dimensions") is not None:
+        return _reject(
+            "invalid_request",
+            "send either properties, or value with dimensions; not both",
+            "properties",
+        )
+    rows = []
+    several = len(meters) > 1
+    for meter in meters:
+        value = _property_value(properties, meter.value_property)
+        if isinstance(value, Rejection):
+            return value
+        dimensions = _property_dimensions(properties, meter)
+        if isinstance(dimensions, Rejection):
+            return dimensions
+        rows.append(
+            _row(index, meter, common, value, dimensions, common.identifier if several else None)
+        )
+    return rows
+
+
+def _row(
+    index: int,
+    meter: Meter,
+    common: _Common,
+    value: Decimal,
+    dimensions: dict[str, str],
+    parent: str | None,
+) -> Row:
+    identifier = common.identifier
+    if parent is not None:
+        identifier = f"{parent}{PART_SEPARATOR}{meter.code}"
     digest = _content_hash(
-        meter.event_name, timestamp, value, dimensions, workspace, authorization_id
+        meter.event_name,
+        common.timestamp,
+        value,
+        dimensions,
+        common.workspace,
+        common.authorization_id,
     )
     return Row(
         index,
         identifier,
-        customer,
+        common.customer,
         meter,
         meter.event_name,
-        timestamp,
+        common.timestamp,
         value,
         dimensions,
-        workspace,
-        authorization_id,
+        common.workspace,
+        common.authorization_id,
         digest,
+        parent,
     )
+
+
+_MISSING = object()
+
+
+def _property(properties: dict[str, Any], path: str) -> Any:
+    """The property at a dotted path (``usage.input_tokens``), or ``_MISSING``."""
+    found: Any = properties
+    for part in path.split("."):
+        if not isinstance(found, dict) or part not in found:
+            return _MISSING
+        found = found[part]
+    return _MISSING if found is None else found
+
+
+def _property_value(properties: dict[str, Any], path: str) -> Decimal | Rejection:
+    raw = _property(properties, path)
+    if raw is _MISSING:
+        return _reject(
+            "missing_property",
+            f"properties has no {path!r}, where this event's meter reads its value",
+            path,
+        )
+    value = _value(raw)
+    if isinstance(value, Rejection):
+        return Rejection(value.code, f"properties.{path}: {value.message}", path)
+    return value
+
+
+def _property_dimensions(properties: dict[str, Any], meter: Meter) -> dict[str, str] | Rejection:
+    dimensions = {}
+    for path in meter.dimension_properties or meter.dimensions:
+        raw = _property(properties, path)
+        if raw is _MISSING:
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, Decimal)):
+            return _reject(
+                "invalid_dimensions",
+                f"properties.{path} is a dimension of meter {meter.code!r}: "
+                "give a string or a number",
+                path,
+            )
+        text = raw if isinstance(raw, str) else str(raw)
+        if not _clean_text(text, 128):
+            return _reject(
+                "invalid_dimensions",
+                f"properties.{path} must be at most 128 characters",
+                path,
+            )
+        dimensions[path.rsplit(".", 1)[-1]] = text
+    return dimensions
 
 
 def _clean_text(value: Any, limit: int) -> bool:
@@ -357,16 +543,16 @@ _INSERT = """
 WITH rows AS (
     SELECT * FROM unnest(
         %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::timestamptz[],
-        %b::numeric[], %b::text[], %b::text[], %b::bigint[], %b::text[]
+        %b::numeric[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[]
     ) AS t(customer_id, identifier, event_name, meter_id, ts, value, dimensions, workspace,
-           authorization_id, content_hash)
+           authorization_id, content_hash, parent_identifier)
 ), inserted AS (
     INSERT INTO metering_meterevent (
         customer_id, identifier, event_name, meter_id, timestamp, value, dimensions,
-        workspace, authorization_id, content_hash, received_at
+        workspace, authorization_id, content_hash, received_at, parent_identifier
     )
     SELECT customer_id, identifier, event_name, meter_id, ts, value, dimensions::jsonb,
-           workspace, authorization_id, content_hash, %b
+           workspace, authorization_id, content_hash, %b, parent_identifier
     FROM rows
     ON CONFLICT (customer_id, identifier) DO NOTHING
     RETURNING id, customer_id, identifier
@@ -395,15 +581,19 @@ def events_ingest(*, events: Sequence[Any], now: datetime | None = None) -> Inge
         if isinstance(checked, Rejection):
             outcome.results.append(Result(index, _identifier_of(event), "rejected", checked))
             continue
-        key = (checked.customer.pk, checked.identifier)
+        first = checked[0]
+        identifier = first.parent_identifier or first.identifier
+        # A repeat within the batch compares the whole event: every part's content.
+        key, digest = (first.customer.pk, identifier), "".join(r.content_hash for r in checked)
         earlier = seen.get(key)
         if earlier is not None:
-            status = _repeat_status(earlier, checked.content_hash)
-            outcome.results.append(Result(index, checked.identifier, status.status, status.error))
+            status = _repeat_status(earlier, digest)
+            outcome.results.append(Result(index, identifier, status.status, status.error))
             continue
-        seen[key] = checked.content_hash
-        rows.append(checked)
-        outcome.results.append(Result(index, checked.identifier, "accepted"))
+        seen[key] = digest
+        rows.extend(checked)
+        meters = [r.meter.code for r in checked]
+        outcome.results.append(Result(index, identifier, "accepted", meters=meters))
     with transaction.atomic():
         stored = _insert(rows, now)
         _classify_existing(rows, stored, outcome)
@@ -449,6 +639,7 @@ def _insert(rows: list[Row], now: datetime) -> set[tuple[int, str]]:
         [r.workspace for r in rows],
         [r.authorization_id for r in rows],
         [r.content_hash for r in rows],
+        [r.parent_identifier for r in rows],
     )
     connection.ensure_connection()
     # A server-side-binding cursor: Django's default client-side binding renders the
@@ -470,10 +661,18 @@ def _classify_existing(
             _EXISTING, [[r.customer.pk for r in skipped], [r.identifier for r in skipped]]
         )
         existing = {(c, i): h for c, i, h in cursor.fetchall()}
+    # The parts of one event are all new (accepted), or all there already: a duplicate
+    # when every part has the content stored, a conflict when any differs. Parts new
+    # beside stored ones mean a meter was added for the event name since: the new
+    # parts are charged and the event counts as accepted.
+    new_parts = {r.index for r in rows if (r.customer.pk, r.identifier) in stored}
     for row in skipped:
         status = _repeat_status(existing[(row.customer.pk, row.identifier)], row.content_hash)
         result = outcome.results[row.index]
-        result.status, result.error = status.status, status.error
+        if status.error is not None:
+            result.status, result.error = status.status, status.error
+        elif row.index not in new_parts and result.error is None:
+            result.status = status.status
 
 
 def _store_rejections(events: Sequence[Any], outcome: IngestOutcome, now: datetime) -> None:

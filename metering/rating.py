@@ -77,7 +77,7 @@ class _Event(NamedTuple):
     """One claimed event, as ``_CLAIM_SQL`` returns it."""
 
     id: int
-    event_name: str
+    meter_id: int
     timestamp: datetime
     value: Decimal
     dimensions: str  # the jsonb's text: decoded once per distinct value (see _Dimensions)
@@ -107,7 +107,7 @@ WITH claimed AS MATERIALIZED (
 DELETE FROM metering_ratingqueue q
 USING claimed, metering_meterevent e
 WHERE q.event_id = claimed.event_id AND e.id = q.event_id
-RETURNING e.id, e.event_name, e.timestamp, e.value, e.dimensions::text, e.workspace,
+RETURNING e.id, e.meter_id, e.timestamp, e.value, e.dimensions::text, e.workspace,
           e.authorization_id
 """
 
@@ -356,12 +356,12 @@ class _Rater:
     ) -> Rated:
         card = period.plan_version.rate_card_id
         version = self.table.version_at(card, event.timestamp)
-        key = (card, version.pk if version else None, event.event_name, dims_key, event.value)
+        key = (card, version.pk if version else None, event.meter_id, dims_key, event.value)
         rated = self._rated.get(key)
         if rated is None:
             rated = self._rated[key] = self.table.rate(
                 rate_card_id=card,
-                event_name=event.event_name,
+                meter_id=event.meter_id,
                 value=event.value,
                 dimensions=dimensions,
                 at=event.timestamp,

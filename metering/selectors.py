@@ -256,6 +256,11 @@ def event_for(*, customer: Customer, identifier: str) -> MeterEvent | None:
     return events_for(customer=customer).filter(identifier=identifier).first()
 
 
+def event_parts_for(*, customer: Customer, identifier: str) -> list[MeterEvent]:
+    """The parts of an event sent as ``identifier`` that fed several meters."""
+    return list(events_for(customer=customer).filter(parent_identifier=identifier).order_by("pk"))
+
+
 class RatingState(StrEnum):
     PENDING = "pending"  # queued, not tried yet
     FAILING = "failing"  # queued, failed, to be tried again after a back-off

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from ledger import services as ledger
@@ -218,7 +218,8 @@ def _price(
             at=now,
         )
     except RatingError as error:
-        param = "event_name" if error.code == "unknown_event_name" else "dimensions"
+        names_meter = error.code in ("unknown_event_name", "event_name_feeds_several_meters")
+        param = "event_name" if names_meter else "dimensions"
         raise MeteringError(error.code, error.message, param) from error
     except InvalidOperation as error:  # more credits than Decimal's 28 digits hold
         raise _estimate_too_large(request.value) from error
@@ -476,44 +477,82 @@ def authorization_release(*, authorization: Authorization, actor: str) -> Author
 def event_cancel(
     *, customer: Customer, identifier: str, reason: str, actor: str
 ) -> EventCancellation:
-    """Reverse an event's debit while its period is open (a meter-event adjustment)."""
-    event = (
-        MeterEvent.objects.filter(customer=customer, identifier=identifier)
+    """Reverse an event's debit while its period is open (a meter-event adjustment).
+
+    An event that fed several meters is cancelled whole: every part, or none."""
+    events = list(
+        MeterEvent.objects.filter(
+            Q(identifier=identifier) | Q(parent_identifier=identifier), customer=customer
+        )
         .select_related("meter")
-        .first()
+        .order_by("pk")
     )
-    if event is None:
+    if not events:
         raise MeteringNotFound(
             "event_not_found", f"no event {identifier!r} for this customer", "identifier"
         )
-    if RatingQueue.objects.filter(event=event).exists():
-        events_rate_for_customer(customer_id=customer.pk)  # rate it first: then reverse it
+    if RatingQueue.objects.filter(event__in=events).exists():
+        events_rate_for_customer(customer_id=customer.pk)  # rate them first: then reverse
     with transaction.atomic():
         # Still queued: it failed to rate (or is parked). Taking its queue row first keeps
         # rating's lock order (queue row, then account) and keeps a worker off it.
-        unrated = RatingQueue.objects.filter(event=event).select_for_update().exists()
+        unrated = set(
+            RatingQueue.objects.filter(event__in=events)
+            .select_for_update()
+            .values_list("event_id", flat=True)
+        )
         Account.objects.select_for_update().get(pk=customer.account_id)
-        done = EventCancellation.objects.filter(event=event).first()
-        if done is not None:
-            return done
-        if unrated:
-            return _cancel_unrated(event, reason=reason, actor=actor)
-        rating = EventRating.objects.select_related("period").get(event=event)
-        if rating.period is not None and rating.period.status == PeriodStatus.INVOICING:
+        done = {c.event_id: c for c in EventCancellation.objects.filter(event__in=events)}
+        ratings = {
+            r.event_id: r
+            for r in EventRating.objects.select_related("period").filter(event__in=events)
+        }
+        if any(
+            r.period is not None and r.period.status == PeriodStatus.INVOICING
+            for r in ratings.values()
+            if r.event_id not in done
+        ):
             raise MeteringConflict(
                 "period_closed",
                 "the event's period is already invoiced; correct it with a credit note",
                 "identifier",
             )
-        cancellation = EventCancellation.objects.create(event=event, reason=reason, actor=actor)
-        if rating.status == RatingStatus.RATED:
-            ledger.credits_reverse(
-                account=customer.account,
-                cause=ledger.Cause("event", str(event.pk)),
-                actor=actor,
+        cancellations = [
+            done.get(event.pk)
+            or _cancel_one(
+                customer,
+                event,
+                ratings.get(event.pk),
+                event.pk in unrated,
                 reason=reason,
+                actor=actor,
             )
-            _usage_subtract(event, rating)
+            for event in events
+        ]
+    return cancellations[0]
+
+
+def _cancel_one(
+    customer: Customer,
+    event: MeterEvent,
+    rating: EventRating | None,
+    unrated: bool,
+    *,
+    reason: str,
+    actor: str,
+) -> EventCancellation:
+    if unrated:
+        return _cancel_unrated(event, reason=reason, actor=actor)
+    assert rating is not None, f"event {event.pk} is neither queued nor rated"
+    cancellation = EventCancellation.objects.create(event=event, reason=reason, actor=actor)
+    if rating.status == RatingStatus.RATED:
+        ledger.credits_reverse(
+            account=customer.account,
+            cause=ledger.Cause("event", str(event.pk)),
+            actor=actor,
+            reason=reason,
+        )
+        _usage_subtract(event, rating)
     return cancellation
 
 

@@ -55,6 +55,15 @@ class MeterSpec(msgspec.Struct, forbid_unknown_fields=True):
     aggregation: Literal["sum", "count", "max"]
     unit: str
     dimensions: list[str] = []
+    value_property: str = "value"
+    dimension_properties: list[str] = []
+    display_name: str = ""
+
+    def effective_dimensions(self) -> list[str]:
+        """Named in ``dimensions``, else by the last part of each dimension property."""
+        if self.dimensions or not self.dimension_properties:
+            return list(self.dimensions)
+        return [_property_path(p).rsplit(".", 1)[-1] for p in self.dimension_properties]
 
 
 class RateSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -128,6 +137,15 @@ class CatalogError(DomainError):
 
 
 CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PROPERTY_PATH = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+def _property_path(path: str) -> str:
+    """A dotted property path; OpenMeter's JSONPath spelling ``$.usage.tokens`` is taken
+    as ``usage.tokens``, so meters copied from it load unchanged."""
+    return path[2:] if path.startswith("$.") else path
+
+
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -250,7 +268,6 @@ def _check_meters(checker: _Checker) -> dict[str, list[str]]:
     meters = {m.code: list(m.dimensions) for m in Meter.objects.all()}
     specs = checker.spec.meters
     _unique(checker, "meters", [(i, m.code) for i, m in enumerate(specs)], "code")
-    _unique(checker, "meters", [(i, m.event_name) for i, m in enumerate(specs)], "event_name")
     for index, meter in enumerate(specs):
         where = _label("meters", index, meter.code)
         if not CODE.match(meter.code):
@@ -264,16 +281,38 @@ def _check_meters(checker: _Checker) -> dict[str, list[str]]:
                 )
         if len(set(meter.dimensions)) != len(meter.dimensions):
             checker.add(f"{where}.dimensions", "lists a dimension twice")
-        meters[meter.code] = list(meter.dimensions)
-    taken = dict(Meter.objects.values_list("event_name", "code"))
-    for index, meter in enumerate(specs):
-        owner = taken.get(meter.event_name)
-        if owner is not None and owner != meter.code:
-            checker.add(
-                f"{_label('meters', index, meter.code)}.event_name",
-                f"{meter.event_name!r} already feeds meter {owner!r}",
-            )
+        _check_meter_properties(checker, where, meter)
+        meters[meter.code] = meter.effective_dimensions()
     return meters
+
+
+def _check_meter_properties(checker: _Checker, where: str, meter: MeterSpec) -> None:
+    paths = [meter.value_property, *meter.dimension_properties]
+    for path in paths:
+        if len(path) > 128 or not PROPERTY_PATH.match(_property_path(path)):
+            checker.add(
+                f"{where}.{'value_property' if path is paths[0] else 'dimension_properties'}",
+                f"{path!r}: a property name, or a dotted path like usage.input_tokens",
+            )
+    names = [_property_path(p).rsplit(".", 1)[-1] for p in meter.dimension_properties]
+    if len(set(names)) != len(names):
+        checker.add(f"{where}.dimension_properties", "two properties end in the same name")
+    dimensions = meter.effective_dimensions()
+    for name in names:
+        if name not in dimensions:
+            checker.add(
+                f"{where}.dimension_properties",
+                f"{name!r} is not among the meter's dimensions ({', '.join(dimensions)}); "
+                "list it under dimensions",
+            )
+    for dimension in dimensions:
+        if not CODE.match(dimension):
+            checker.add(
+                f"{where}.dimension_properties",
+                f"{dimension!r}: a dimension is named with lower-case letters, digits, _ and -",
+            )
+    if len(meter.display_name) > 64:
+        checker.add(f"{where}.display_name", "at most 64 characters")
 
 
 def _check_rate_cards(checker: _Checker, meters: dict[str, list[str]]) -> set[str]:
@@ -488,7 +527,10 @@ def _apply_meter(spec: MeterSpec, changes: list[str]) -> Meter:
         "event_name": spec.event_name,
         "aggregation": spec.aggregation,
         "unit": spec.unit,
-        "dimensions": list(spec.dimensions),
+        "dimensions": spec.effective_dimensions(),
+        "value_property": _property_path(spec.value_property),
+        "dimension_properties": [_property_path(p) for p in spec.dimension_properties],
+        "display_name": spec.display_name,
     }
     meter, created = Meter.objects.get_or_create(code=spec.code, defaults=values)
     if created:
@@ -676,6 +718,12 @@ def _dump_meter(meter: Meter) -> dict[str, Any]:
     }
     if meter.dimensions:
         out["dimensions"] = list(meter.dimensions)
+    if meter.value_property != "value":
+        out["value_property"] = meter.value_property
+    if meter.dimension_properties:
+        out["dimension_properties"] = list(meter.dimension_properties)
+    if meter.display_name:
+        out["display_name"] = meter.display_name
     return out
 
 

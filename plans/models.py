@@ -49,12 +49,12 @@ class Meter(models.Model):
     display_name = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self) -> str:
+        return self.code
+
     @property
     def label(self) -> str:
         return self.display_name or self.code
-
-    def __str__(self) -> str:
-        return self.code
 
 
 class RateCard(models.Model):

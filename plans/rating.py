@@ -51,7 +51,10 @@ class RateTable:
     """
 
     def __init__(self, versions: Iterable[RateCardVersion], meters: Iterable[Meter]) -> None:
-        self._meters = {m.event_name: m for m in meters}
+        self._meters_by_id = {m.pk: m for m in meters}
+        self._meters: dict[str, list[Meter]] = defaultdict(list)
+        for meter in sorted(self._meters_by_id.values(), key=lambda m: m.code):
+            self._meters[meter.event_name].append(meter)
         self._versions: dict[int, list[RateCardVersion]] = defaultdict(list)
         self._rates: dict[tuple[int, int], list[Rate]] = defaultdict(list)
         for version in sorted(versions, key=lambda v: v.effective_from):
@@ -86,7 +89,15 @@ class RateTable:
         return cls(versions, Meter.objects.all())
 
     def meter(self, event_name: str) -> Meter | None:
-        return self._meters.get(event_name)
+        """The meter events of this name feed; an error when several share the name."""
+        meters = self._meters.get(event_name, [])
+        if len(meters) > 1:
+            raise RatingError(
+                "event_name_feeds_several_meters",
+                f"events named {event_name!r} feed several meters "
+                f"({', '.join(m.code for m in meters)}); price one meter's part at a time",
+            )
+        return meters[0] if meters else None
 
     def version_at(self, rate_card_id: int, at: datetime) -> RateCardVersion | None:
         index = bisect.bisect_right(self._starts.get(rate_card_id, []), at)
@@ -96,15 +107,25 @@ class RateTable:
         self,
         *,
         rate_card_id: int,
-        event_name: str,
         value: Decimal,
         dimensions: Mapping[str, str],
         at: datetime,
+        event_name: str | None = None,
+        meter_id: int | None = None,
     ) -> Rated:
-        meter = self.meter(event_name)
+        """Price one event of the meter ``meter_id`` (stored events know theirs), or of
+        the one meter events named ``event_name`` feed (estimates)."""
+        if meter_id is not None:
+            meter = self._meters_by_id.get(meter_id)
+        else:
+            assert event_name is not None
+            meter = self.meter(event_name)
         if meter is None:
             raise RatingError(
-                "unknown_event_name", f"no meter is fed by events named {event_name!r}"
+                "unknown_event_name",
+                f"no meter is fed by events named {event_name!r}"
+                if meter_id is None
+                else f"meter {meter_id} no longer exists",
             )
         version = self.version_at(rate_card_id, at)
         if version is None:

@@ -3,10 +3,12 @@ of each and, for one event, the ledger entries that name it."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from drf_spectacular.utils import (
     OpenApiParameter,
+    PolymorphicProxySerializer,
     extend_schema,
     extend_schema_field,
     inline_serializer,
@@ -29,6 +31,7 @@ from metering.selectors import (
     EventStatus,
     event_cancellation,
     event_for,
+    event_parts_for,
     event_rating_reading,
     events_for,
 )
@@ -75,7 +78,15 @@ class CancellationOut(serializers.Serializer):
 
 class EventOut(serializers.Serializer):
     id = serializers.CharField(source="pk", help_text="Ledger entries name the event by it.")
-    identifier = serializers.CharField()
+    identifier = serializers.CharField(
+        help_text="As sent; for one part of an event that fed several meters, "
+        "`<identifier>#<meter code>`."
+    )
+    parent_identifier = serializers.CharField(
+        allow_null=True,
+        help_text="For one part of an event that fed several meters: the identifier it was "
+        "sent with (GET it for the whole event).",
+    )
     customer = serializers.SerializerMethodField()
     event_name = serializers.CharField()
     meter = serializers.CharField(source="meter.code")
@@ -119,6 +130,38 @@ class EventDetailOut(EventOut):
             account_id=customer.account_id, cause_type=CauseType.EVENT, cause_id=str(event.pk)
         ).order_by("pk")
         return list(LedgerEntryOut(entries, many=True).data)
+
+
+class EventGroupOut(serializers.Serializer):
+    """An event that fed several meters: one stored part per meter."""
+
+    identifier = serializers.CharField()
+    customer = serializers.CharField()
+    event_name = serializers.CharField()
+    timestamp = TimestampField()
+    status = serializers.CharField(
+        help_text="rated once every part is; cancelled when cancelled; else as its parts."
+    )
+    credits = credits_field(help_text="What its parts were charged, together.")
+    parts = EventDetailOut(many=True)
+
+
+def _group_payload(customer: Customer, identifier: str, parts: list[MeterEvent]) -> dict[str, Any]:
+    context = {"customer": customer}
+    details = [EventDetailOut(part, context=context).data for part in parts]
+    statuses = {d["status"] for d in details}
+    credits = sum(
+        (Decimal(d["rating"]["credits"]) for d in details if d["rating"]["credits"]), Decimal(0)
+    )
+    return {
+        "identifier": identifier,
+        "customer": customer.external_id,
+        "event_name": parts[0].event_name,
+        "timestamp": details[0]["timestamp"],
+        "status": statuses.pop() if len(statuses) == 1 else "accepted",
+        "credits": str(credits),
+        "parts": details,
+    }
 
 
 class CustomerEventsApi(BaseApiView):
@@ -178,19 +221,35 @@ class CustomerEventDetailApi(BaseApiView):
                 description="The identifier the event was sent with.",
             )
         ],
-        responses={200: EventDetailOut, **error_responses(401, 403, 404)},
+        responses={
+            200: PolymorphicProxySerializer(
+                "EventOrGroup",
+                serializers=[EventDetailOut, EventGroupOut],
+                resource_type_field_name=None,
+            ),
+            **error_responses(401, 403, 404),
+        },
+        description="One event as sent. An event that fed several meters answers with its "
+        "parts (one per meter), each as an event of its own.",
     )
     def get(self, request: Request, external_id: str, identifier: str) -> Response:
         customer = customer_or_404(external_id)
-        event = (
-            None if "\x00" in identifier else event_for(customer=customer, identifier=identifier)
-        )
+        if "\x00" in identifier:
+            raise _no_event(external_id, identifier)
+        event = event_for(customer=customer, identifier=identifier)
         if event is None:
-            raise ApiError(
-                404,
-                "resource_missing",
-                f"customer {external_id!r} has no event {identifier!r}: check the identifier "
-                "it was sent with",
-                "identifier",
-            )
+            parts = event_parts_for(customer=customer, identifier=identifier)
+            if parts:
+                return Response(_group_payload(customer, identifier, parts))
+            raise _no_event(external_id, identifier)
         return Response(EventDetailOut(event, context={"customer": customer}).data)
+
+
+def _no_event(external_id: str, identifier: str) -> ApiError:
+    return ApiError(
+        404,
+        "resource_missing",
+        f"customer {external_id!r} has no event {identifier!r}: check the identifier "
+        "it was sent with",
+        "identifier",
+    )

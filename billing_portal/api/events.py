@@ -78,6 +78,11 @@ class EventResultSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     identifier = serializers.CharField(allow_null=True)
     status = serializers.ChoiceField(choices=["accepted", "duplicate", "rejected"])
+    meters = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="when accepted: the codes of the meters the event fed",
+    )
     error = inline_serializer(
         "EventError",
         {
@@ -100,13 +105,27 @@ class EventInSerializer(serializers.Serializer):
     """Documentation only: the hot path validates without a serializer."""
 
     identifier = serializers.CharField(max_length=255)
-    event_name = serializers.CharField()
+    event_name = serializers.CharField(
+        required=False, help_text="every meter fed by this name is fed (or name one: meter)"
+    )
+    meter = serializers.CharField(
+        required=False, help_text="a meter code: feed only this meter (instead of event_name)"
+    )
     customer = serializers.CharField()
     timestamp = serializers.CharField(help_text="RFC 3339 or Unix seconds")
     value = serializers.CharField(
-        help_text=f"decimal string or number, >= 0, at most 6 decimals, at most {MAX_EVENT_VALUE}"
+        required=False,
+        help_text=f"decimal string or number, >= 0, at most 6 decimals, at most {MAX_EVENT_VALUE}",
     )
     dimensions = serializers.DictField(child=serializers.CharField(), required=False)
+    properties = serializers.DictField(
+        required=False,
+        help_text=(
+            "instead of value and dimensions: each meter fed reads its value from its "
+            "value_property (a dotted path) and its dimensions from its dimension_properties; "
+            "an event that feeds several meters is charged once per meter, all or nothing"
+        ),
+    )
     workspace = serializers.CharField(required=False)
     authorization = serializers.CharField(
         required=False, help_text="id of the authorization this usage captures"
@@ -131,7 +150,8 @@ class EventsApi(BaseApiView):
             "invalid_identifier, unknown_customer, unknown_event_name, invalid_value, "
             f"value_out_of_range (above {MAX_EVENT_VALUE}), invalid_dimensions, "
             "invalid_timestamp, timestamp_too_far_in_past, timestamp_in_future, "
-            "identifier_conflict, unknown_authorization). A body that is not JSON (or nests "
+            "identifier_conflict, unknown_authorization, unknown_meter, missing_property "
+            "(param: the property path)). A body that is not JSON (or nests "
             f"deeper than {MAX_JSON_DEPTH} levels), has no events or more than 1000 is "
             "refused whole (invalid_json, events_required, too_many_events)."
         ),

@@ -356,6 +356,10 @@ def _grant_words(grant: CreditGrant | None) -> str:
 
 def _event_words(event: MeterEvent) -> str:
     dims = [v for k, v in sorted(event.dimensions.items(), key=_dim_order)]
+    if event.parent_identifier or event.meter.display_name:
+        # One part of a call ("Output tokens (large)"): the dimensions alone would read the
+        # same for every part.
+        return f"{event.meter.label} ({' / '.join(dims)})" if dims else event.meter.label
     return " / ".join(dims) if dims else event.meter.code
 
 
@@ -406,7 +410,9 @@ def _export_rows(event: MeterEvent) -> Iterator[Sequence[Cell]]:
     cancellation = getattr(event, "cancellation", None)
     charged = rating.credits.quantize(CREDIT_QUANTUM) if rating else None
     described = [
-        event.identifier,
+        # The identifier it was sent with: an event that fed several meters is one row per
+        # meter under one identifier.
+        event.parent_identifier or event.identifier,
         rfc3339(event.timestamp),
         event.event_name,
         event.meter.code,

@@ -301,6 +301,9 @@ def staff_event_correct(
             events=[
                 {
                     "identifier": identifier,
+                    # The meter, not only the name: a part of an LLM call replaces that
+                    # part, not the whole call.
+                    "meter": event.meter.code,
                     "event_name": event.event_name,
                     "customer": event.customer.external_id,
                     "timestamp": event.timestamp.isoformat(),

@@ -301,8 +301,21 @@ BAD = [
         "currency: unsupported currency 'XYZ'; use one of AUD, CAD, CHF, EUR, GBP, USD",
     ),
     (
-        DEMO.replace("event_name: doc.summary", "event_name: llm.tokens"),
-        "meters[1]: event_name 'llm.tokens' is already used by meters[0]",
+        DEMO.replace(
+            "event_name: doc.summary", "event_name: doc.summary\n    value_property: a..b"
+        ),
+        "meters[1] (doc_summaries).value_property: 'a..b': a property name, or a dotted path",
+    ),
+    (
+        DEMO.replace(
+            "dimensions: [model, token_type]",
+            "dimensions: [model, token_type]\n    dimension_properties: [llm.model, tier]",
+        ),
+        "meters[0] (llm_tokens).dimension_properties: 'tier' is not among the meter's dimensions",
+    ),
+    (
+        DEMO.replace("dimensions: [model, token_type]", "dimension_properties: [a.model, b.model]"),
+        "meters[0] (llm_tokens).dimension_properties: two properties end in the same name",
     ),
 ]
 
@@ -337,7 +350,7 @@ def test_a_bad_file_leaves_an_existing_catalog_untouched() -> None:
 
 
 def test_it_reports_every_problem_at_once() -> None:
-    broken = DEMO.replace('credits: "0.5"', 'credits: "-1"').replace("per: 1}", "per: 0}")
+    broken = DEMO.replace('credits: "0.5"', 'credits: "-1"', 1).replace("per: 1}", "per: 0}")
     with pytest.raises(catalog.CatalogError) as error:
         catalog.load(broken)
     assert len(error.value.problems) == 2

@@ -294,7 +294,9 @@ def test_an_event_may_be_sent_alone_with_unix_seconds(api: Api, now: datetime) -
         "accepted": 1,
         "duplicates": 0,
         "rejected": 0,
-        "results": [{"index": 0, "identifier": "unix-int", "status": "accepted"}],
+        "results": [
+            {"index": 0, "identifier": "unix-int", "status": "accepted", "meters": ["llm_tokens"]}
+        ],
     }
     fractional = {**event("unix-float", now, value=1000.5), "timestamp": seconds + 0.25}
     assert api.post("/events", fractional).json()["accepted"] == 1

@@ -71,7 +71,7 @@ def test_the_most_expensive_rate_allowed_rates_the_largest_event_within_the_ledg
 ) -> None:
     catalog.load(_with_small_rate(credits, per))
 
-    rate = Rate.objects.get(match={"model": "small"})
+    rate = Rate.objects.get(meter__code="llm_tokens", match={"model": "small"})
     assert (rate.credits, rate.per) == (Decimal(credits), per)
     assert credits_for(units=MAX_EVENT_VALUE, credits=rate.credits, per=rate.per) <= MAX_CREDITS
 

@@ -30,7 +30,16 @@ def _pro_alerts(alerts: str) -> str:
 def _snapshot() -> dict[str, object]:
     return {
         "meters": sorted(
-            Meter.objects.values_list("code", "event_name", "aggregation", "unit", "dimensions")
+            Meter.objects.values_list(
+                "code",
+                "event_name",
+                "aggregation",
+                "unit",
+                "dimensions",
+                "value_property",
+                "dimension_properties",
+                "display_name",
+            )
         ),
         "versions": sorted(
             RateCardVersion.objects.values_list("rate_card__code", "version", "effective_from")
@@ -96,6 +105,23 @@ def test_a_dump_loads_back_to_the_same_catalog() -> None:
     catalog.load(dumped)
     assert _snapshot() == before
     assert _command("dump_catalog") == dumped
+
+
+def test_meters_fed_from_properties_dump_their_keys_and_jsonpath_loads_as_a_path() -> None:
+    load_demo_catalog()
+    output = Meter.objects.get(code="llm_output_tokens")
+    assert (output.event_name, output.value_property) == ("llm.call", "output_tokens")
+    assert (output.dimension_properties, output.dimensions) == (["model"], ["model"])
+    assert output.display_name == "Output tokens"
+    dumped = _command("dump_catalog")
+    assert "value_property: output_tokens" in dumped
+    assert "dimension_properties:\n  - model" in dumped
+    # OpenMeter spells paths as JSONPath; "$.usage.out" is the path usage.out, and loading
+    # the same file again changes nothing.
+    openmeter_style = dumped.replace("value_property: output_tokens", "value_property: $.usage.out")
+    assert catalog.load(openmeter_style) == ["meter llm_output_tokens: updated"]
+    assert Meter.objects.get(code="llm_output_tokens").value_property == "usage.out"
+    assert catalog.load(openmeter_style) == []
 
 
 def test_plan_alerts_load_and_dump_back_to_the_same_catalog() -> None:

@@ -183,8 +183,15 @@ def plan_version_current(plan: Plan) -> PlanVersion:
 
 
 def subscription_start(
-    *, customer: Customer, plan: Plan, actor: str, start_at: datetime | None = None
+    *,
+    customer: Customer,
+    plan: Plan,
+    actor: str,
+    start_at: datetime | None = None,
+    external_id: str | None = None,
 ) -> Subscription:
+    """Start ``customer`` on ``plan``; ``external_id`` is the integrator's own id for the
+    subscription (unique: a taken one is a conflict)."""
     version = plan_version_current(plan)
     # Whole seconds: events are often stamped to the second, and one stamped in the second
     # the subscription started must fall inside its first period, not before it.
@@ -194,6 +201,7 @@ def subscription_start(
         with transaction.atomic():
             subscription = Subscription.objects.create(
                 customer=customer,
+                external_id=external_id,
                 plan_version=version,
                 anchor=anchor,
                 current_period_start=start,
@@ -205,6 +213,16 @@ def subscription_start(
             while subscription.current_period_end <= timezone.now():
                 subscription = subscription_renew(subscription=subscription)
     except IntegrityError as exc:
+        if (
+            external_id is not None
+            and Subscription.objects.filter(external_id=external_id).exists()
+        ):
+            raise SubscriptionConflict(
+                "external_id_taken",
+                f"external_id {external_id!r} already names another subscription; "
+                "choose another one",
+                param="external_id",
+            ) from exc
         raise SubscriptionConflict(
             "subscription_exists",
             f"customer {customer.external_id!r} already has an active subscription; "

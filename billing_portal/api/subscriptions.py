@@ -37,10 +37,15 @@ from plans.money import as_money
 # --- subscriptions --------------------------------------------------------------------
 
 SUBSCRIPTIONS = Listing(noun="subscription")
+# A subscription's external_id: what Lago's transaction and subscription ids allow here.
+EXTERNAL_ID = r"^[\x21-\x7e]{1,255}\Z"
 
 
 class SubscriptionOut(serializers.Serializer):
     id = serializers.CharField(source="pk")
+    external_id = serializers.CharField(
+        allow_null=True, help_text="The integrator's own id for it (null when none was given)."
+    )
     customer = serializers.CharField(source="customer.external_id")
     status = serializers.CharField()
     plan = serializers.CharField(source="plan_version.plan.code")
@@ -107,6 +112,19 @@ class SubscriptionsApi(BaseApiView):
         customer = serializers.CharField()
         plan = serializers.CharField()
         start_at = TimestampField(required=False)
+        external_id = serializers.RegexField(
+            EXTERNAL_ID,
+            required=False,
+            allow_null=True,
+            help_text=(
+                "Your own id for the subscription (unique; 1 to 255 printable ASCII "
+                "characters, no spaces), e.g. Lago's external_subscription_id: events sent "
+                "to /compat/lago name the subscription by it."
+            ),
+            error_messages={
+                "invalid": "must be 1 to 255 printable ASCII characters without spaces."
+            },
+        )
 
         class Meta:
             # The name the document gave it before this view also listed subscriptions.
@@ -147,6 +165,10 @@ class SubscriptionsApi(BaseApiView):
     @extend_schema(
         request=InputSerializer,
         responses={201: SubscriptionOut, **error_responses(400, 401, 403, 409)},
+        description=(
+            "Starts a subscription. A taken external_id is 409 external_id_taken; a customer "
+            "with an active subscription is 409 subscription_exists."
+        ),
     )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
@@ -155,6 +177,7 @@ class SubscriptionsApi(BaseApiView):
             customer=customer_named(data.validated_data["customer"]),
             plan=plan_or_error(data.validated_data["plan"]),
             start_at=data.validated_data.get("start_at"),
+            external_id=data.validated_data.get("external_id"),
             actor=actor(request),
         )
         return Response(SubscriptionOut(subscription).data, status=201)

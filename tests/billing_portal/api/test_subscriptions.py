@@ -105,3 +105,44 @@ def test_changes_that_prorate_nothing_answer_null(api: Api) -> None:
     proration = canceled.json()["proration"]
     assert (canceled.json()["status"], proration["currency"]) == ("canceled", "USD")
     assert Decimal("-199.00") <= Decimal(proration["amount"]) <= Decimal("-198.90")
+
+
+# --- external_id ----------------------------------------------------------------------
+
+
+def test_a_subscription_starts_with_its_external_id_and_shows_it(api: Api) -> None:
+    customer("acme")
+    customer("globex")
+    response = api.post(
+        "/subscriptions", {"customer": "acme", "plan": "pro", "external_id": "lago-sub_1"}
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["external_id"] == "lago-sub_1"
+    assert Subscription.objects.get(pk=created["id"]).external_id == "lago-sub_1"
+    assert api.ok(f"/subscriptions/{created['id']}")["external_id"] == "lago-sub_1"
+    assert [s["external_id"] for s in api.ok("/subscriptions")["data"]] == ["lago-sub_1"]
+    # Without one (or null) it is null.
+    plain = api.post("/subscriptions", {"customer": "globex", "plan": "pro", "external_id": None})
+    assert plain.status_code == 201, plain.text
+    assert plain.json()["external_id"] is None
+
+
+def test_a_taken_external_id_is_409_and_a_bad_one_400(api: Api) -> None:
+    customer("acme")
+    customer("globex")
+    first = api.post("/subscriptions", {"customer": "acme", "plan": "pro", "external_id": "s-1"})
+    assert first.status_code == 201, first.text
+    taken = api.post("/subscriptions", {"customer": "globex", "plan": "pro", "external_id": "s-1"})
+    error = error_of(taken, 409, "external_id_taken")
+    assert error["param"] == "external_id"
+    assert "s-1" in error["message"]
+    # The customer's own conflict keeps its code.
+    again = api.post("/subscriptions", {"customer": "acme", "plan": "pro", "external_id": "s-2"})
+    error_of(again, 409, "subscription_exists")
+    for bad in ("has space", "", "x" * 256, "caf\u00e9"):
+        response = api.post(
+            "/subscriptions", {"customer": "globex", "plan": "pro", "external_id": bad}
+        )
+        assert error_of(response, 400, "invalid_request")["param"] == "external_id", bad
+    assert Subscription.objects.filter(customer__external_id="globex").count() == 0

@@ -10,6 +10,7 @@ missing scope, rate limit, bad bodies) are problem+json the SDK raises as its ow
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -63,12 +64,21 @@ def http(live_server: Any) -> Iterator[Http]:
     )
     cache.clear()
     celery_app.conf.update(saved)
+    # An SDK error raised in a test keeps its response, and so its kept-alive connection,
+    # in a reference cycle: collected now, the live server's thread serving it ends and
+    # closes its database connection before the test database is dropped.
+    gc.collect()
 
 
 @pytest.fixture
-def client(http: Http) -> Client:
+def client(http: Http) -> Iterator[Client]:
     """The openmeter SDK as its users configure it: our URL and one of our API keys."""
-    return Client(endpoint=http.base_url + BASE_PATH, token=http.ingest_key)
+    with sdk_client(http, http.ingest_key) as sdk:
+        yield sdk
+
+
+def sdk_client(http: Http, key: str) -> Client:
+    return Client(endpoint=http.base_url + BASE_PATH, token=key)
 
 
 @pytest.fixture
@@ -249,8 +259,10 @@ def test_a_missing_value_property_is_missing_property(
 
 
 def test_a_bad_key_is_the_sdks_authentication_error(http: Http, now: datetime) -> None:
-    bad = Client(endpoint=http.base_url + BASE_PATH, token="sk_nope_not-a-key")
-    with pytest.raises(ClientAuthenticationError) as raised:
+    with (
+        sdk_client(http, "sk_nope_not-a-key") as bad,
+        pytest.raises(ClientAuthenticationError) as raised,
+    ):
         bad.events.ingest_event(Event(llm_call("e", time=now)))
     assert raised.value.status_code == 401
     assert problem_model(raised.value)["code"] == "invalid_api_key"
@@ -260,8 +272,10 @@ def test_a_bad_key_is_the_sdks_authentication_error(http: Http, now: datetime) -
     no_key = problem_of(http.send(b"{}", "application/cloudevents+json", key=""), 401)
     assert no_key["code"] == "api_key_required"
     # A key without the ingest scope.
-    read_only = Client(endpoint=http.base_url + BASE_PATH, token=http.read_key)
-    with pytest.raises(HttpResponseError) as forbidden:
+    with (
+        sdk_client(http, http.read_key) as read_only,
+        pytest.raises(HttpResponseError) as forbidden,
+    ):
         read_only.events.ingest_event(Event(llm_call("e", time=now)))
     assert forbidden.value.status_code == 403
     assert problem_model(forbidden.value)["code"] == "insufficient_scope"

@@ -45,6 +45,7 @@ CUSTOMER_KEYS = {
 }
 SUBSCRIPTION_KEYS = {
     "id",
+    "external_id",
     "customer",
     "status",
     "plan",

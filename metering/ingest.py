@@ -36,7 +36,7 @@ from metering.models import Authorization, RejectedEvent
 from plans.models import MAX_EVENT_VALUE, Customer, Meter
 
 MAX_EVENTS = 1000
-IDENTIFIER = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+IDENTIFIER = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces (fullmatch)
 VALUE_QUANTUM = CREDIT_QUANTUM  # values carry the same six places as credits
 REQUIRED = ("identifier", "customer", "timestamp")
 KNOWN_FIELDS = {
@@ -122,22 +122,35 @@ class IngestOutcome:
 # --- validation -----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Known:
+    """What a caller has already read for a batch (a vendor-compatible endpoint resolves
+    its own customer references and meter codes): ingest does not read it again."""
+
+    customers: Mapping[str, Customer]  # by external_id, every customer the batch names
+    meters: Sequence[Meter]  # every meter
+
+
 class _Lookups:
     """Customers, meters and authorizations of one batch, fetched in three queries."""
 
-    def __init__(self, events: Sequence[Any]) -> None:
+    def __init__(self, events: Sequence[Any], known: Known | None = None) -> None:
         dicts = [e for e in events if isinstance(e, dict)]
-        external_ids = {
-            e["customer"]
-            for e in dicts
-            if isinstance(e.get("customer"), str) and "\x00" not in e["customer"]
-        }
-        self.customers = {
-            c.external_id: c for c in Customer.objects.filter(external_id__in=external_ids)
-        }
+        if known is not None:
+            self.customers = dict(known.customers)
+        else:
+            external_ids = {
+                e["customer"]
+                for e in dicts
+                if isinstance(e.get("customer"), str) and "\x00" not in e["customer"]
+            }
+            self.customers = {
+                c.external_id: c for c in Customer.objects.filter(external_id__in=external_ids)
+            }
         self.meters_by_code: dict[str, Meter] = {}
         self.meters: dict[str, list[Meter]] = {}
-        for meter in Meter.objects.order_by("code"):
+        meters = known.meters if known is not None else Meter.objects.all()
+        for meter in sorted(meters, key=lambda m: m.code):
             self.meters_by_code[meter.code] = meter
             self.meters.setdefault(meter.event_name, []).append(meter)
         auth_ids = {i for i in (_int(e.get("authorization")) for e in dicts) if i is not None}
@@ -180,7 +193,7 @@ def validate(index: int, event: Any, lookups: _Lookups, now: datetime) -> list[R
             name,
         )
     identifier = event["identifier"]
-    if not isinstance(identifier, str) or not IDENTIFIER.match(identifier):
+    if not isinstance(identifier, str) or not IDENTIFIER.fullmatch(identifier):
         return _reject(
             "invalid_identifier",
             "identifier must be 1 to 255 printable ASCII characters without spaces",
@@ -569,10 +582,12 @@ WHERE (customer_id, identifier) IN (SELECT * FROM unnest(%s::bigint[], %s::text[
 """
 
 
-def events_ingest(*, events: Sequence[Any], now: datetime | None = None) -> IngestOutcome:
+def events_ingest(
+    *, events: Sequence[Any], now: datetime | None = None, known: Known | None = None
+) -> IngestOutcome:
     """Validate and store a batch; return one result per event, in order."""
     now = now or timezone.now()
-    lookups = _Lookups(events)
+    lookups = _Lookups(events, known)
     outcome = IngestOutcome()
     rows: list[Row] = []
     seen: dict[tuple[int, str], str] = {}

@@ -161,10 +161,10 @@ class EventsApi(BaseApiView):
         return Response(outcome.as_dict(), status=202)
 
 
-def events_accept(events: list[Any]) -> ingest.IngestOutcome:
+def events_accept(events: list[Any], known: ingest.Known | None = None) -> ingest.IngestOutcome:
     """Store a batch of native events and wake rating: the one ingest path, which the
     vendor-compatible endpoints (``billing_portal.api.compat``) translate into."""
-    outcome = ingest.events_ingest(events=events)
+    outcome = ingest.events_ingest(events=events, known=known)
     if outcome.count("accepted"):
         tasks.events_rate_pending.delay_on_commit()
     return outcome

@@ -53,7 +53,7 @@ from billing_portal.api.base import BaseApiView
 from billing_portal.api.events import events_accept
 from billing_portal.web import json_nesting_exceeds, json_too_deep_message
 from ledger.units import rfc3339
-from metering.ingest import MAX_EVENTS, Result
+from metering.ingest import MAX_EVENTS, Known, Result
 from metering.models import MeterEvent
 from plans.models import Customer, Meter, Subscription
 
@@ -170,21 +170,24 @@ class _Lookups:
             else {}
         )
         self.customers = (
-            dict(
-                Customer.objects.filter(external_id__in=customer_ids).values_list(
-                    "external_id", "pk"
-                )
-            )
+            {c.external_id: c for c in Customer.objects.filter(external_id__in=customer_ids)}
             if customer_ids
             else {}
         )
-        meters = list(Meter.objects.values_list("code", "event_name"))
-        self.meter_event_names = dict(meters)
+        self.meters = list(Meter.objects.all())
+        self.meter_event_names = {m.code: m.event_name for m in self.meters}
         self.meters_per_event_name: dict[str, int] = {}
-        for _, event_name in meters:
-            self.meters_per_event_name[event_name] = (
-                self.meters_per_event_name.get(event_name, 0) + 1
+        for meter in self.meters:
+            self.meters_per_event_name[meter.event_name] = (
+                self.meters_per_event_name.get(meter.event_name, 0) + 1
             )
+
+    def known(self) -> Known:
+        """What the native ingest would read again: handed to it instead."""
+        customers = dict(self.customers)
+        for subscription in self.subscriptions.values():
+            customers[subscription.customer.external_id] = subscription.customer
+        return Known(customers=customers, meters=self.meters)
 
 
 def _strings(values: Any) -> set[str]:
@@ -225,15 +228,15 @@ def _owner(event: dict[str, Any], lookups: _Lookups) -> tuple[_Owner, str]:
             "missing_field",
             "external_subscription_id (or external_customer_id) is required",
         )
-    pk = lookups.customers.get(customer_id) if isinstance(customer_id, str) else None
-    if pk is None:
+    found = lookups.customers.get(customer_id) if isinstance(customer_id, str) else None
+    if found is None:
         raise _Invalid(
             404,
             "external_customer_id",
             "customer_not_found",
             f"no customer with external_id {customer_id!r}",
         )
-    return _Owner(customer_id, pk, None), "external_customer_id"
+    return _Owner(customer_id, found.pk, None), "external_customer_id"
 
 
 def _timestamp(raw: Any, now: datetime) -> tuple[Any, datetime | None]:
@@ -377,7 +380,7 @@ def _accept(events: list[Any]) -> _Accepted:
     present = [(index, item) for index, item in enumerate(translated) if item is not None]
     _keep_stored_times([item for _, item in present if item.lago.get("timestamp") is None])
     if present:
-        outcome = events_accept([item.native for _, item in present])
+        outcome = events_accept([item.native for _, item in present], lookups.known())
         for (index, item), result in zip(present, outcome.results, strict=True):
             if result.status == "rejected":
                 failures[index] = _rejection(result, item)

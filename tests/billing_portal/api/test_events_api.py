@@ -180,6 +180,7 @@ def test_each_rejection_has_its_code_and_the_batch_is_still_202(api: Api, now: d
         (missing_value, "missing_field", "value", "no-value"),
         (event("has space", now), "invalid_identifier", "identifier", "has space"),
         (event("x" * 256, now), "invalid_identifier", "identifier", "x" * 256),
+        (event("new-line\n", now), "invalid_identifier", "identifier", "new-line\n"),
         (event("e-ghost", now, customer="ghost"), "unknown_customer", "customer", "e-ghost"),
         (
             {**event("e-name", now), "event_name": "llm.nope"},
@@ -279,7 +280,8 @@ def test_each_rejection_has_its_code_and_the_batch_is_still_202(api: Api, now: d
     negative = RejectedEvent.objects.get(identifier="e-neg")
     assert (negative.code, negative.param) == ("invalid_value", "value")
     assert negative.customer_external_id == "acme"
-    assert negative.payload == json.loads(json.dumps(cases[7][0]))
+    sent = next(case[0] for case in cases if case[3] == "e-neg")
+    assert negative.payload == json.loads(json.dumps(sent))
     stored = sorted(MeterEvent.objects.values_list("customer__external_id", "identifier"))
     assert stored == [("acme", "ok-1"), ("acme", "pre-1"), ("globex", "ok-1")]
     assert MeterEvent.objects.get(customer__external_id="acme", identifier="pre-1").value == 10

@@ -698,6 +698,19 @@ def _store_rejections(events: Sequence[Any], outcome: IngestOutcome, now: dateti
     )
 
 
+def rejections_store(
+    rejected: Sequence[tuple[dict[str, Any], Rejection]], now: datetime | None = None
+) -> None:
+    """Keep events refused before ingest saw them (a vendor-compatible endpoint could not
+    translate them) for the unmatched-events report, as ingest keeps its own. Each comes
+    as a native-shaped summary (customer, identifier, event_name, and the event as sent)."""
+    if rejected:
+        moment = now or timezone.now()
+        RejectedEvent.objects.bulk_create(
+            _rejected_record(event, rejection, moment) for event, rejection in rejected
+        )
+
+
 def _without_nul(value: Any) -> Any:
     """The payload as JSON PostgreSQL can store: U+0000 replaced, everything else kept."""
     if isinstance(value, str):

@@ -53,7 +53,8 @@ from billing_portal.api.base import BaseApiView
 from billing_portal.api.events import events_accept
 from billing_portal.web import json_nesting_exceeds, json_too_deep_message
 from ledger.units import rfc3339
-from metering.ingest import MAX_EVENTS, Known, Result
+from metering import ingest
+from metering.ingest import MAX_EVENTS, Known, Rejection, Result
 from metering.models import MeterEvent
 from plans.models import Customer, Meter, Subscription
 
@@ -358,6 +359,17 @@ def _rejection(result: Result, item: _Translated) -> _Invalid:
     return _Invalid(422, field, error.code, error.message)
 
 
+def _as_sent(event: Any) -> dict[str, Any]:
+    """A refused Lago event for the unmatched-events report, under native names."""
+    fields = event if isinstance(event, dict) else {}
+    return {
+        "customer": fields.get("external_customer_id") or fields.get("external_subscription_id"),
+        "identifier": fields.get("transaction_id"),
+        "event_name": fields.get("code"),
+        "lago_event": event,
+    }
+
+
 @dataclass
 class _Accepted:
     translated: list[_Translated | None]
@@ -377,6 +389,13 @@ def _accept(events: list[Any]) -> _Accepted:
         except _Invalid as invalid:
             failures[index] = invalid
             translated.append(None)
+    ingest.rejections_store(
+        [
+            (_as_sent(events[index]), Rejection(invalid.code, invalid.message, invalid.field))
+            for index, invalid in failures.items()
+        ],
+        now,
+    )
     present = [(index, item) for index, item in enumerate(translated) if item is not None]
     _keep_stored_times([item for _, item in present if item.lago.get("timestamp") is None])
     if present:

@@ -39,6 +39,7 @@ from billing_portal.api.events import events_accept
 from billing_portal.api.schema import ApiAutoSchema
 from billing_portal.web import MAX_JSON_DEPTH, json_nesting_exceeds, json_too_deep_message
 from ledger.units import rfc3339
+from metering import ingest
 from metering.ingest import IDENTIFIER, MAX_EVENTS, Rejection, Result
 
 PROBLEM_JSON = "application/problem+json"
@@ -478,12 +479,30 @@ class OpenMeterEventsApi(BaseApiView):
         received_at = rfc3339(timezone.now())
         translated = [native_event(event, received_at) for event in events]
         natives = [native for native in translated if not isinstance(native, Rejection)]
+        ingest.rejections_store(
+            [
+                (_as_sent(event), native)
+                for event, native in zip(events, translated, strict=True)
+                if isinstance(native, Rejection)
+            ]
+        )
         results = events_accept(natives).results if natives else []
         failures = failures_of(events, translated, results)
         if failures:
             body = rejected_problem(failures, len(events), request)
             return Response(body, status=400, content_type=PROBLEM_JSON)
         return Response(status=204)
+
+
+def _as_sent(event: Any) -> dict[str, Any]:
+    """A refused CloudEvent for the unmatched-events report, under native names."""
+    attributes = event if isinstance(event, dict) else {}
+    return {
+        "customer": attributes.get("subject"),
+        "identifier": attributes.get("id"),
+        "event_name": attributes.get("type"),
+        "cloudevent": event,
+    }
 
 
 urlpatterns = [

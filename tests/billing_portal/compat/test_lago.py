@@ -24,7 +24,7 @@ from rest_framework.settings import api_settings
 
 from billing_portal.api.compat.lago import _Lookups
 from billing_portal.celery import app as celery_app
-from metering.models import MeterEvent
+from metering.models import MeterEvent, RejectedEvent
 from plans.apikeys import api_key_create
 from tests.billing_portal.api.http_support import assert_reconciled
 from tests.billing_portal.compat.lago_support import (
@@ -265,6 +265,14 @@ def test_a_batch_stores_the_valid_events_and_lists_the_refused_by_index(
     assert details["2"]["properties.output_tokens"][0] == "missing_property"
     assert "1 were stored" in body["message"]
     assert lago.used() == 12  # ok-1 alone
+    # Both refusals are in the unmatched-events report, the one refused in translation too.
+    kept = RejectedEvent.objects.order_by("pk").values_list(
+        "identifier", "code", "customer_external_id"
+    )
+    assert list(kept) == [
+        ("ghost-1", "subscription_not_found", "sub-ghost"),
+        ("no-output", "missing_property", "acme"),
+    ]
 
 
 # --- refusals ---------------------------------------------------------------------------

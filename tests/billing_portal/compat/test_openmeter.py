@@ -28,7 +28,7 @@ from openmeter.models import Event
 
 from billing_portal.api.compat.openmeter import event_identifier
 from billing_portal.celery import app as celery_app
-from metering.models import MeterEvent
+from metering.models import MeterEvent, RejectedEvent
 from plans.apikeys import api_key_create
 from tests.billing_portal.api.http_support import assert_reconciled
 from tests.billing_portal.compat.openmeter_support import (
@@ -237,6 +237,13 @@ def test_a_batch_stores_its_valid_events_and_lists_the_rejected_ones(
     ]
     assert all(e["message"] and e["source"] in {"gateway", None} for e in body["events"])
     assert http.posted_balance() == INCLUDED - charge(2000, 500)
+    # Every refusal is in the unmatched-events report, those refused in translation too.
+    kept = RejectedEvent.objects.order_by("pk").values_list("identifier", "code", "event_name")
+    assert list(kept) == [
+        ("untyped", "missing_attribute", ""),
+        ("", "invalid_event", ""),
+        ("gateway/no-output", "missing_property", "llm.call"),
+    ]
 
 
 def test_a_missing_value_property_is_missing_property(

@@ -13,7 +13,8 @@ import pytest
 from ledger.models import EntryKind, LedgerEntry
 from metering.models import EventCancellation, EventRating, MeterEvent, RejectedEvent
 from plans import catalog
-from tests.billing_portal.api.test_events_api import Api, rfc3339, subscribed
+from tests.billing_portal.api.test_events_api import Api, rfc3339
+from tests.plans.factories import subscribed
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -37,9 +37,8 @@ from metering.models import (
 from metering.rating import events_rate_pending
 from plans.apikeys import api_key_create
 from plans.models import Customer, PeriodStatus, SubscriptionPeriod
-from plans.services import subscription_start
 from tests.billing_portal.api.http_support import assert_reconciled
-from tests.plans.factories import customer, plan
+from tests.plans.factories import subscribed
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -120,18 +119,6 @@ def event(
     }
     body.update(extra)
     return body
-
-
-def subscribed(external_id: str = "acme", plan_code: str = "pro") -> Customer:
-    """A customer whose current period began 20 days ago, so recent events fall in it."""
-    subscriber = customer(external_id)
-    subscription_start(
-        customer=subscriber,
-        plan=plan(plan_code),
-        actor="test",
-        start_at=timezone.now() - timedelta(days=20),
-    )
-    return subscriber
 
 
 def error_of(response: requests.Response) -> dict[str, Any]:

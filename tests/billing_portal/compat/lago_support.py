@@ -6,18 +6,15 @@ the live server, and plain HTTP for what the SDK cannot send)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import requests
-from django.utils import timezone
 from lago_python_client.client import Client
 
 from plans import catalog
 from plans.models import Subscription
-from plans.services import subscription_start
-from tests.plans.factories import customer, plan
+from tests.plans.factories import subscription_recent
 
 BASE_PATH = "/compat/lago"
 INCLUDED = Decimal(20000)
@@ -76,15 +73,9 @@ def load_lago_catalog() -> None:
 
 
 def subscribed(external_id: str = "acme", subscription_id: str | None = None) -> Subscription:
-    """``external_id`` on "pro" since 20 days ago (recent events fall in the period), the
-    subscription's own external_id being ``subscription_id`` (default ``sub-<customer>``)."""
-    return subscription_start(
-        customer=customer(external_id),
-        plan=plan("pro"),
-        actor="test",
-        start_at=timezone.now() - timedelta(days=20),
-        external_id=subscription_id or f"sub-{external_id}",
-    )
+    """``external_id`` on "pro", its subscription's own external_id ``subscription_id``
+    (default ``sub-<customer>``)."""
+    return subscription_recent(external_id, subscription_id=subscription_id or f"sub-{external_id}")
 
 
 def llm_charge(model: str, input_tokens: Decimal | int, output_tokens: Decimal | int) -> Decimal:

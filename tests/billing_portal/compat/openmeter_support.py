@@ -5,17 +5,13 @@ customer, and the endpoint's clients (the openmeter SDK, and plain HTTP)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import requests
-from django.utils import timezone
 
 from plans import catalog
-from plans.models import Customer
-from plans.services import subscription_start
-from tests.plans.factories import customer, plan
 
 BASE_PATH = "/compat/openmeter"
 EVENTS_PATH = BASE_PATH + "/api/v1/events"
@@ -60,18 +56,6 @@ plans:
 
 def load_llm_catalog() -> None:
     catalog.load(CATALOG)
-
-
-def subscribed(external_id: str = "acme") -> Customer:
-    """A customer on "pro" whose period began 20 days ago, so recent events fall in it."""
-    subscriber = customer(external_id)
-    subscription_start(
-        customer=subscriber,
-        plan=plan("pro"),
-        actor="test",
-        start_at=timezone.now() - timedelta(days=20),
-    )
-    return subscriber
 
 
 def charge(input_tokens: int, output_tokens: int) -> Decimal:

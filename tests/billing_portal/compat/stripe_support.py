@@ -3,17 +3,14 @@ live server, subscribed customers holding a Stripe customer id, and balance read
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import requests
 import stripe
-from django.utils import timezone
 
 from plans.models import Customer
-from plans.services import subscription_start
-from tests.plans.factories import customer, plan
+from tests.plans import factories
 
 COMPAT = "/compat/stripe"
 METER_EVENTS = COMPAT + "/v1/billing/meter_events"
@@ -34,17 +31,11 @@ def stripe_client_close(client: stripe.StripeClient) -> None:
 
 
 def subscribed(external_id: str, stripe_customer_id: str = "") -> Customer:
-    """A customer on the pro plan whose current period began 20 days ago, so recent
-    events fall in it; with a Stripe customer id when given."""
-    subscriber = customer(external_id)
+    """A customer on "pro" (see ``subscription_recent``), with a Stripe customer id when
+    given."""
+    subscriber = factories.subscribed(external_id)
     if stripe_customer_id:
         Customer.objects.filter(pk=subscriber.pk).update(stripe_customer_id=stripe_customer_id)
-    subscription_start(
-        customer=subscriber,
-        plan=plan("pro"),
-        actor="test",
-        start_at=timezone.now() - timedelta(days=20),
-    )
     return subscriber
 
 

@@ -40,8 +40,8 @@ from tests.billing_portal.compat.openmeter_support import (
     load_llm_catalog,
     problem_of,
     rfc3339,
-    subscribed,
 )
+from tests.plans.factories import subscribed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -126,6 +126,8 @@ class BaseApiView(APIView):
 class FastJSONRenderer(JSONRenderer):
     """JSON through msgspec: for large responses (an ingest batch's 1000 results)."""
 
+    encoder: ClassVar[msgspec.json.Encoder] = msgspec.json.Encoder()
+
     def render(
         self,
         data: Any,
@@ -134,4 +136,4 @@ class FastJSONRenderer(JSONRenderer):
     ) -> bytes:
         if data is None:
             return b""
-        return msgspec.json.encode(data)
+        return self.encoder.encode(data)

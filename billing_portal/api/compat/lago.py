@@ -32,7 +32,6 @@ back as duplicates and are charged once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -45,11 +44,10 @@ from django.urls import path
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from billing_portal.api.base import BaseApiView
+from billing_portal.api.base import BaseApiView, FastJSONRenderer
 from billing_portal.api.events import events_accept
 from billing_portal.web import json_nesting_exceeds, json_too_deep_message
 from ledger.units import rfc3339
@@ -62,22 +60,13 @@ from plans.models import Customer, Meter, Subscription
 
 # Floats become Decimals as they are decoded: never a binary float for a value.
 _decoder = msgspec.json.Decoder(float_hook=Decimal)
-_encoder = msgspec.json.Encoder(decimal_format="number")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class LagoJSONRenderer(JSONRenderer):
+class LagoJSONRenderer(FastJSONRenderer):
     """JSON with decimals written back as numbers: properties echo as they were sent."""
 
-    def render(
-        self,
-        data: Any,
-        accepted_media_type: str | None = None,
-        renderer_context: Mapping[str, Any] | None = None,
-    ) -> bytes:
-        if data is None:
-            return b""
-        return _encoder.encode(data)
+    encoder = msgspec.json.Encoder(decimal_format="number")
 
 
 class LagoError(Exception):

@@ -28,7 +28,7 @@ from ledger.units import credits_text, rfc3339
 from metering.models import EventRating, MeterEvent
 from metering.selectors import balance_payload, usage_rows
 from plans import selectors as plan_selectors
-from plans.models import Customer, OveragePolicy, PlanVersion
+from plans.models import Customer, Meter, OveragePolicy, PlanVersion
 from plans.money import as_money
 
 RANGES = {"7": 7, "30": 30, "90": 90}
@@ -175,12 +175,18 @@ class UsageLine:
     credits: Decimal
 
 
-def _label(row: dict[str, object], group: str) -> str:
+def _label(row: dict[str, object], group: str, names: dict[str, str]) -> str:
     dimensions = row["dimensions"]
     assert isinstance(dimensions, dict)
     if group == "model" and dimensions.get("model"):
         return str(dimensions["model"])
-    return str(row["meter"])
+    return names.get(str(row["meter"]), str(row["meter"]))
+
+
+def _meter_names() -> dict[str, str]:
+    """What people read for each meter: its display name (an LLM call's "Input tokens",
+    "Output tokens"), else its code."""
+    return {code: name or code for code, name in Meter.objects.values_list("code", "display_name")}
 
 
 def usage_chart(*, customer: Customer, days: int, group: str, now: datetime | None = None) -> Chart:
@@ -191,9 +197,10 @@ def usage_chart(*, customer: Customer, days: int, group: str, now: datetime | No
         customer=customer, start=start, end=now, group_by=["model"], granularity="day"
     )
     per_day: dict[date, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    names = _meter_names()
     for row in rows:
         day = datetime.fromisoformat(str(row["period_start"])).date()
-        per_day[day][_label(row, group)] += Decimal(str(row["credits"]))
+        per_day[day][_label(row, group, names)] += Decimal(str(row["credits"]))
     labels = sorted({label for totals in per_day.values() for label in totals})
     colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
     return _layout(first, days, per_day, colors)
@@ -246,9 +253,11 @@ def usage_table(*, customer: Customer, days: int, now: datetime | None = None) -
         granularity="month",
     )
     totals: dict[tuple[str, str, str], list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
+    names = _meter_names()
     for row in rows:
         dims = row["dimensions"]
-        key = (str(row["meter"]), dims.get("model") or "", dims.get("token_type") or "")
+        meter = str(row["meter"])
+        key = (names.get(meter, meter), dims.get("model") or "", dims.get("token_type") or "")
         totals[key][0] += Decimal(str(row["value"]))
         totals[key][1] += Decimal(str(row["credits"]))
     lines = [UsageLine(*key, value=v, credits=c) for key, (v, c) in totals.items()]

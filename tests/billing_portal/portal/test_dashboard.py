@@ -6,6 +6,8 @@ from decimal import Decimal
 from django.test import Client
 from django.utils import timezone
 
+from metering.ingest import events_ingest
+from metering.rating import events_rate_pending
 from metering.selectors import balance_payload
 from plans.models import Customer
 from tests.billing_portal.portal.conftest import HTMX
@@ -122,3 +124,41 @@ def test_it_answers_a_history_restore_with_the_whole_page(client_owner: Client) 
         "/portal/?range=7", HTTP_HX_REQUEST="true", HTTP_HX_HISTORY_RESTORE_REQUEST="true"
     )
     assert "<html" in response.content.decode()
+
+
+def test_an_llm_call_shows_as_its_parts_by_their_display_names(
+    client_owner: Client, acme: Customer
+) -> None:
+    outcome = events_ingest(
+        events=[
+            {
+                "identifier": "call-1",
+                "event_name": "llm.call",
+                "customer": acme.external_id,
+                "timestamp": (timezone.now() - timedelta(hours=1)).isoformat(),
+                "properties": {
+                    "model": "large",
+                    "input_tokens": 4000,
+                    "output_tokens": 1000,
+                    "cached_tokens": 0,
+                },
+            }
+        ]
+    )
+    assert outcome.count("accepted") == 1, outcome.as_dict()
+    events_rate_pending()
+    response = client_owner.get("/portal/?range=7&group=feature")
+    labels = [label for label, _ in response.context["chart"].legend]
+    parts = ["Cached input tokens", "Input tokens", "Output tokens"]
+    assert [label for label in labels if label in parts] == parts
+    rows = [
+        (r.feature, r.model, r.credits) for r in response.context["table"] if r.feature in parts
+    ]
+    # 4,000 x 2.5 and 1,000 x 15 per 1,000 tokens (docs/examples/catalog.yaml).
+    assert rows == [
+        ("Output tokens", "large", Decimal(15)),
+        ("Input tokens", "large", Decimal(10)),
+        ("Cached input tokens", "large", Decimal(0)),
+    ]
+    feed = client_owner.get("/portal/activity/").content.decode()
+    assert "used by Output tokens (large)" in feed

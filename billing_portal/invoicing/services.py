@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
+from djmoney.money import Money
 
 from billing_portal.invoicing.models import (
     Invoice,
@@ -27,6 +28,7 @@ from ledger.units import to_cents
 from metering.models import EventCancellation, EventRating
 from plans.models import (
     ChangeKind,
+    Customer,
     OveragePolicy,
     PlanVersion,
     SubscriptionChange,
@@ -62,52 +64,110 @@ class _Line:
     entries: list[LedgerEntry] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class LineDraft:
+    """One invoice line as it will be stored (money rounded to cents), with its entries."""
+
+    kind: str
+    description: str
+    quantity: Decimal
+    unit_amount: Money
+    amount: Money
+    credits: Decimal
+    service_period_start: datetime
+    service_period_end: datetime
+    entries: list[LedgerEntry]
+
+
+@dataclass(frozen=True)
+class InvoiceDraft:
+    """A period's invoice as closing the period now would store it. Both the real close
+    (:func:`period_invoice_create`) and the upcoming invoice read it: one calculation."""
+
+    customer: Customer
+    period: SubscriptionPeriod
+    currency: str
+    lines: list[LineDraft]
+
+    @property
+    def total(self) -> Money:
+        return Money(sum((line.amount.amount for line in self.lines), ZERO), self.currency)
+
+    @property
+    def period_start(self) -> datetime:
+        return self.period.start
+
+    @property
+    def period_end(self) -> datetime:
+        return self.period.end
+
+
+def period_invoice_draft(*, period: SubscriptionPeriod) -> InvoiceDraft:
+    """The invoice of the period's ledger entries so far. Reads only: no row, no number."""
+    currency = str(as_money(period.plan_version.base_fee).currency)
+    lines = [
+        LineDraft(
+            kind=spec.kind,
+            description=spec.description,
+            quantity=spec.quantity,
+            unit_amount=Money(spec.unit_amount, currency),
+            amount=Money(cents(spec.amount), currency),
+            credits=spec.credits,
+            service_period_start=spec.start,
+            service_period_end=spec.end,
+            entries=spec.entries,
+        )
+        for spec in _period_lines(period)
+    ]
+    return InvoiceDraft(
+        customer=period.subscription.customer, period=period, currency=currency, lines=lines
+    )
+
+
 def period_invoice_create(*, period: SubscriptionPeriod) -> Invoice:
     """The period's invoice, built from the ledger entries of its events. The caller
     holds the period's row lock (see period_close); the unique constraint on the
     invoice's period refuses a second one anyway."""
-    customer = period.subscription.customer
-    lines = _period_lines(period)
-    currency = str(as_money(period.plan_version.base_fee).currency)
+    draft = period_invoice_draft(period=period)
     invoice = Invoice.objects.create(
-        customer=customer,
+        customer=draft.customer,
         kind=InvoiceKind.PERIOD,
         period=period,
         number=invoice_number_next(),
         status=InvoiceStatus.OPEN,
-        currency=currency,
-        total=sum((cents(line.amount) for line in lines), ZERO),
-        total_currency=currency,
-        period_start=period.start,
-        period_end=period.end,
+        currency=draft.currency,
+        total=draft.total.amount,
+        total_currency=draft.currency,
+        period_start=draft.period_start,
+        period_end=draft.period_end,
         issued_at=timezone.now(),
     )
-    _store_lines(invoice, lines, currency)
+    _store_lines(invoice, draft.lines)
     return invoice
 
 
-def _store_lines(invoice: Invoice, lines: list[_Line], currency: str) -> None:
+def _store_lines(invoice: Invoice, lines: list[LineDraft]) -> None:
     # Two statements per invoice, not two per line: period close writes thousands at once.
     stored = InvoiceLine.objects.bulk_create(
         InvoiceLine(
             invoice=invoice,
-            kind=spec.kind,
-            description=spec.description,
-            quantity=spec.quantity,
-            unit_amount=spec.unit_amount,
-            unit_amount_currency=currency,
-            amount=cents(spec.amount),
-            amount_currency=currency,
-            credits=spec.credits,
-            service_period_start=spec.start,
-            service_period_end=spec.end,
+            kind=draft.kind,
+            description=draft.description,
+            quantity=draft.quantity,
+            unit_amount=draft.unit_amount.amount,
+            unit_amount_currency=invoice.currency,
+            amount=draft.amount.amount,
+            amount_currency=invoice.currency,
+            credits=draft.credits,
+            service_period_start=draft.service_period_start,
+            service_period_end=draft.service_period_end,
         )
-        for spec in lines
+        for draft in lines
     )
     InvoiceLineEntry.objects.bulk_create(
         InvoiceLineEntry(line=line, entry=e)
-        for line, spec in zip(stored, lines, strict=True)
-        for e in spec.entries
+        for line, draft in zip(stored, lines, strict=True)
+        for e in draft.entries
     )
 
 

@@ -9,6 +9,8 @@ A plan's ``alerts`` (the alert rules of subscribers who set none in the portal) 
 of its version like its price: changing only them on a plan in use makes a new version,
 which new subscriptions and plan changes get, while current subscribers keep the alerts
 they subscribed with. Rules a customer saved in the portal always win over the plan's.
+A plan's ``features`` (booleans, or a limit per period on a meter's units) are versioned
+the same way.
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ class AlertsSpec(msgspec.Struct, forbid_unknown_fields=True):
     low_balance_credits: Number | None = None
 
 
+class MeteredFeatureSpec(msgspec.Struct, forbid_unknown_fields=True):
+    meter: str
+    limit: Number
+
+
 class PlanSpec(msgspec.Struct, forbid_unknown_fields=True):
     code: str
     name: str
@@ -110,6 +117,7 @@ class PlanSpec(msgspec.Struct, forbid_unknown_fields=True):
     included_credits: Number = "0"
     rollover: RolloverSpec | None = None
     alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
+    features: dict[str, bool | MeteredFeatureSpec] = {}
 
 
 class PackSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -244,7 +252,7 @@ def _check(spec: CatalogSpec) -> Iterator[str]:
         )
     meters = _check_meters(checker)
     card_codes = _check_rate_cards(checker, meters)
-    _check_plans(checker, card_codes)
+    _check_plans(checker, card_codes, set(meters))
     _check_packs(checker)
     yield from checker.problems
 
@@ -423,7 +431,7 @@ def _check_ambiguous_rates(checker: _Checker, where: str, rates: list[RateSpec])
                 )
 
 
-def _check_plans(checker: _Checker, card_codes: set[str]) -> None:
+def _check_plans(checker: _Checker, card_codes: set[str], meter_codes: set[str]) -> None:
     _unique(checker, "plans", [(i, p.code) for i, p in enumerate(checker.spec.plans)], "code")
     for index, plan in enumerate(checker.spec.plans):
         where = _label("plans", index, plan.code)
@@ -452,6 +460,28 @@ def _check_plans(checker: _Checker, card_codes: set[str]) -> None:
         if plan.rollover is not None:
             checker.decimal(f"{where}.rollover.max_credits", plan.rollover.max_credits, places=6)
         _check_alerts(checker, f"{where}.alerts", plan.alerts)
+        _check_features(checker, f"{where}.features", plan.features, meter_codes)
+
+
+def _check_features(
+    checker: _Checker,
+    where: str,
+    features: dict[str, bool | MeteredFeatureSpec],
+    meter_codes: set[str],
+) -> None:
+    for code, feature in features.items():
+        if not CODE.match(code):
+            checker.add(
+                f"{where}.{code}",
+                "a feature code: lower-case letters, digits, _ and - (at most 64)",
+            )
+        if isinstance(feature, bool):
+            continue
+        if feature.meter not in meter_codes:
+            checker.add(
+                f"{where}.{code}.meter", f"unknown meter {feature.meter!r}; define it under meters"
+            )
+        checker.decimal(f"{where}.{code}.limit", feature.limit, places=6)
 
 
 def _check_alerts(checker: _Checker, where: str, alerts: AlertsSpec) -> None:
@@ -630,6 +660,18 @@ def _plan_values(spec: PlanSpec, currency: str) -> dict[str, Any]:
         # Sorted, so the same thresholds in another order are no change.
         "alert_usage_thresholds": sorted(spec.alerts.usage_thresholds),
         "alert_low_balance_credits": Decimal(str(low)) if low is not None else None,
+        "features": _feature_values(spec.features),
+    }
+
+
+def _feature_values(features: dict[str, bool | MeteredFeatureSpec]) -> dict[str, Any]:
+    """As stored on the version: limits normalized ("100.0" is "100"), so the same
+    features written another way are no change."""
+    return {
+        code: feature
+        if isinstance(feature, bool)
+        else {"meter": feature.meter, "limit": _number(Decimal(str(feature.limit)))}
+        for code, feature in sorted(features.items())
     }
 
 
@@ -765,6 +807,14 @@ def _dump_plan(version: PlanVersion) -> dict[str, Any]:
     alerts = _dump_alerts(version)
     if alerts:
         out["alerts"] = alerts
+    if version.features:
+        # jsonb keeps its own key order: written back as the catalog spells them.
+        out["features"] = {
+            code: value
+            if isinstance(value, bool)
+            else {"meter": value["meter"], "limit": value["limit"]}
+            for code, value in version.features.items()
+        }
     return out
 
 

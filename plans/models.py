@@ -7,7 +7,9 @@ subscriptions keep pointing at the version they had.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
@@ -151,6 +153,10 @@ class PlanVersion(models.Model):
         models.PositiveSmallIntegerField(), default=default_alert_usage_thresholds, blank=True
     )
     alert_low_balance_credits = CreditField(null=True, blank=True)
+    # What the plan entitles its subscribers to, as the catalog wrote it: a feature code
+    # to ``true``/``false``, or to ``{"meter": <code>, "limit": "<decimal>"}`` for a limit
+    # on a meter's units per period. Read through :meth:`feature_list`.
+    features = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = models.Manager()
@@ -174,6 +180,30 @@ class PlanVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.plan.code} v{self.version}"
+
+    def feature_list(self) -> list[Feature]:
+        return features_from(self.features)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature of a plan: boolean (``meter`` None), or a limit per period on a meter."""
+
+    code: str
+    enabled: bool
+    meter: str | None = None
+    limit: Decimal | None = None
+
+
+def features_from(stored: dict[str, Any] | None) -> list[Feature]:
+    """A plan version's stored ``features``, in code order."""
+    out = []
+    for code, value in sorted((stored or {}).items()):
+        if isinstance(value, dict):
+            out.append(Feature(code, True, str(value["meter"]), Decimal(str(value["limit"]))))
+        else:
+            out.append(Feature(code, bool(value)))
+    return out
 
 
 class CreditPack(models.Model):

@@ -19,6 +19,10 @@ from tests.plans.factories import DEMO_CATALOG, customer, load_demo_catalog, pla
 pytestmark = pytest.mark.django_db
 
 DEMO = DEMO_CATALOG.read_text()
+PRO_FEATURES = (
+    "features:\n      gpt4_access: true                                      # a boolean feature"
+)
+assert DEMO.count(PRO_FEATURES) == 2  # pro's and team's; str.replace(..., 1) takes pro's
 PRO_ROLLOVER = 'rollover: {max_credits: "5000"}'
 
 
@@ -71,6 +75,7 @@ def _snapshot() -> dict[str, object]:
                 "rollover_max_credits",
                 "alert_usage_thresholds",
                 "alert_low_balance_credits",
+                "features",
             )
         ),
         "packs": sorted(
@@ -179,6 +184,43 @@ def test_a_plan_in_use_gets_a_new_version_and_subscriptions_keep_theirs() -> Non
         str(as_money(PlanVersion.objects.get(plan__code="pro", version=2).base_fee).amount)
         == "59.00"
     )
+
+
+def test_plan_features_load_as_written_and_dump_back_to_the_same_catalog() -> None:
+    load_demo_catalog()
+    starter, pro = (PlanVersion.objects.get(plan__code=c) for c in ("starter", "pro"))
+    assert starter.features == {"doc_summaries": {"meter": "doc_summaries", "limit": "500"}}
+    assert [(f.code, f.enabled, f.meter, f.limit) for f in starter.feature_list()] == [
+        ("doc_summaries", True, "doc_summaries", Decimal(500))
+    ]
+    assert pro.features == {"gpt4_access": True}
+    dumped = _command("dump_catalog")
+    assert "features:\n    gpt4_access: true\n" in dumped
+    assert "doc_summaries:\n      meter: doc_summaries\n      limit: '500'" in dumped
+    before = _snapshot()
+    for model in (Rate, RateCardVersion, PlanVersion, Plan, CreditPack, Meter):
+        model.objects.all().delete()
+    catalog.load(dumped)
+    assert _snapshot() == before
+    assert _command("dump_catalog") == dumped
+
+
+def test_the_same_limit_written_another_way_is_no_change() -> None:
+    load_demo_catalog()
+    assert catalog.load(DEMO.replace('limit: "500"', "limit: 500")) == []
+    assert catalog.load(DEMO.replace('limit: "500"', 'limit: "500.000"')) == []
+
+
+def test_changing_only_the_features_of_a_plan_in_use_makes_a_new_version() -> None:
+    load_demo_catalog()
+    subscription = subscription_start(customer=customer(), plan=plan("pro"), actor="t")
+    changed = DEMO.replace(PRO_FEATURES, "features: {gpt4_access: false}", 1)
+    out = catalog.load(changed)
+    assert out == ["plan pro: version 2 created (subscriptions stay on the version they have)"]
+    subscription.refresh_from_db()
+    assert subscription.plan_version.features == {"gpt4_access": True}
+    assert PlanVersion.objects.get(plan__code="pro", version=2).features == {"gpt4_access": False}
+    assert catalog.load(changed) == []
 
 
 def test_a_plan_not_in_use_is_updated_in_place() -> None:
@@ -342,6 +384,34 @@ BAD = [
     (
         DEMO.replace("dimensions: [model, token_type]", "dimension_properties: [a.model, b.model]"),
         "meters[0] (llm_tokens).dimension_properties: two properties end in the same name",
+    ),
+    (
+        DEMO.replace('{meter: doc_summaries, limit: "500"}', '{meter: summaries, limit: "500"}'),
+        "plans[0] (starter).features.doc_summaries.meter: unknown meter 'summaries'",
+    ),
+    (
+        DEMO.replace('limit: "500"', 'limit: "-5"'),
+        "plans[0] (starter).features.doc_summaries.limit: must be zero or more, not -5",
+    ),
+    (
+        DEMO.replace('limit: "500"', 'limit: "lots"'),
+        "plans[0] (starter).features.doc_summaries.limit: must be a number, not 'lots'",
+    ),
+    (
+        DEMO.replace('limit: "500"', 'limit: "0.0000001"'),
+        "plans[0] (starter).features.doc_summaries.limit: has more than 6 decimal places",
+    ),
+    (
+        DEMO.replace("gpt4_access: true", "GPT-4 access: true", 1),
+        "plans[1] (pro).features.GPT-4 access: a feature code: lower-case letters",
+    ),
+    (
+        DEMO.replace("gpt4_access: true", 'gpt4_access: "yes"', 1),
+        "plans[1] (pro).features",
+    ),
+    (
+        DEMO.replace('limit: "500"}', 'limit: "500", per: month}'),
+        "plans[0] (starter).features",
     ),
 ]
 

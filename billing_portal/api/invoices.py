@@ -1,5 +1,6 @@
 """``/customers/{id}/invoices`` and ``/invoices/{id}``: status, totals, lines linked to
-ledger entries.
+ledger entries; ``/customers/{id}/upcoming_invoice``: the same shape for the invoice the
+open period would produce if it closed now.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from billing_portal.invoicing.models import (
     InvoiceLine,
     InvoiceStatus,
 )
-from billing_portal.invoicing.selectors import invoices_for
+from billing_portal.invoicing.selectors import invoices_for, upcoming_invoice
+from billing_portal.invoicing.services import InvoiceDraft, LineDraft
 from ledger.units import ZERO
 from plans.money import as_money
 
@@ -180,3 +182,53 @@ class InvoiceDetailApi(BaseApiView):
         return Response(
             InvoiceOut(get_object_or_404(_with_parts(Invoice.objects.all()), pk=invoice_id)).data
         )
+
+
+class UpcomingInvoiceLineOut(InvoiceLineOut):
+    """A line of the upcoming invoice: InvoiceLineOut read from a LineDraft, not a row."""
+
+    id = serializers.CharField(allow_null=True, default=None, help_text="Always null: not stored.")
+
+    def get_ledger_entry_ids(self, line: LineDraft) -> list[str]:  # type: ignore[override]
+        return [str(entry.pk) for entry in line.entries]
+
+
+class UpcomingInvoiceOut(InvoiceOut):
+    """InvoiceOut's shape for an InvoiceDraft: the defaults fill what only a stored
+    invoice has (an id, a number, an issue date, a Stripe copy)."""
+
+    id = serializers.CharField(allow_null=True, default=None, help_text="Always null: not stored.")
+    number = serializers.CharField(
+        allow_null=True, default=None, help_text="Always null: numbers are given at close."
+    )
+    kind = serializers.CharField(default="period")
+    status = serializers.CharField(default="upcoming", help_text="Always upcoming.")
+    issued_at = TimestampField(allow_null=True, default=None)
+    paid_at = TimestampField(allow_null=True, default=None)
+    hosted_invoice_url = serializers.CharField(default="")
+    stripe_invoice_id = serializers.CharField(default="")
+    sync_state = serializers.CharField(default="not_synced")
+    lines = UpcomingInvoiceLineOut(many=True)
+
+    def get_amount_due(self, invoice: InvoiceDraft) -> str:  # type: ignore[override]
+        return _money(invoice.total)
+
+    @extend_schema_field(InvoiceCreditNoteOut(many=True))
+    def get_credit_notes(self, invoice: InvoiceDraft) -> list[dict[str, Any]]:  # type: ignore[override]
+        return []
+
+
+class UpcomingInvoiceApi(BaseApiView):
+    required_scope = "read"
+
+    @extend_schema(
+        responses={200: UpcomingInvoiceOut, **error_responses(401, 403, 404)},
+        description=(
+            "The invoice the customer's open period would produce if it closed now, computed "
+            "by period close's own code; nothing is stored (no id, no number). 404 when the "
+            "customer has no open period."
+        ),
+    )
+    def get(self, request: Request, external_id: str) -> Response:
+        draft = upcoming_invoice(customer=customer_or_404(external_id))
+        return Response(UpcomingInvoiceOut(draft).data)

@@ -85,6 +85,11 @@ urlpatterns = [
         invoices.CustomerInvoicesApi.as_view(),
         name="customer-invoices",
     ),
+    path(
+        "customers/<str:external_id>/upcoming_invoice",
+        invoices.UpcomingInvoiceApi.as_view(),
+        name="upcoming-invoice",
+    ),
     path("invoices/<str:invoice_id>", invoices.InvoiceDetailApi.as_view(), name="invoice-detail"),
     path("credit_notes", credit_notes.CreditNotesApi.as_view(), name="credit-notes"),
     path(

@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db.models import QuerySet
 
 from billing_portal.invoicing.models import Invoice, InvoiceLine, RevenueEntry
+from billing_portal.invoicing.services import InvoiceDraft, period_invoice_draft
+from ledger.errors import NotFound
 from ledger.models import LedgerEntry
 from metering.models import MeterEvent
 from plans.models import Customer
+from plans.selectors import period_in_force
 
 
 def invoices_for(*, customer: Customer) -> QuerySet[Invoice]:
     return Invoice.objects.filter(customer=customer).order_by("-created_at", "-pk")
+
+
+def upcoming_invoice(*, customer: Customer, at: datetime | None = None) -> InvoiceDraft:
+    """What closing the customer's period in force would invoice now, by the close's own
+    calculation (``period_invoice_draft``); nothing is written."""
+    period = period_in_force(customer=customer, at=at)
+    if period is None:
+        raise NotFound(
+            f"customer {customer.external_id!r} has no open billing period: no active "
+            "subscription, so no upcoming invoice",
+            param="external_id",
+        )
+    return period_invoice_draft(period=period)
 
 
 @dataclass(frozen=True)

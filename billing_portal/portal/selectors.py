@@ -12,9 +12,12 @@ from typing import Any
 
 from django.db.models import Sum
 from django.utils import timezone
+from djmoney.money import Money
 
 from billing_portal.csv_safe import Cell
+from billing_portal.invoicing.selectors import upcoming_invoice
 from billing_portal.portal.models import PortalMembership, Role
+from ledger.errors import NotFound
 from ledger.models import (
     CREDIT_QUANTUM,
     ZERO,
@@ -83,6 +86,15 @@ def dashboard_for(*, customer: Customer, now: datetime | None = None) -> Dashboa
         spend_limit=limit,
         spend_limit_reached=payload["limits"]["spend_limit_reached"],
     )
+
+
+def estimated_bill(*, customer: Customer) -> Money | None:
+    """The total of the upcoming invoice (the API's ``upcoming_invoice``, period close's own
+    calculation); None without an open period."""
+    try:
+        return upcoming_invoice(customer=customer).total
+    except NotFound:
+        return None
 
 
 def _daily_burn(used: Decimal | None, start: datetime | None, now: datetime) -> Decimal | None:

@@ -117,6 +117,7 @@ def dashboard(request: PortalRequest) -> HttpResponse:
     days = selectors.RANGES[range_key]
     context = {
         "summary": selectors.dashboard_for(customer=customer),
+        "estimated_bill": selectors.estimated_bill(customer=customer),
         "chart": selectors.usage_chart(customer=customer, days=days, group=group),
         "table": selectors.usage_table(customer=customer, days=days),
         "range_key": range_key,

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 from django.test import Client
 from django.utils import timezone
+from djmoney.money import Money
 
 from metering.ingest import events_ingest
 from metering.rating import events_rate_pending
@@ -12,6 +13,7 @@ from metering.selectors import balance_payload
 from plans.models import Customer
 from tests.billing_portal.portal.conftest import HTMX
 from tests.billing_portal.portal.factories import member, subscribed_customer, usage
+from tests.plans.factories import customer
 
 
 def test_it_shows_the_balance_api_numbers(client_owner: Client, acme: Customer) -> None:
@@ -162,3 +164,21 @@ def test_an_llm_call_shows_as_its_parts_by_their_display_names(
     ]
     feed = client_owner.get("/portal/activity/").content.decode()
     assert "used by Output tokens (large)" in feed
+
+
+def test_it_shows_the_estimated_bill_so_far_in_money(client_owner: Client, acme: Customer) -> None:
+    usage(acme, "evt-big", value="1400000")  # 3,400 credits beyond the 20,000 included
+    response = client_owner.get("/portal/")
+    assert response.context["estimated_bill"] == Money("62.60", "USD")  # $49.00 + 3,400 x $0.004
+    html = response.content.decode()
+    assert "Estimated bill so far" in html
+    assert '<strong id="estimated-bill">$62.60</strong>' in html
+
+
+def test_it_shows_no_estimate_without_an_open_period(db: None) -> None:
+    bare = customer("bare")
+    client = Client()
+    client.force_login(member(bare))
+    response = client.get("/portal/")
+    assert response.context["estimated_bill"] is None
+    assert "Estimated bill so far" not in response.content.decode()

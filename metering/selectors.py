@@ -4,7 +4,7 @@ see it, usage over time, and a customer's events with what rating made of them."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -28,7 +28,7 @@ from metering.models import (
     UsageRollup,
 )
 from plans import selectors as plan_selectors
-from plans.models import Customer, Meter, OveragePolicy, SubscriptionPeriod
+from plans.models import Aggregation, Customer, Meter, OveragePolicy, SubscriptionPeriod
 
 GRANULARITY = {"hour": "hour", "day": "day", "month": "month"}
 
@@ -201,6 +201,91 @@ def meter_dimension_keys() -> list[str]:
     """Every dimension some meter has: what usage may be grouped by."""
     keys = Meter.objects.values_list("dimensions", flat=True)
     return sorted({key for dimensions in keys for key in dimensions})
+
+
+# --- entitlements -------------------------------------------------------------------------
+
+
+# A meter's units between two moments, counted by event time; events cancelled (or not
+# yet rated) do not count. Whole hours come from the hourly rollups (which cancellation
+# subtracts from), so the cost follows the hours of a period, not its events; the partial
+# hours at either end, shared with the neighbouring period, are summed from the events.
+# A max meter's rollup keeps its maximum when an event is cancelled, so it is read from
+# its events alone.
+_METER_UNITS_SQL = """
+    SELECT {agg}(units) FROM (
+        SELECT r.value AS units FROM metering_usagerollup r
+        WHERE r.customer_id = %(customer)s AND r.meter_id = %(meter)s
+          AND r.hour >= %(whole_from)s AND r.hour < %(whole_to)s AND NOT %(is_max)s
+        UNION ALL
+        SELECT g.units FROM metering_meterevent e
+        JOIN metering_eventrating g ON g.event_id = e.id
+        WHERE e.customer_id = %(customer)s AND e.meter_id = %(meter)s AND g.status = 'rated'
+          AND e.timestamp >= %(start)s AND e.timestamp < %(end)s
+          AND (%(is_max)s OR e.timestamp < %(whole_from)s OR e.timestamp >= %(whole_to)s)
+          AND NOT EXISTS (SELECT 1 FROM metering_eventcancellation c WHERE c.event_id = e.id)
+    ) AS parts
+"""
+
+
+def meter_units_between(
+    *, customer_id: int, meter: Meter, start: datetime, end: datetime
+) -> Decimal:
+    """Units of ``meter`` in ``[start, end)``: summed, or the largest for a max meter."""
+    is_max = meter.aggregation == Aggregation.MAX
+    whole_from = _hour(start) if start == _hour(start) else _hour(start) + timedelta(hours=1)
+    whole_to = max(_hour(end), whole_from)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _METER_UNITS_SQL.format(agg="MAX" if is_max else "SUM"),
+            {
+                "customer": customer_id,
+                "meter": meter.pk,
+                "start": start,
+                "end": end,
+                "whole_from": whole_from,
+                "whole_to": whole_to,
+                "is_max": is_max,
+            },
+        )
+        (units,) = cursor.fetchone()
+    return units if units is not None else Decimal(0)
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    """A feature of the plan in force; limit, used and remaining only for a metered one."""
+
+    code: str
+    enabled: bool
+    limit: Decimal | None = None
+    used: Decimal | None = None
+
+    @property
+    def remaining(self) -> Decimal | None:
+        if self.limit is None or self.used is None:
+            return None
+        return max(self.limit - self.used, Decimal(0))
+
+
+def entitlements_for(*, customer: Customer, at: datetime | None = None) -> list[Entitlement]:
+    """The features of the plan of the period in force (none without one), with each
+    metered feature's units used in that period."""
+    period = plan_selectors.period_in_force(customer=customer, at=at)
+    if period is None:
+        return []
+    features = period.plan_version.feature_list()
+    meters = Meter.objects.in_bulk([f.meter for f in features if f.meter], field_name="code")
+    out = []
+    for feature in features:
+        if feature.meter is None or feature.meter not in meters:
+            out.append(Entitlement(feature.code, feature.enabled))
+            continue
+        used = meter_units_between(
+            customer_id=customer.pk, meter=meters[feature.meter], start=period.start, end=period.end
+        )
+        out.append(Entitlement(feature.code, True, feature.limit, used))
+    return out
 
 
 # --- events -------------------------------------------------------------------------------

@@ -34,12 +34,15 @@ from metering.models import (
     RatingStatus,
 )
 from metering.rating import dimensions_key, events_rate_for_customer
+from metering.selectors import meter_units_between
 from plans.models import (
     MAX_CREDITS,
+    Aggregation,
     Customer,
     Meter,
     OveragePolicy,
     PeriodStatus,
+    features_from,
 )
 from plans.rating import RateTable, RatingError
 from plans.selectors import PERIOD_IN_FORCE_SQL
@@ -71,9 +74,10 @@ class AuthorizationRequest:
     workspace: str | None = None
     ttl_seconds: int = 300
     hold: bool = True
+    feature: str | None = None
 
     def fingerprint(self) -> str:
-        payload = [
+        payload: list[Any] = [
             str(self.credits),
             self.event_name,
             str(self.value),
@@ -82,6 +86,8 @@ class AuthorizationRequest:
             self.ttl_seconds,
             self.hold,
         ]
+        if self.feature is not None:  # appended only when named: older hashes stay valid
+            payload.append(self.feature)
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
 
@@ -98,6 +104,9 @@ class _Context:
     rate_card_id: int | None
     overage_policy: str | None
     soft_limit_percent: Decimal | None
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    features: dict[str, Any] | None = None
 
     @property
     def allowance(self) -> Decimal | None:
@@ -110,7 +119,8 @@ _CONTEXT = (
     SELECT c.id, c.account_id, c.spend_limit_credits,
            (SELECT a.id FROM metering_authorization a
             WHERE a.customer_id = c.id AND a.identifier = %(identifier)s),
-           p.id, p.included_credits, v.rate_card_id, v.overage_policy, v.soft_limit_percent
+           p.id, p.included_credits, v.rate_card_id, v.overage_policy, v.soft_limit_percent,
+           p.start, p."end", v.features::text
     FROM plans_customer c
     LEFT JOIN LATERAL ({period_in_force}) p ON true
     LEFT JOIN plans_planversion v ON v.id = p.plan_version_id
@@ -133,7 +143,7 @@ def _context(external_id: str, identifier: str, at: datetime) -> _Context | None
     if row is None:
         return None
     customer_id, account_id, spend_limit, existing_id, period_id, included, *plan = row
-    rate_card_id, overage_policy, soft_limit_percent = plan
+    rate_card_id, overage_policy, soft_limit_percent, start, end, features = plan
     return _Context(
         customer_id=customer_id,
         account_id=account_id,
@@ -144,6 +154,9 @@ def _context(external_id: str, identifier: str, at: datetime) -> _Context | None
         rate_card_id=rate_card_id,
         overage_policy=overage_policy,
         soft_limit_percent=soft_limit_percent,
+        period_start=start,
+        period_end=end,
+        features=json.loads(features) if features else None,
     )
 
 
@@ -191,6 +204,12 @@ def _decide(
             context, request, AuthorizationDecision.DENY, "no_active_subscription", ZERO, ZERO
         )
     credits, meter = _price(request, context.rate_card_id, now)
+    denial = _feature_denial(context, request, meter) if request.feature is not None else None
+    if denial is not None:
+        available = _available(context, meter, request.workspace, now)
+        return _store(
+            context, request, AuthorizationDecision.DENY, denial, credits, available, meter
+        )
     if context.spend_limit is not None:
         with transaction.atomic():
             return _decide_within_spend_limit(context, request, credits, meter, now, actor)
@@ -226,6 +245,38 @@ def _price(
     if rated.credits > MAX_CREDITS:
         raise _estimate_too_large(request.value)
     return rated.credits, rated.meter
+
+
+def _feature_denial(
+    context: _Context, request: AuthorizationRequest, meter: Meter | None
+) -> str | None:
+    """Why the plan in force does not allow the feature the request names, if it does not.
+
+    A metered feature's limit counts the period's rated units so far plus this request's:
+    its ``value`` when its event feeds the feature's meter (1 for a count meter), else 1
+    (one more use). Authorizations in flight are not counted: their events are, once
+    rated, as for credits."""
+    feature = next((f for f in features_from(context.features) if f.code == request.feature), None)
+    if feature is None or not feature.enabled:
+        return "feature_not_in_plan"
+    if feature.meter is None or feature.limit is None:
+        return None
+    limited = meter if meter is not None and meter.code == feature.meter else None
+    limited = limited or Meter.objects.filter(code=feature.meter).first()
+    if limited is None:
+        return None
+    units = Decimal(1)
+    if meter is limited and meter.aggregation != Aggregation.COUNT and request.value is not None:
+        units = request.value
+    assert context.period_start is not None and context.period_end is not None
+    used = meter_units_between(
+        customer_id=context.customer_id,
+        meter=limited,
+        start=context.period_start,
+        end=context.period_end,
+    )
+    total = max(used, units) if limited.aggregation == Aggregation.MAX else used + units
+    return "feature_limit_reached" if total > feature.limit else None
 
 
 def _estimate_too_large(value: Decimal) -> MeteringError:

@@ -35,7 +35,7 @@ def subscription_active(*, customer: Customer) -> Subscription | None:
 # cancelled subscription has none, an ended one not yet renewed has none. The hot path's
 # SQL (metering.services) embeds PERIOD_IN_FORCE_SQL rather than restating it.
 PERIOD_IN_FORCE_SQL = """
-    SELECT p.id, p.included_credits, p.plan_version_id
+    SELECT p.id, p.included_credits, p.plan_version_id, p.start, p."end"
     FROM plans_subscriptionperiod p
     JOIN plans_subscription s ON s.id = p.subscription_id
     WHERE s.customer_id = {customer} AND s.status = 'active'

@@ -92,6 +92,10 @@ class AuthorizationsApi(BaseApiView):
             min_value=1, max_value=86400, required=False, default=300
         )
         hold = serializers.BooleanField(required=False, default=True)
+        # A feature of the plan (GET .../entitlements): denied when the plan lacks it
+        # (feature_not_in_plan) or its limit for the period would be passed
+        # (feature_limit_reached).
+        feature = serializers.CharField(max_length=64, required=False)
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
             has_credits = "credits" in attrs

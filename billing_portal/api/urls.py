@@ -8,6 +8,7 @@ from billing_portal.api import (
     credit_grants,
     credit_notes,
     customers,
+    entitlements,
     event_reads,
     events,
     invoices,
@@ -74,6 +75,11 @@ urlpatterns = [
     ),
     path("customers/<str:external_id>/balance", balance.BalanceApi.as_view(), name="balance"),
     path("customers/<str:external_id>/usage", balance.UsageApi.as_view(), name="usage"),
+    path(
+        "customers/<str:external_id>/entitlements",
+        entitlements.EntitlementsApi.as_view(),
+        name="entitlements",
+    ),
     path("authorizations", authorizations.AuthorizationsApi.as_view(), name="authorizations"),
     path(
         "authorizations/<str:authorization_id>/release",

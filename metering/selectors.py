@@ -260,6 +260,7 @@ class Entitlement:
     enabled: bool
     limit: Decimal | None = None
     used: Decimal | None = None
+    unit: str = ""  # the meter's unit, for people
 
     @property
     def remaining(self) -> Decimal | None:
@@ -284,7 +285,7 @@ def entitlements_for(*, customer: Customer, at: datetime | None = None) -> list[
         used = meter_units_between(
             customer_id=customer.pk, meter=meters[feature.meter], start=period.start, end=period.end
         )
-        out.append(Entitlement(feature.code, True, feature.limit, used))
+        out.append(Entitlement(feature.code, True, feature.limit, used, meters[feature.meter].unit))
     return out
 
 

@@ -27,9 +27,9 @@ from ledger.models import (
     GrantCategory,
     LedgerEntry,
 )
-from ledger.units import credits_text, rfc3339
+from ledger.units import credits_exact, credits_text, rfc3339
 from metering.models import EventRating, MeterEvent
-from metering.selectors import balance_payload, usage_rows
+from metering.selectors import balance_payload, entitlements_for, usage_rows
 from plans import selectors as plan_selectors
 from plans.models import Customer, Meter, OveragePolicy, PlanVersion
 from plans.money import as_money
@@ -95,6 +95,32 @@ def estimated_bill(*, customer: Customer) -> Money | None:
         return upcoming_invoice(customer=customer).total
     except NotFound:
         return None
+
+
+@dataclass(frozen=True)
+class FeatureLine:
+    """A feature of the customer's plan as the dashboard shows it."""
+
+    name: str
+    included: bool
+    usage: str | None  # for a limited feature: "3 of 500 summaries used this period, 497 left"
+
+
+def plan_features_for(*, customer: Customer) -> list[FeatureLine]:
+    """The entitlements the API answers, worded for people (the catalog gives a feature a
+    code only: its words are read from it)."""
+    lines = []
+    for feature in entitlements_for(customer=customer):
+        usage = None
+        if feature.limit is not None and feature.used is not None:
+            left = feature.remaining if feature.remaining is not None else ZERO
+            usage = (
+                f"{credits_exact(feature.used)} of {credits_exact(feature.limit)} "
+                f"{feature.unit} used this period, {credits_exact(left)} left"
+            )
+        name = feature.code.replace("_", " ").replace("-", " ")
+        lines.append(FeatureLine(name[:1].upper() + name[1:], feature.enabled, usage))
+    return lines
 
 
 def _daily_burn(used: Decimal | None, start: datetime | None, now: datetime) -> Decimal | None:

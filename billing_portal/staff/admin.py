@@ -34,7 +34,9 @@ from billing_portal.staff import views
 from billing_portal.staff.models import AuditLog
 from ledger.models import CreditGrant, GrantStatus, LedgerEntry, LedgerOperation
 from ledger.selectors import account_balance
+from ledger.units import credits_exact
 from metering.models import EventCancellation, MeterEvent, RatingQueue, RejectedEvent
+from metering.selectors import entitlements_for
 from plans.models import (
     ApiKey,
     Customer,
@@ -114,6 +116,7 @@ class CustomerAdmin(ReadOnlyAdmin):
         "workflows",
         "balance",
         "subscription",
+        "features",
         "grants",
         "recent_events",
     )
@@ -151,6 +154,32 @@ class CustomerAdmin(ReadOnlyAdmin):
         return (
             f"{sub.plan_version} ({sub.status}), period {sub.current_period_start:%Y-%m-%d} to "
             f"{sub.current_period_end:%Y-%m-%d}{pending}"
+        )
+
+    @admin.display(description="Plan features (this period)")
+    def features(self, obj: Customer) -> SafeString | str:
+        rows = entitlements_for(customer=obj)
+        if not rows:
+            return "none (no subscription in force)"
+        return format_html(
+            "<table><tr><th>feature</th><th>enabled</th><th>limit</th><th>used</th>"
+            "<th>remaining</th><th>unit</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        f.code,
+                        "yes" if f.enabled else "no",
+                        *(
+                            "—" if n is None else credits_exact(n)
+                            for n in (f.limit, f.used, f.remaining)
+                        ),
+                        f.unit or "—",
+                    )
+                    for f in rows
+                ),
+            ),
         )
 
     @admin.display(description="Credit grants")

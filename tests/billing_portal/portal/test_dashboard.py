@@ -13,7 +13,7 @@ from metering.selectors import balance_payload
 from plans.models import Customer
 from tests.billing_portal.portal.conftest import HTMX
 from tests.billing_portal.portal.factories import member, subscribed_customer, usage
-from tests.plans.factories import customer
+from tests.plans.factories import customer, load_demo_catalog
 
 
 def test_it_shows_the_balance_api_numbers(client_owner: Client, acme: Customer) -> None:
@@ -182,3 +182,32 @@ def test_it_shows_no_estimate_without_an_open_period(db: None) -> None:
     response = client.get("/portal/")
     assert response.context["estimated_bill"] is None
     assert "Estimated bill so far" not in response.content.decode()
+
+
+def test_it_shows_the_plans_features(client_owner: Client, acme: Customer) -> None:
+    response = client_owner.get("/portal/")
+    assert [(f.name, f.included, f.usage) for f in response.context["features"]] == [
+        ("Gpt4 access", True, None)
+    ]
+    assert "<li><strong>Gpt4 access</strong>: included</li>" in response.content.decode()
+
+
+def test_it_shows_a_limited_features_use_this_period(db: None) -> None:
+    load_demo_catalog()
+    starter = subscribed_customer("starter-co", plan_code="starter")
+    for n in range(3):
+        usage(starter, f"summary-{n}", event_name="doc.summary", value="1")
+    client = Client()
+    client.force_login(member(starter))
+    html = client.get("/portal/").content.decode()
+    assert (
+        "<li><strong>Doc summaries</strong>: 3 of 500 summaries used this period, 497 left</li>"
+    ) in html
+
+
+def test_it_shows_no_features_without_a_subscription(db: None) -> None:
+    client = Client()
+    client.force_login(member(customer("bare")))
+    response = client.get("/portal/")
+    assert response.context["features"] == []
+    assert "Your plan's features" not in response.content.decode()

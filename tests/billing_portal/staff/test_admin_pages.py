@@ -19,6 +19,8 @@ from ledger.models import CreditGrant, GrantCategory, LedgerEntry, LedgerOperati
 from ledger.services import credit_grant_create
 from metering.models import MeterEvent
 from plans.models import Customer
+from tests.billing_portal.portal.factories import usage
+from tests.plans.factories import load_demo_catalog, subscribed
 
 pytestmark = pytest.mark.django_db
 
@@ -58,6 +60,29 @@ def test_the_customer_page_shows_balance_subscription_grants_and_events(
     assert "included" in body
     assert "evt-1" in body
     assert reverse("admin:plans_customer_grant", args=[acme.pk]) in body
+
+
+def test_the_customer_page_shows_the_plans_features(
+    acme: Customer, client_as: Callable[[str], Client]
+) -> None:
+    body = client_as("Support").get(reverse("admin:plans_customer_change", args=[acme.pk]))
+    html = body.content.decode()
+    assert "Plan features (this period)" in html
+    row = "<tr><td>gpt4_access</td><td>yes</td><td>—</td><td>—</td><td>—</td><td>—</td></tr>"
+    assert row in html
+
+
+def test_the_customer_page_shows_a_limited_features_use(
+    client_as: Callable[[str], Client],
+) -> None:
+    load_demo_catalog()
+    starter = subscribed("starter-co", plan_code="starter")
+    usage(starter, "summary-1", event_name="doc.summary", value="1")
+    body = client_as("Support").get(reverse("admin:plans_customer_change", args=[starter.pk]))
+    assert (
+        "<tr><td>doc_summaries</td><td>yes</td><td>500</td><td>1</td><td>499</td>"
+        "<td>summaries</td></tr>"
+    ) in body.content.decode()
 
 
 def test_grants_filter_by_category_status_and_expiring_soon(

@@ -39,7 +39,6 @@ from http import HTTPStatus
 from typing import Any
 
 import msgspec
-from django.db.models import Q
 from django.urls import path
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -48,12 +47,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing_portal.api.base import BaseApiView, FastJSONRenderer
+from billing_portal.api.compat.resends import stored_times
 from billing_portal.api.events import events_accept
 from billing_portal.web import json_nesting_exceeds, json_too_deep_message
 from ledger.units import rfc3339
 from metering import ingest
 from metering.ingest import MAX_EVENTS, Known, Rejection, Result
-from metering.models import MeterEvent
 from plans.models import Customer, Meter, Subscription
 
 # --- Lago's shapes ---------------------------------------------------------------------
@@ -297,20 +296,12 @@ def _translate(event: Any, lookups: _Lookups, now: datetime) -> _Translated:
 
 
 def _keep_stored_times(absent: list[_Translated]) -> None:
-    """Events sent without a timestamp take the time of the event stored under their
-    transaction_id, if any: a retry is then a duplicate, not a conflict. One query."""
-    if not absent:
-        return
-    identifiers = {str(item.native["identifier"]) for item in absent}
-    rows = MeterEvent.objects.filter(
-        Q(identifier__in=identifiers) | Q(parent_identifier__in=identifiers),
-        customer_id__in={item.owner.customer_pk for item in absent},
-    ).values_list("customer_id", "identifier", "parent_identifier", "timestamp")
-    stored: dict[tuple[int, str], datetime] = {}
-    for customer_id, identifier, parent, moment in rows:
-        stored.setdefault((customer_id, parent or identifier), moment)
+    """Events sent without a timestamp take the stored event's (see ``resends``)."""
+    stored = stored_times(
+        (item.owner.customer_external_id, str(item.native["identifier"])) for item in absent
+    )
     for item in absent:
-        earlier = stored.get((item.owner.customer_pk, str(item.native["identifier"])))
+        earlier = stored.get((item.owner.customer_external_id, str(item.native["identifier"])))
         if earlier is not None:
             item.native["timestamp"], item.moment = rfc3339(earlier), earlier
 

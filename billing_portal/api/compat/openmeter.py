@@ -34,6 +34,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing_portal.api.base import BaseApiView, FastJSONRenderer
+from billing_portal.api.compat.resends import stored_times
 from billing_portal.api.errors import ApiError, api_exception_handler
 from billing_portal.api.events import events_accept
 from billing_portal.api.schema import ApiAutoSchema
@@ -284,14 +285,15 @@ def attribute_of(param: str | None) -> str | None:
 def failures_of(
     events: Sequence[Any], translated: Sequence[dict[str, Any] | Rejection], results: list[Result]
 ) -> list[Failure]:
-    """The rejected events, in order. A reused ``source`` + ``id`` is a duplicate whatever
-    its content (CloudEvents lets consumers assume so; OpenMeter does): the first is kept,
-    so a resend without ``time`` (stamped on arrival) is not refused."""
+    """The rejected events, in order. A reused ``source`` + ``id`` with the content
+    stored is a duplicate (a resend without ``time`` takes the stored time: see
+    ``resends``); with other content it is ``identifier_conflict``, as every ingest path
+    answers."""
     stored: Iterator[Result] = iter(results)
     failures = []
     for index, (event, native) in enumerate(zip(events, translated, strict=True)):
         error = native if isinstance(native, Rejection) else next(stored).error
-        if error is not None and error.code != "identifier_conflict":
+        if error is not None:
             failures.append(Failure(index, event, error))
     return failures
 
@@ -465,7 +467,8 @@ class OpenMeterEventsApi(BaseApiView):
             "time the timestamp (absent: on arrival), data the properties each meter fed by "
             "type reads its value_property from. source and id are the identifier "
             "(source/id, or sha256:<hex> when that is not 1-255 printable ASCII without "
-            "spaces or id holds a '/'); a reused source and id is a duplicate. Each event "
+            "spaces or id holds a '/'); a resent source and id is a duplicate, or "
+            "identifier_conflict when its content changed. Each event "
             "stands alone: valid events are stored, and if any is rejected the answer is "
             "400 application/problem+json listing them in events (index, id, source, code, "
             "param); else 204. A missing specversion, id, source, type or subject is "
@@ -478,6 +481,7 @@ class OpenMeterEventsApi(BaseApiView):
         events = cloudevents_of(request)
         received_at = rfc3339(timezone.now())
         translated = [native_event(event, received_at) for event in events]
+        _keep_stored_times(events, translated)
         natives = [native for native in translated if not isinstance(native, Rejection)]
         ingest.rejections_store(
             [
@@ -492,6 +496,23 @@ class OpenMeterEventsApi(BaseApiView):
             body = rejected_problem(failures, len(events), request)
             return Response(body, status=400, content_type=PROBLEM_JSON)
         return Response(status=204)
+
+
+def _keep_stored_times(
+    events: Sequence[Any], translated: Sequence[dict[str, Any] | Rejection]
+) -> None:
+    """Events sent without ``time`` take the stored event's (see ``resends``): a retry is
+    a duplicate, a changed resend a conflict."""
+    absent = [
+        native
+        for event, native in zip(events, translated, strict=True)
+        if not isinstance(native, Rejection) and not event.get("time")
+    ]
+    stored = stored_times((n["customer"], n["identifier"]) for n in absent)
+    for native in absent:
+        earlier = stored.get((native["customer"], native["identifier"]))
+        if earlier is not None:
+            native["timestamp"] = rfc3339(earlier)
 
 
 def _as_sent(event: Any) -> dict[str, Any]:

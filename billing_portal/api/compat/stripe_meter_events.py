@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -45,6 +45,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing_portal.api.base import ApiJSONParser, BaseApiView
+from billing_portal.api.compat.resends import stored_times
 from billing_portal.api.errors import (
     API_ERROR,
     IDEMPOTENCY_ERROR,
@@ -239,6 +240,17 @@ def _unix_seconds(raw: Any, now: datetime) -> int:
     )
 
 
+def _with_stored_time(event: MeterEventRequest, external_id: str) -> MeterEventRequest:
+    """Sent without a timestamp: the stored event's, if the identifier has one (see
+    ``resends``), so a retry is Stripe's "already exists", not a conflict."""
+    if not isinstance(event.identifier, str):
+        return event
+    earlier = stored_times([(external_id, event.identifier)]).get((external_id, event.identifier))
+    if earlier is None:
+        return event
+    return replace(event, timestamp=int(earlier.timestamp()))
+
+
 def customer_external_id(handle: Any) -> str | None:
     """Our external_id for the customer a Stripe payload names, in one query: the
     customer holding that Stripe customer id, else the one with that external_id."""
@@ -421,8 +433,11 @@ class StripeMeterEventsApi(BaseApiView):
     )
     def post(self, request: Request) -> Response:
         now = timezone.now()
-        event = meter_event_request(request_params(request), now)
+        params = request_params(request)
+        event = meter_event_request(params, now)
         external_id = customer_external_id(event.customer)
+        if params.get("timestamp") is None and external_id is not None:
+            event = _with_stored_time(event, external_id)
         outcome = events_accept([native_event(event, external_id)])
         return meter_event_answer(outcome.results[0], event, now)
 

@@ -184,6 +184,19 @@ def test_a_resent_source_and_id_is_charged_once(http: Http, client: Client) -> N
     assert MeterEvent.objects.count() == 4
 
 
+def test_a_resent_id_with_other_data_is_a_conflict_charged_nothing(
+    http: Http, client: Client
+) -> None:
+    subscribed()
+    client.events.ingest_event(Event(llm_call("changed")))  # no time: stamped on arrival
+    with pytest.raises(HttpResponseError) as refused:
+        client.events.ingest_event(Event(llm_call("changed", output_tokens=501)))
+    body = refused.value.model
+    assert body is not None
+    assert (body["code"], body["param"]) == ("identifier_conflict", "id")
+    assert http.posted_balance() == INCLUDED - charge(2000, 500)
+
+
 # --- rejected events ------------------------------------------------------------------
 
 

@@ -177,6 +177,18 @@ def test_a_resend_is_refused_as_stripe_does_and_charged_once(api: Stripe, now: i
     assert api.balance() == PRO_INCLUDED - Decimal("0.075")
 
 
+def test_a_resend_without_timestamp_is_the_same_event_not_a_conflict(api: Stripe) -> None:
+    subscriber = subscribed("acme", "cus_acme")
+    params = tokens("req-2", 0)
+    del params["timestamp"]
+    first = api.create(params)
+    time.sleep(1.1)  # stamped on arrival: the retry arrives in another second
+    with pytest.raises(stripe.InvalidRequestError) as resent:
+        api.create(params)
+    assert resent.value.code == "resource_already_exists"
+    assert MeterEvent.objects.get(customer=subscriber).timestamp.timestamp() == first.timestamp
+
+
 def test_a_retry_with_the_same_idempotency_key_gets_the_first_answer(api: Stripe, now: int) -> None:
     subscriber = subscribed("acme", "cus_acme")
     first = api.create(tokens("req-1", now), idempotency_key="call-1")

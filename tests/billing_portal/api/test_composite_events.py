@@ -5,10 +5,12 @@ cancelled as one."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from ledger.models import EntryKind, LedgerEntry
 from metering.models import EventCancellation, EventRating, MeterEvent, RejectedEvent
@@ -33,14 +35,16 @@ def api(api_server: tuple[str, str]) -> Api:
     return Api(*api_server)
 
 
-def call(identifier: str, *, model: str = "large", **tokens: Any) -> dict[str, Any]:
-    from django.utils import timezone
+# One time for every send: a resend must carry the same content, whatever second it is.
+SENT_AT = rfc3339(timezone.now().replace(microsecond=0) - timedelta(minutes=5))
 
+
+def call(identifier: str, *, model: str = "large", **tokens: Any) -> dict[str, Any]:
     return {
         "identifier": identifier,
         "event_name": "llm.call",
         "customer": "acme",
-        "timestamp": rfc3339(timezone.now().replace(microsecond=0)),
+        "timestamp": SENT_AT,
         "properties": {"model": model, **(tokens or TOKENS)},
     }
 

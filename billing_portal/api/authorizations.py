@@ -5,17 +5,23 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from drf_spectacular.utils import (
-    extend_schema,
-)
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from billing_portal.api.base import BaseApiView
 from billing_portal.api.errors import ApiError
-from billing_portal.api.fields import TimestampField, actor, credits_field, is_id
+from billing_portal.api.fields import (
+    MoneyOut,
+    TimestampField,
+    actor,
+    credits_field,
+    is_id,
+    money_payload,
+)
 from billing_portal.api.schema import error_responses
+from billing_portal.invoicing.selectors import authorization_estimate_money
 from metering import services
 from metering.models import Authorization
 from plans.models import (
@@ -59,9 +65,18 @@ class AuthorizationOutSerializer(serializers.Serializer):
     expires_at = TimestampField(allow_null=True)
     status = serializers.SerializerMethodField()
     dry_run = serializers.BooleanField()
+    estimate_money = serializers.SerializerMethodField(
+        help_text="What these credits would be billed if used now: the credits beyond those "
+        "available at the plan's overage price per credit (0 while credits cover them, or "
+        "on a plan without an overage price)."
+    )
 
     def get_reason(self, authorization: Authorization) -> str | None:
         return authorization.reason or None
+
+    @extend_schema_field(MoneyOut)
+    def get_estimate_money(self, authorization: Authorization) -> dict[str, str]:
+        return money_payload(authorization_estimate_money(authorization=authorization))
 
     def get_status(self, authorization: Authorization) -> str | None:
         """open, captured, released or expired; null when nothing was held."""

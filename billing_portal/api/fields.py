@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.shortcuts import get_object_or_404
+from djmoney.money import Money
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     extend_schema_field,
@@ -176,3 +177,12 @@ def plan_or_error(code: str) -> Plan:
         known = ", ".join(Plan.objects.order_by("code").values_list("code", flat=True)) or "none"
         raise ApiError(400, "unknown_plan", f"no plan with code {code!r} (known: {known})", "plan")
     return plan
+
+
+class MoneyOut(serializers.Serializer):
+    amount = serializers.CharField(help_text='A plain decimal string, e.g. "-12.50".')
+    currency = serializers.CharField(help_text="ISO 4217, e.g. USD.")
+
+
+def money_payload(money: Money) -> dict[str, str]:
+    return {"amount": f"{money.amount:f}", "currency": str(money.currency)}

@@ -18,10 +18,12 @@ from rest_framework.response import Response
 from billing_portal.api.base import BaseApiView
 from billing_portal.api.errors import ApiError
 from billing_portal.api.fields import (
+    MoneyOut,
     TimestampField,
     actor,
     customer_named,
     is_id,
+    money_payload,
     plan_or_error,
 )
 from billing_portal.api.pagination import Listing, PageQuery, page_response, page_schema, paginate
@@ -59,11 +61,6 @@ class SubscriptionOut(serializers.Serializer):
     canceled_at = TimestampField(allow_null=True)
 
 
-class MoneyOut(serializers.Serializer):
-    amount = serializers.CharField(help_text='A plain decimal string, e.g. "-12.50".')
-    currency = serializers.CharField(help_text="ISO 4217, e.g. USD.")
-
-
 class SubscriptionChangeOut(SubscriptionOut):
     """A subscription as a plan change or cancellation left it, with the prorated base fee
     that call wrote (negative: a credit); null when it prorated nothing."""
@@ -75,8 +72,7 @@ class SubscriptionChangeOut(SubscriptionOut):
         change: SubscriptionChange | None = self.context.get("change")
         if change is None or change.proration is None:
             return None
-        money = as_money(change.proration)
-        return {"amount": f"{money.amount:f}", "currency": str(money.currency)}
+        return money_payload(as_money(change.proration))
 
 
 def _subscriptions() -> QuerySet[Subscription]:

@@ -4,20 +4,41 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.db.models import QuerySet
+from djmoney.money import Money
 
 from billing_portal.invoicing.models import Invoice, InvoiceLine, RevenueEntry
 from billing_portal.invoicing.services import InvoiceDraft, period_invoice_draft
 from ledger.errors import NotFound
 from ledger.models import LedgerEntry
-from metering.models import MeterEvent
+from ledger.units import to_cents
+from metering.models import Authorization, MeterEvent
 from plans.models import Customer
+from plans.money import as_money
 from plans.selectors import period_in_force
 
 
 def invoices_for(*, customer: Customer) -> QuerySet[Invoice]:
     return Invoice.objects.filter(customer=customer).order_by("-created_at", "-pk")
+
+
+def authorization_estimate_money(*, authorization: Authorization) -> Money:
+    """What the customer would be billed for an authorization's credits if used now: the
+    credits beyond those available, at the plan's overage price per credit, in cents.
+    Zero while credits cover it, and on plans without an overage price (hard stop, or a
+    soft limit without a price)."""
+    period = period_in_force(customer=authorization.customer)
+    if period is None:
+        return Money(to_cents(Decimal(0)), authorization.customer.currency)
+    version = period.plan_version
+    beyond = max(authorization.credits - authorization.available, Decimal(0))
+    price = version.overage_price_per_credit
+    currency = as_money(version.base_fee).currency
+    if price is None or beyond == 0:
+        return Money(to_cents(Decimal(0)), currency)
+    return Money(to_cents(beyond * as_money(price).amount), currency)
 
 
 def upcoming_invoice(*, customer: Customer, at: datetime | None = None) -> InvoiceDraft:

@@ -47,6 +47,7 @@ AUTH_KEYS = {
     "expires_at",
     "status",
     "dry_run",
+    "estimate_money",
 }
 LARGE_OUTPUT = {"model": "large", "token_type": "output"}
 
@@ -260,6 +261,25 @@ def test_a_dry_run_checks_and_reserves_nothing(api: Api) -> None:
     response = api.post("/events", usage_event("uses-dry", "1000", authorization=allowed["id"]))
     result = response.json()["results"][0]
     assert result["error"]["code"] == "unknown_authorization"
+
+
+def test_a_dry_run_says_what_the_usage_would_be_billed(api: Api) -> None:
+    subscribed()  # pro: 20,000 included, postpaid overage at 0.004 USD per credit
+    covered = api.authorize("covered", credits="20000", hold=False)
+    assert covered["estimate_money"] == {"amount": "0.00", "currency": "USD"}
+    # 5,000 credits beyond the 20,000 available, at 0.004: 20.00.
+    beyond = api.authorize("beyond", credits="25000", hold=False)
+    assert (beyond["decision"], beyond["available"]) == ("allow", "20000.000000")
+    assert beyond["estimate_money"] == {"amount": "20.00", "currency": "USD"}
+    # Half a cent rounds up: 1 credit beyond is 0.004, shown as 0.00; 2 are 0.008 -> 0.01.
+    assert api.authorize("two", credits="20002", hold=False)["estimate_money"]["amount"] == "0.01"
+
+
+def test_plans_without_an_overage_price_estimate_nothing(api: Api) -> None:
+    subscribed(plan_code="team")  # soft limit, no price per credit
+    beyond = api.authorize("beyond", credits="105000", hold=False)
+    assert beyond["decision"] == "allow"
+    assert beyond["estimate_money"] == {"amount": "0.00", "currency": "USD"}
 
 
 # --- capture, release, expiry ---------------------------------------------------------

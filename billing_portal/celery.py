@@ -47,6 +47,10 @@ app.conf.beat_schedule = {
         "task": "billing_portal.alerts.tasks.alert_emails_unsent",
         "schedule": 300.0,
     },
+    "prune-idempotency-keys": {
+        "task": "billing_portal.api.tasks.idempotency_records_prune_task",
+        "schedule": 3600.0,
+    },
     # Webhook retries and sends whose message was lost.
     "send-due-webhooks": {
         "task": "billing_portal.outbound.tasks.deliveries_send_due",

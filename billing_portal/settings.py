@@ -285,6 +285,9 @@ BILLING_GRACE_PERIOD_SECONDS = int(env("BILLING_GRACE_PERIOD_SECONDS", "3600"))
 RATING_MAX_ATTEMPTS = int(env("RATING_MAX_ATTEMPTS", "5"))
 RATING_RETRY_SECONDS = int(env("RATING_RETRY_SECONDS", "10"))
 HEALTH_MAX_RATING_LAG_SECONDS = int(env("HEALTH_MAX_RATING_LAG_SECONDS", "120"))
+
+# How long an Idempotency-Key's first answer is replayed; then the key is forgotten.
+IDEMPOTENCY_KEY_RETENTION_HOURS = int(env("IDEMPOTENCY_KEY_RETENTION_HOURS", "24"))
 RECONCILE_MAX_RATING_WAIT_SECONDS = int(env("RECONCILE_MAX_RATING_WAIT_SECONDS", "300"))
 
 # Meter events older or newer than this are rejected (Stripe's meter rules by default).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any, NoReturn
 
 from django.db import (
@@ -75,6 +76,14 @@ def idempotency_settle(*, record: IdempotencyRecord, response: HttpResponseBase)
 
 def idempotency_release(*, record: IdempotencyRecord) -> None:
     IdempotencyRecord.objects.filter(pk=record.pk).delete()
+
+
+def idempotency_records_prune(*, older_than: datetime) -> int:
+    """Forget keys claimed before ``older_than``: a retry comes within minutes, and some
+    SDKs (stripe-python) put a fresh key on every call, so kept forever they only grow. A
+    claim its request never settled (the process died) goes too, freeing its key."""
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=older_than).delete()
+    return deleted
 
 
 def _check_key(key: str) -> None:

@@ -16,6 +16,7 @@ import time_machine
 from django.core.cache import cache
 from django.shortcuts import get_object_or_404
 from django.urls import path
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers
@@ -27,6 +28,7 @@ from billing_portal.api.base import BaseApiView
 from billing_portal.api.errors import IDEMPOTENCY_HEADER, ApiError
 from billing_portal.api.models import IdempotencyRecord
 from billing_portal.api.schema import error_responses
+from billing_portal.api.tasks import idempotency_records_prune_task
 from ledger.errors import HoldNotOpen
 from plans.apikeys import api_key_authenticate, api_key_create, api_key_revoke
 from plans.models import ApiKey, Meter
@@ -386,6 +388,22 @@ class TestIdempotency:
         assert retry.headers["Idempotent-Replayed"] == "true"
         assert "Idempotent-Replayed" not in first.headers
         assert Meter.objects.count() == 1
+
+    def test_keys_past_their_retention_are_forgotten_by_the_hourly_job(
+        self, call: Call, secret: str
+    ) -> None:
+        body = {"code": "alpha"}
+        call("POST", "/api/test/things", secret=secret, idempotency_key="old", json=body)
+        call("POST", "/api/test/things", secret=secret, idempotency_key="new", json=body)
+        day_ago = timezone.now() - timedelta(hours=24, seconds=1)
+        IdempotencyRecord.objects.filter(key="old").update(created_at=day_ago)
+        assert idempotency_records_prune_task() == 1
+        assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
+        # A retry of the forgotten key runs again; the kept one still replays.
+        again = call("POST", "/api/test/things", secret=secret, idempotency_key="old", json=body)
+        assert "Idempotent-Replayed" not in again.headers
+        kept = call("POST", "/api/test/things", secret=secret, idempotency_key="new", json=body)
+        assert kept.headers["Idempotent-Replayed"] == "true"
 
     def test_without_the_header_every_post_runs(self, call: Call, secret: str) -> None:
         for _ in range(2):

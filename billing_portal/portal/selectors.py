@@ -27,6 +27,7 @@ from ledger.models import (
     GrantCategory,
     LedgerEntry,
 )
+from ledger.selectors import account_balance
 from ledger.units import credits_exact, credits_text, rfc3339
 from metering.models import EventRating, MeterEvent
 from metering.selectors import balance_payload, entitlements_for, usage_rows
@@ -55,6 +56,41 @@ class Dashboard:
     when_out: str
     spend_limit: Decimal | None
     spend_limit_reached: bool
+
+
+EXPIRING_SOON_DAYS = 14
+
+
+@dataclass(frozen=True)
+class BalancePart:
+    """One grant behind the available balance, as the customer reads it."""
+
+    source: str
+    remaining: Decimal
+    expires_at: datetime | None
+    expiring_in_days: int | None  # set when it expires within EXPIRING_SOON_DAYS
+    workspace: str | None
+
+
+def balance_parts(*, customer: Customer, now: datetime | None = None) -> list[BalancePart]:
+    """What the balance is made of: each usable grant with credits left, soonest to
+    expire first (those without an expiry last)."""
+    now = now or timezone.now()
+    grants = account_balance(account=customer.account, at=now).grants
+    parts = [_balance_part(g, now) for g in grants if g.remaining > 0]
+    return sorted(parts, key=lambda p: (p.expires_at is None, p.expires_at or now))
+
+
+def _balance_part(grant: CreditGrant, now: datetime) -> BalancePart:
+    days = (grant.expires_at - now).days if grant.expires_at else None
+    words = _grant_words(grant)
+    return BalancePart(
+        source=words[:1].upper() + words[1:],
+        remaining=grant.remaining,
+        expires_at=grant.expires_at,
+        expiring_in_days=days if days is not None and days < EXPIRING_SOON_DAYS else None,
+        workspace=grant.workspace,
+    )
 
 
 def dashboard_for(*, customer: Customer, now: datetime | None = None) -> Dashboard:

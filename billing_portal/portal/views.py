@@ -118,6 +118,7 @@ def dashboard(request: PortalRequest) -> HttpResponse:
     context = {
         "summary": selectors.dashboard_for(customer=customer),
         "estimated_bill": selectors.estimated_bill(customer=customer),
+        "balance_parts": selectors.balance_parts(customer=customer),
         "features": selectors.plan_features_for(customer=customer),
         "chart": selectors.usage_chart(customer=customer, days=days, group=group),
         "table": selectors.usage_table(customer=customer, days=days),

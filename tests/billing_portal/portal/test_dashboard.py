@@ -7,6 +7,7 @@ from django.test import Client
 from django.utils import timezone
 from djmoney.money import Money
 
+from ledger.services import credit_grant_create
 from metering.ingest import events_ingest
 from metering.rating import events_rate_pending
 from metering.selectors import balance_payload
@@ -211,3 +212,42 @@ def test_it_shows_no_features_without_a_subscription(db: None) -> None:
     response = client.get("/portal/")
     assert response.context["features"] == []
     assert "Your plan's features" not in response.content.decode()
+
+
+def test_it_shows_what_the_balance_is_made_of_and_what_expires_soon(
+    client_owner: Client, acme: Customer
+) -> None:
+    now = timezone.now()
+    credit_grant_create(
+        account=acme.account,
+        amount="5000",
+        category="promotional",
+        actor="test",
+        expires_at=now + timedelta(days=5, hours=1),
+    )
+    credit_grant_create(
+        account=acme.account,
+        amount="300",
+        category="promotional",
+        actor="test",
+        workspace="research",
+        expires_at=now + timedelta(days=60),
+    )
+    response = client_owner.get("/portal/")
+    parts = [
+        (p.source, p.remaining, p.expiring_in_days, p.workspace)
+        for p in response.context["balance_parts"]
+    ]
+    # Pro's 20,000 included credits less the fixture's 2,400 of usage, expiring with the
+    # period (a month away: no warning); soonest expiry first.
+    assert parts == [
+        ("Promotional credits", Decimal(5000), 5, None),
+        ("Credits included in your plan", Decimal(17600), None, None),
+        ("Promotional credits", Decimal(300), None, "research"),
+    ]
+    assert sum(p.remaining for p in response.context["balance_parts"] if not p.workspace) == (
+        response.context["summary"].available + response.context["summary"].held
+    )
+    html = response.content.decode()
+    assert "expiring in 5 days" in html
+    assert "(workspace research)" in html

@@ -260,6 +260,9 @@ class CauseType(models.TextChoices):
     SUBSCRIPTION = "subscription"
     PAYMENT = "payment"
     SYSTEM = "system"
+    # Period close bringing a tiered or package rate's credits to its formula on the
+    # period's total (cause id "<period id>:<rate id>").
+    TIER_TRUE_UP = "tier_true_up"
 
 
 class LedgerEntry(models.Model):

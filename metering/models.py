@@ -112,6 +112,9 @@ class EventRating(models.Model):
     )
     # Rated into a later period because the event's own period was already invoiced.
     prior_period_adjustment = models.BooleanField(default=False)
+    # What the provider charges for the event's units (the rate's ``cost``, in its
+    # currency, exact to 8 places); None when the rate carries no cost.
+    cost = models.DecimalField(max_digits=24, decimal_places=8, null=True, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
     error_message = models.TextField(blank=True)
     rated_at = models.DateTimeField()
@@ -197,6 +200,30 @@ class PeriodUsage(models.Model):
 
     def __str__(self) -> str:
         return f"period {self.period_id}: {self.credits}"
+
+
+class RateUsage(models.Model):
+    """A period's cumulative units and credits charged per tiered or package rate: rating
+    prices each event from the units before it, and period close trues the credits up to
+    the rate's formula on the period's total."""
+
+    period = models.ForeignKey(
+        "plans.SubscriptionPeriod", on_delete=models.PROTECT, related_name="+"
+    )
+    rate = models.ForeignKey("plans.Rate", on_delete=models.PROTECT, related_name="+")
+    units = models.DecimalField(max_digits=28, decimal_places=6, default=0)
+    credits = CreditField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["period", "rate"], name="metering_rateusage_period_rate"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"period {self.period_id} rate {self.rate_id}: {self.units}"
 
 
 class AuthorizationDecision(models.TextChoices):

@@ -68,11 +68,25 @@ class MeterSpec(msgspec.Struct, forbid_unknown_fields=True):
         return [_property_path(p).rsplit(".", 1)[-1] for p in self.dimension_properties]
 
 
+class TierSpec(msgspec.Struct, forbid_unknown_fields=True):
+    credits: Number
+    # The tier's last unit ("inf" or omitted: open, the last tier only); ``from`` may be
+    # written for readability and must then equal the previous tier's ``up_to`` (0 first).
+    up_to: Number | None = None
+    start: Number | None = msgspec.field(default=None, name="from")
+
+
 class RateSpec(msgspec.Struct, forbid_unknown_fields=True):
     meter: str
-    credits: Number
+    credits: Number | None = None
     per: int = 1
     match: dict[str, str] = {}
+    tiers_mode: Literal["graduated", "volume"] | None = None
+    tiers: list[TierSpec] = []
+    # "up": ``per`` units are a package, and a started package costs a whole one.
+    round: Literal["up"] | None = None
+    # The provider's price per ``per`` units, in the catalog's currency.
+    cost: Number | None = None
 
 
 class RateCardSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -107,6 +121,10 @@ class MeteredFeatureSpec(msgspec.Struct, forbid_unknown_fields=True):
     limit: Number
 
 
+class PastDueSpec(msgspec.Struct, forbid_unknown_fields=True):
+    deny_after_days: int
+
+
 class PlanSpec(msgspec.Struct, forbid_unknown_fields=True):
     code: str
     name: str
@@ -118,6 +136,7 @@ class PlanSpec(msgspec.Struct, forbid_unknown_fields=True):
     rollover: RolloverSpec | None = None
     alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
     features: dict[str, bool | MeteredFeatureSpec] = {}
+    past_due_policy: Literal["allow"] | PastDueSpec = "allow"
 
 
 class PackSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -348,7 +367,7 @@ def _check_rate_cards(checker: _Checker, meters: dict[str, list[str]]) -> set[st
             checker.add(f"{where}.rates", "needs at least one rate")
         for rate_index, rate in enumerate(card.rates):
             _check_rate(checker, f"{where}.rates[{rate_index}]", rate, meters)
-            _check_rate_bound(checker, f"{where}.rates[{rate_index}]", rate, counted)
+            _check_rate_pricing(checker, f"{where}.rates[{rate_index}]", rate, counted)
         _check_ambiguous_rates(checker, where, card.rates)
     return {card.code for card in checker.spec.rate_cards} | set(
         RateCard.objects.values_list("code", flat=True)
@@ -389,9 +408,68 @@ def _counted_meters(spec: CatalogSpec) -> set[str]:
     return counted
 
 
-def _check_rate_bound(checker: _Checker, where: str, rate: RateSpec, counted: set[str]) -> None:
+def _check_rate_pricing(checker: _Checker, where: str, rate: RateSpec, counted: set[str]) -> None:
+    checker.decimal(f"{where}.cost", rate.cost, places=8)
+    if rate.tiers_mode is None and rate.tiers:
+        checker.add(f"{where}.tiers_mode", "is required with tiers: graduated or volume")
+    if rate.tiers_mode is not None and not rate.tiers:
+        checker.add(f"{where}.tiers", f"{rate.tiers_mode} pricing needs at least one tier")
+    if not rate.tiers:
+        if rate.credits is None:
+            checker.add(f"{where}.credits", "is required (or give tiers_mode and tiers)")
+        else:
+            _check_rate_bound(checker, f"{where}.credits", rate.credits, rate, counted)
+        return
+    if rate.credits is not None:
+        checker.add(f"{where}.credits", "a tiered rate is priced by its tiers; remove credits")
+    if rate.round is not None:
+        checker.add(f"{where}.round", "package rounding cannot be combined with tiers")
+    meter = next((m for m in checker.spec.meters if m.code == rate.meter), None)
+    aggregation = (
+        meter.aggregation
+        if meter
+        else Meter.objects.filter(code=rate.meter).values_list("aggregation", flat=True).first()
+    )
+    if aggregation == "max":
+        checker.add(
+            f"{where}.tiers",
+            f"meter {rate.meter!r} keeps the period's peak (max), which tiers cannot count; "
+            "use a sum or count meter",
+        )
+    previous = Decimal(0)
+    for index, tier in enumerate(rate.tiers):
+        at = f"{where}.tiers[{index}]"
+        _check_rate_bound(checker, f"{at}.credits", tier.credits, rate, counted)
+        start = checker.decimal(f"{at}.from", tier.start, places=6)
+        if start is not None and start > previous:
+            checker.add(f"{at}.from", f"leaves a gap: units {previous} to {start} have no tier")
+        elif start is not None and start < previous:
+            checker.add(
+                f"{at}.from", f"overlaps the tier before, which ends at {previous}: start at it"
+            )
+        last = index == len(rate.tiers) - 1
+        if tier.up_to is None or tier.up_to == "inf":
+            if not last:
+                checker.add(f"{at}.up_to", "only the last tier may be open; give its last unit")
+            continue
+        up_to = checker.decimal(f"{at}.up_to", tier.up_to, places=6, positive=True)
+        if up_to is None:
+            continue
+        if up_to <= previous:
+            checker.add(
+                f"{at}.up_to",
+                f"must be above the tier before's {previous}: bounds increase tier by tier",
+            )
+        elif last:
+            checker.add(f"{at}.up_to", "the last tier must be open: write up_to: inf or omit it")
+        previous = max(previous, up_to)
+
+
+def _check_rate_bound(
+    checker: _Checker, where: str, value: Number, rate: RateSpec, counted: set[str]
+) -> None:
     """A rate may charge no more than keeps one event's credits storable in the ledger."""
-    credits = checker.decimal(f"{where}.credits", rate.credits, places=6)
+    credits = checker.decimal(where, value, places=6)
     if credits is None or not 1 <= rate.per <= MAX_PER:
         return
     if rate.meter in counted:
@@ -401,7 +479,7 @@ def _check_rate_bound(checker: _Checker, where: str, rate: RateSpec, counted: se
     most = _max_rate(rate.per, units)
     if credits > most:
         checker.add(
-            f"{where}.credits",
+            where,
             f"{credits} per {rate.per} could price one event above {MAX_CREDITS} credits, "
             f"more than the ledger holds ({note}); charge at most {most} per {rate.per}",
         )
@@ -461,6 +539,12 @@ def _check_plans(checker: _Checker, card_codes: set[str], meter_codes: set[str])
             checker.decimal(f"{where}.rollover.max_credits", plan.rollover.max_credits, places=6)
         _check_alerts(checker, f"{where}.alerts", plan.alerts)
         _check_features(checker, f"{where}.features", plan.features, meter_codes)
+        policy = plan.past_due_policy
+        if isinstance(policy, PastDueSpec) and not 0 <= policy.deny_after_days <= 365:
+            checker.add(
+                f"{where}.past_due_policy.deny_after_days",
+                f"must be 0 to 365 days, not {policy.deny_after_days}",
+            )
 
 
 def _check_features(
@@ -544,7 +628,7 @@ def load(text: str, *, now: datetime | None = None) -> list[str]:
         meters = {m.code: _apply_meter(m, changes) for m in spec.meters}
         meters.update({m.code: m for m in Meter.objects.exclude(code__in=meters)})
         for card in spec.rate_cards:
-            _apply_rate_card(card, meters, now, changes)
+            _apply_rate_card(card, meters, now, spec.currency, changes)
         for plan in spec.plans:
             _apply_plan(plan, spec.currency, changes)
         for pack in spec.credit_packs:
@@ -571,24 +655,74 @@ def _apply_meter(spec: MeterSpec, changes: list[str]) -> Meter:
     return meter
 
 
-def _rate_rows(spec: RateCardSpec) -> list[tuple[str, tuple[tuple[str, str], ...], Decimal, int]]:
-    return sorted(
-        (r.meter, tuple(sorted(r.match.items())), Decimal(str(r.credits)), r.per)
-        for r in spec.rates
+def _rate_values(rate: RateSpec) -> dict[str, Any]:
+    """A rate as stored: tiers normalized, so the same tiers written another way are no
+    change; a tiered rate's ``credits`` is its highest tier price (what holds reserve)."""
+    tiers: list[dict[str, str | None]] = [
+        {
+            "up_to": None if t.up_to in (None, "inf") else _number(Decimal(str(t.up_to))),
+            "credits": _number(Decimal(str(t.credits))),
+        }
+        for t in rate.tiers
+    ]
+    highest = max((Decimal(str(t.credits)) for t in rate.tiers), default=None)
+    credits = highest if highest is not None else Decimal(str(rate.credits))
+    return {
+        "match": dict(rate.match),
+        "credits": credits,
+        "per": rate.per,
+        "tiers_mode": rate.tiers_mode or "",
+        "tiers": tiers,
+        "round_up": rate.round == "up",
+        "cost": Decimal(str(rate.cost)) if rate.cost is not None else None,
+    }
+
+
+_RateRow = tuple[Any, ...]
+
+
+def _row(meter: str, values: dict[str, Any]) -> _RateRow:
+    tiers = tuple((t["up_to"], Decimal(t["credits"])) for t in values["tiers"])
+    cost = values["cost"]
+    return (
+        meter,
+        tuple(sorted(values["match"].items())),
+        values["credits"],
+        values["per"],
+        values["tiers_mode"],
+        tiers,
+        values["round_up"],
+        cost.normalize() if cost is not None else None,
     )
 
 
-def _version_rows(
-    version: RateCardVersion,
-) -> list[tuple[str, tuple[tuple[str, str], ...], Decimal, int]]:
+def _rate_rows(spec: RateCardSpec) -> list[_RateRow]:
+    return sorted((_row(r.meter, _rate_values(r)) for r in spec.rates), key=repr)
+
+
+def _version_rows(version: RateCardVersion) -> list[_RateRow]:
     return sorted(
-        (r.meter.code, tuple(sorted(r.match.items())), r.credits, r.per)
-        for r in version.rates.select_related("meter")
+        (
+            _row(
+                r.meter.code,
+                {
+                    "match": r.match,
+                    "credits": r.credits,
+                    "per": r.per,
+                    "tiers_mode": r.tiers_mode,
+                    "tiers": r.tiers,
+                    "round_up": r.round_up,
+                    "cost": as_money(r.cost).amount if r.cost is not None else None,
+                },
+            )
+            for r in version.rates.select_related("meter")
+        ),
+        key=repr,
     )
 
 
 def _apply_rate_card(
-    spec: RateCardSpec, meters: dict[str, Meter], now: datetime, changes: list[str]
+    spec: RateCardSpec, meters: dict[str, Meter], now: datetime, currency: str, changes: list[str]
 ) -> None:
     card, _ = RateCard.objects.get_or_create(code=spec.code)
     effective = _timestamp(spec.effective_from)
@@ -603,7 +737,7 @@ def _apply_rate_card(
     card_in_use = _rate_card_in_use(card)
     if exact is not None and not (card_in_use and exact.effective_from <= now):
         exact.rates.all().delete()
-        _create_rates(exact, spec, meters)
+        _create_rates(exact, spec, meters, currency)
         changes.append(f"rate card {spec.code} from {effective:%Y-%m-%d}: updated (not yet in use)")
         return
     # Events already rated keep their rates: a change to a card in use starts now at the
@@ -615,7 +749,7 @@ def _apply_rate_card(
         effective_from=starts,
         source_effective_from=effective,
     )
-    _create_rates(version, spec, meters)
+    _create_rates(version, spec, meters, currency)
     suffix = " (the card is in use, so it starts now)" if starts != effective else ""
     changes.append(
         f"rate card {spec.code}: version {version.version} effective "
@@ -627,17 +761,22 @@ def _rate_card_in_use(card: RateCard) -> bool:
     return SubscriptionPeriod.objects.filter(plan_version__rate_card=card).exists()
 
 
-def _create_rates(version: RateCardVersion, spec: RateCardSpec, meters: dict[str, Meter]) -> None:
-    Rate.objects.bulk_create(
-        Rate(
-            version=version,
-            meter=meters[rate.meter],
-            match=dict(rate.match),
-            credits=Decimal(str(rate.credits)),
-            per=rate.per,
+def _create_rates(
+    version: RateCardVersion, spec: RateCardSpec, meters: dict[str, Meter], currency: str
+) -> None:
+    rates = []
+    for rate in spec.rates:
+        values = _rate_values(rate)
+        cost = values.pop("cost")
+        rates.append(
+            Rate(
+                version=version,
+                meter=meters[rate.meter],
+                cost=Money(cost, currency) if cost is not None else None,  # type: ignore[misc]
+                **values,
+            )
         )
-        for rate in spec.rates
-    )
+    Rate.objects.bulk_create(rates)
 
 
 def _plan_values(spec: PlanSpec, currency: str) -> dict[str, Any]:
@@ -661,6 +800,9 @@ def _plan_values(spec: PlanSpec, currency: str) -> dict[str, Any]:
         "alert_usage_thresholds": sorted(spec.alerts.usage_thresholds),
         "alert_low_balance_credits": Decimal(str(low)) if low is not None else None,
         "features": _feature_values(spec.features),
+        "past_due_deny_after_days": spec.past_due_policy.deny_after_days
+        if isinstance(spec.past_due_policy, PastDueSpec)
+        else None,
     }
 
 
@@ -775,8 +917,19 @@ def _dump_rate_card(version: RateCardVersion) -> dict[str, Any]:
         row: dict[str, Any] = {"meter": rate.meter.code}
         if rate.match:
             row["match"] = dict(rate.match)
-        row["credits"] = _number(rate.credits)
+        if rate.tiers_mode:
+            row["tiers_mode"] = rate.tiers_mode
+            row["tiers"] = [
+                {"up_to": t["up_to"] if t["up_to"] is not None else "inf", "credits": t["credits"]}
+                for t in rate.tiers
+            ]
+        else:
+            row["credits"] = _number(rate.credits)
         row["per"] = rate.per
+        if rate.round_up:
+            row["round"] = "up"
+        if rate.cost is not None:
+            row["cost"] = _number(as_money(rate.cost).amount)
         rates.append(row)
     return {
         "code": version.rate_card.code,
@@ -807,6 +960,8 @@ def _dump_plan(version: PlanVersion) -> dict[str, Any]:
     alerts = _dump_alerts(version)
     if alerts:
         out["alerts"] = alerts
+    if version.past_due_deny_after_days is not None:
+        out["past_due_policy"] = {"deny_after_days": version.past_due_deny_after_days}
     if version.features:
         # jsonb keeps its own key order: written back as the catalog spells them.
         out["features"] = {

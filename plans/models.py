@@ -91,23 +91,59 @@ class RateCardVersion(models.Model):
         return f"{self.rate_card.code} v{self.version} from {self.effective_from:%Y-%m-%d}"
 
 
+class TiersMode(models.TextChoices):
+    FLAT = "", "flat"
+    # Each unit is priced by the tier it falls in (counted over the period).
+    GRADUATED = "graduated"
+    # All of the period's units are priced at the tier the period's total reaches.
+    VOLUME = "volume"
+
+
 class Rate(models.Model):
-    """``credits`` per ``per`` units of a meter, for events whose dimensions include ``match``."""
+    """``credits`` per ``per`` units of a meter, for events whose dimensions include ``match``.
+
+    A tiered rate prices by the period's cumulative units of the rate (``tiers``: a list of
+    ``{"up_to": "<units>" | None, "credits": "<credits per per units>"}``, bounds
+    increasing, the last open); its ``credits`` is then the highest tier price, what
+    estimates and holds reserve at. ``round_up`` makes ``per`` a package: a started package
+    costs a whole one, counted over the period too. ``cost`` is what the provider charges
+    per ``per`` units (money, never shown to customers)."""
 
     version = models.ForeignKey(RateCardVersion, on_delete=models.PROTECT, related_name="rates")
     meter = models.ForeignKey(Meter, on_delete=models.PROTECT, related_name="rates")
     match = models.JSONField(default=dict, blank=True)
     credits = CreditField()
     per = models.PositiveIntegerField(default=1)
+    tiers_mode = models.CharField(
+        max_length=16, choices=TiersMode.choices, default=TiersMode.FLAT, blank=True
+    )
+    tiers = models.JSONField(default=list, blank=True)
+    round_up = models.BooleanField(default=False)
+    cost = MoneyField(
+        max_digits=19, decimal_places=8, default_currency="USD", null=True, blank=True
+    )
+
+    objects = models.Manager()
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(credits__gte=0), name="plans_rate_credits_gte_0"),
             models.CheckConstraint(condition=Q(per__gt=0), name="plans_rate_per_gt_0"),
+            models.CheckConstraint(
+                condition=Q(tiers_mode="") | ~Q(tiers=[]), name="plans_rate_tiered_has_tiers"
+            ),
+            models.CheckConstraint(
+                condition=Q(cost__isnull=True) | Q(cost__gte=0), name="plans_rate_cost_gte_0"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.meter.code} {self.match} {self.credits}/{self.per}"
+
+    @property
+    def counts_period(self) -> bool:
+        """Priced on the period's cumulative units (tiers or packages), not per event."""
+        return bool(self.tiers_mode) or self.round_up
 
 
 class Plan(models.Model):
@@ -157,6 +193,9 @@ class PlanVersion(models.Model):
     # to ``true``/``false``, or to ``{"meter": <code>, "limit": "<decimal>"}`` for a limit
     # on a meter's units per period. Read through :meth:`feature_list`.
     features = models.JSONField(default=dict, blank=True)
+    # What an unpaid invoice does to access: None allows usage while Stripe retries the
+    # payment; N denies authorizations (``payment_overdue``) N days after the first failure.
+    past_due_deny_after_days = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = models.Manager()
@@ -287,6 +326,9 @@ class Subscription(models.Model):
     )
     cancel_at_period_end = models.BooleanField(default=False)
     canceled_at = models.DateTimeField(null=True, blank=True)
+    # Set when a payment of one of its invoices fails, cleared when every failed invoice
+    # is paid: the subscription is then ``past_due`` to the API and the portal.
+    past_due_since = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

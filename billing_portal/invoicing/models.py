@@ -72,6 +72,12 @@ class Invoice(models.Model):
     )
     sync_error = models.TextField(blank=True)
     sync_attempts = models.PositiveIntegerField(default=0)
+    # Collection, as Stripe reports it (invoice.payment_failed / invoice.paid): Stripe
+    # runs the retries; these record them.
+    payment_attempts = models.PositiveIntegerField(default=0)
+    payment_failed_at = models.DateTimeField(null=True, blank=True)
+    payment_error = models.TextField(blank=True)
+    next_payment_attempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = models.Manager()
@@ -98,6 +104,11 @@ class LineKind(models.TextChoices):
     OVERAGE = "overage"
     CREDIT_PACK = "credit_pack"
     PRIOR_PERIOD_ADJUSTMENT = "prior_period_adjustment"
+    # Detail of a tiered or package rate: the units in one tier and their price in
+    # credits (money stays on the usage lines).
+    USAGE_TIER = "usage_tier"
+    # Credits bringing a tiered or package rate to its formula on the period's total.
+    TIER_TRUE_UP = "tier_true_up"
 
 
 class InvoiceLine(models.Model):

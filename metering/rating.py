@@ -435,8 +435,8 @@ def _period_max(
 
 def _ratings_insert(items: list[_Priced], rated_at: datetime) -> None:
     """One EventRating row per event, written as arrays in one statement."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [])
-    ids, statuses, credits, units, rates, periods, late, codes, messages = columns
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
+    ids, statuses, credits, units, rates, periods, late, codes, messages, costs = columns
     for item in items:
         rated, error = item.rated, item.error
         ids.append(item.event.id)
@@ -448,6 +448,7 @@ def _ratings_insert(items: list[_Priced], rated_at: datetime) -> None:
         late.append(item.late)
         codes.append(error.code if error else "")
         messages.append(error.message if error else "")
+        costs.append(rated.cost if rated else None)
     with connection.cursor() as cursor:
         cursor.execute(_RATINGS_SQL, [rated_at, *columns])
 
@@ -455,11 +456,11 @@ def _ratings_insert(items: list[_Priced], rated_at: datetime) -> None:
 _RATINGS_SQL = """
 INSERT INTO metering_eventrating
     (rated_at, event_id, status, credits, units, rate_id, period_id,
-     prior_period_adjustment, error_code, error_message)
-SELECT %s, event_id, status, credits, units, rate_id, period_id, late, code, message
+     prior_period_adjustment, error_code, error_message, cost)
+SELECT %s, event_id, status, credits, units, rate_id, period_id, late, code, message, cost
 FROM unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::bigint[],
-            %s::bigint[], %s::boolean[], %s::text[], %s::text[])
-    AS t(event_id, status, credits, units, rate_id, period_id, late, code, message)
+            %s::bigint[], %s::boolean[], %s::text[], %s::text[], %s::numeric[])
+    AS t(event_id, status, credits, units, rate_id, period_id, late, code, message, cost)
 """
 
 

@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from ledger.errors import DomainError
 from ledger.models import CREDIT_QUANTUM
 from plans.models import Aggregation, Meter, Rate, RateCardVersion
+from plans.money import as_money
 
 CACHE_SECONDS = 5.0
 # Rate tables by rate card ids, with when they were read; replaced whole, never mutated,
@@ -35,6 +36,18 @@ def credits_for(*, units: Decimal, credits: Decimal, per: int) -> Decimal:
     return (units * credits / per).quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
+# Provider cost is money kept exact to 8 places (as the rate's own cost column).
+COST_QUANTUM = Decimal("0.00000001")
+
+
+def cost_for(*, units: Decimal, rate: Rate) -> Decimal | None:
+    """What the provider charges for ``units`` at the rate's ``cost`` (None: no cost)."""
+    if rate.cost is None:
+        return None
+    amount = as_money(rate.cost).amount
+    return (units * amount / rate.per).quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
 @dataclass(frozen=True)
 class Rated:
     credits: Decimal
@@ -42,6 +55,7 @@ class Rated:
     meter: Meter
     rate: Rate
     version: RateCardVersion
+    cost: Decimal | None = None
 
 
 class RateTable:
@@ -141,6 +155,7 @@ class RateTable:
             meter=meter,
             rate=rate,
             version=version,
+            cost=cost_for(units=units, rate=rate),
         )
 
     def _match(self, version: RateCardVersion, meter: Meter, dimensions: Mapping[str, str]) -> Rate:

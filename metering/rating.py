@@ -43,6 +43,7 @@ from plans.models import (
 )
 from plans.rating import Rated, RateTable, RatingError
 from plans.services import subscriptions_renew_due
+from plans.tiers import counts_period, event_charge
 
 BATCH = 1000
 # How long an event stamped past its subscription's current period waits before it is
@@ -269,6 +270,12 @@ class _Rater:
         self.dimensions = _Dimensions()
         # Pricing depends only on these inputs; a batch repeats few combinations.
         self._rated: dict[tuple[Any, ...], Rated] = {}
+        # Tiered and package rates: the period's units and credits so far, per (period,
+        # rate), and what this batch adds to them.
+        self.rate_usage: dict[tuple[int, int], list[Decimal]] = {}
+        self.rate_usage_added: dict[tuple[int, int], list[Decimal]] = defaultdict(
+            lambda: [ZERO, ZERO]
+        )
 
     def run(self) -> None:
         priced = [p for p in map(self._price, self._waiting_for_renewal()) if p is not None]
@@ -296,6 +303,7 @@ class _Rater:
             for item, debit in zip(plain, debits, strict=True):
                 item.overage = debit.overage
         _ratings_insert(priced, self.now)
+        _rate_usage_add(self.rate_usage_added)
         _rollups_add(self.customer.pk, [p for p in priced if p.rated])
         charged = [p for p in priced if p.rated and p.period]
         _period_usage_add(self.customer.pk, charged)
@@ -342,11 +350,12 @@ class _Rater:
             rated = self._rate(period, event, dimensions, dims_key)
         except RatingError as error:
             return _Priced(event, dimensions, dims_key, period, None, ZERO, late, error)
-        credits = (
-            self._max_delta(period, rated, dims_key)
-            if rated.meter.aggregation == Aggregation.MAX
-            else rated.credits
-        )
+        if rated.meter.aggregation == Aggregation.MAX:
+            credits = self._max_delta(period, rated, dims_key)
+        elif counts_period(rated.rate):
+            credits = self._period_priced(period, rated, late)
+        else:
+            credits = rated.credits
         # An event for an invoiced period is charged in the open one, as an adjustment.
         charged_period = (self._open_period() or period) if late else period
         return _Priced(event, dimensions, dims_key, charged_period, rated, credits, late)
@@ -367,6 +376,23 @@ class _Rater:
                 at=event.timestamp,
             )
         return rated
+
+    def _period_priced(self, period: SubscriptionPeriod, rated: Rated, late: bool) -> Decimal:
+        """A tiered or package rate: priced from the units of the event's period before
+        it. A late event (its period already invoiced and trued up) is priced at the
+        margin of that period's final units and does not change them."""
+        key = (period.pk, rated.rate.pk)
+        so_far = self.rate_usage.get(key)
+        if so_far is None:
+            so_far = self.rate_usage[key] = _rate_usage(period.pk, rated.rate.pk)
+        credits = event_charge(rated.rate, so_far[0], rated.units)
+        if not late:
+            so_far[0] += rated.units
+            so_far[1] += credits
+            added = self.rate_usage_added[key]
+            added[0] += rated.units
+            added[1] += credits
+        return credits
 
     def _max_delta(self, period: SubscriptionPeriod, rated: Rated, dims_key: str) -> Decimal:
         """A max meter charges only for a new peak within the period."""
@@ -431,6 +457,41 @@ def _period_max(
         )
         row = cursor.fetchone()
     return Decimal(row[0]) if row else ZERO
+
+
+def _rate_usage(period_id: int, rate_id: int) -> list[Decimal]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT units, credits FROM metering_rateusage WHERE period_id = %s AND rate_id = %s",
+            [period_id, rate_id],
+        )
+        row = cursor.fetchone()
+    return [Decimal(row[0]), Decimal(row[1])] if row else [ZERO, ZERO]
+
+
+def _rate_usage_add(added: dict[tuple[int, int], list[Decimal]]) -> None:
+    if not added:
+        return
+    keys = list(added)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO metering_rateusage (period_id, rate_id, units, credits, updated_at)
+            SELECT period_id, rate_id, units, credits, now()
+            FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[])
+                AS t(period_id, rate_id, units, credits)
+            ON CONFLICT (period_id, rate_id) DO UPDATE SET
+                units = metering_rateusage.units + EXCLUDED.units,
+                credits = metering_rateusage.credits + EXCLUDED.credits,
+                updated_at = now()
+            """,
+            [
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [added[k][0] for k in keys],
+                [added[k][1] for k in keys],
+            ],
+        )
 
 
 def _ratings_insert(items: list[_Priced], rated_at: datetime) -> None:

@@ -30,6 +30,7 @@ from metering.models import (
     EventRating,
     MeterEvent,
     PeriodUsage,
+    RateUsage,
     RatingQueue,
     RatingStatus,
 )
@@ -656,3 +657,9 @@ def _usage_subtract(event: MeterEvent, rating: EventRating) -> None:
         overage=F("overage") - overage,
         events=F("events") - 1,
     )
+    if rating.rate_id is not None and not rating.prior_period_adjustment:
+        # A tiered or package rate counts the period's units: the events after this one
+        # price from the units without it, and period close trues the rest up.
+        RateUsage.objects.filter(period_id=rating.period_id, rate_id=rating.rate_id).update(
+            units=F("units") - rating.units, credits=F("credits") - rating.credits
+        )

@@ -108,11 +108,41 @@ class _Context:
     period_start: datetime | None = None
     period_end: datetime | None = None
     features: dict[str, Any] | None = None
+    past_due_since: datetime | None = None  # the active subscription's first unpaid failure
+    past_due_deny_after_days: int | None = None  # the plan's grace; None: allow while past due
 
     @property
     def allowance(self) -> Decimal | None:
         """How far below zero the plan lets available go (None: no limit)."""
         return allowance_for(self.overage_policy, self.soft_limit_percent, self.included)
+
+    def payment_overdue(self, now: datetime) -> bool:
+        paused_at = access_paused_at(
+            past_due_since=self.past_due_since, deny_after_days=self.past_due_deny_after_days
+        )
+        return paused_at is not None and now >= paused_at
+
+
+# Every reason an authorization is denied with (the API lists them in its schema).
+DENY_REASONS = (
+    "insufficient_credits",
+    "spend_limit_reached",
+    "no_active_subscription",
+    "feature_not_in_plan",
+    "feature_limit_reached",
+    "payment_overdue",
+)
+
+
+def access_paused_at(
+    *, past_due_since: datetime | None, deny_after_days: int | None
+) -> datetime | None:
+    """When authorizations start to deny ``payment_overdue``: the plan's grace after the
+    first failed payment still unpaid. None while nothing is past due, or when the plan
+    allows usage while past due (``past_due_policy: allow``)."""
+    if past_due_since is None or deny_after_days is None:
+        return None
+    return past_due_since + timedelta(days=deny_after_days)
 
 
 _CONTEXT = (
@@ -121,7 +151,9 @@ _CONTEXT = (
            (SELECT a.id FROM metering_authorization a
             WHERE a.customer_id = c.id AND a.identifier = %(identifier)s),
            p.id, p.included_credits, v.rate_card_id, v.overage_policy, v.soft_limit_percent,
-           p.start, p."end", v.features::text
+           p.start, p."end", v.features::text, v.past_due_deny_after_days,
+           (SELECT s.past_due_since FROM plans_subscription s
+            WHERE s.customer_id = c.id AND s.status = 'active')
     FROM plans_customer c
     LEFT JOIN LATERAL ({period_in_force}) p ON true
     LEFT JOIN plans_planversion v ON v.id = p.plan_version_id
@@ -144,7 +176,8 @@ def _context(external_id: str, identifier: str, at: datetime) -> _Context | None
     if row is None:
         return None
     customer_id, account_id, spend_limit, existing_id, period_id, included, *plan = row
-    rate_card_id, overage_policy, soft_limit_percent, start, end, features = plan
+    rate_card_id, overage_policy, soft_limit_percent, start, end, features, *past_due = plan
+    deny_after_days, past_due_since = past_due
     return _Context(
         customer_id=customer_id,
         account_id=account_id,
@@ -158,6 +191,8 @@ def _context(external_id: str, identifier: str, at: datetime) -> _Context | None
         period_start=start,
         period_end=end,
         features=json.loads(features) if features else None,
+        past_due_since=past_due_since,
+        past_due_deny_after_days=deny_after_days,
     )
 
 
@@ -205,7 +240,9 @@ def _decide(
             context, request, AuthorizationDecision.DENY, "no_active_subscription", ZERO, ZERO
         )
     credits, meter = _price(request, context.rate_card_id, now)
-    denial = _feature_denial(context, request, meter) if request.feature is not None else None
+    denial = "payment_overdue" if context.payment_overdue(now) else None
+    if denial is None and request.feature is not None:
+        denial = _feature_denial(context, request, meter)
     if denial is not None:
         available = _available(context, meter, request.workspace, now)
         return _store(

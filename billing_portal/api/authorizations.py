@@ -71,6 +71,17 @@ class AuthorizationOutSerializer(serializers.Serializer):
         "on a plan without an overage price)."
     )
 
+    # Listed in the description, not as an enum: a second choice set on a field named
+    # "reason" would rename the credit notes' ReasonEnum that clients are generated from.
+    @extend_schema_field(
+        serializers.CharField(
+            allow_null=True,
+            help_text="Why it was denied, null when allowed: "
+            + ", ".join(services.DENY_REASONS)
+            + ". payment_overdue: an invoice's payment failed and the plan's past_due_policy "
+            "grace is over; paying the invoice allows requests again at once.",
+        )
+    )
     def get_reason(self, authorization: Authorization) -> str | None:
         return authorization.reason or None
 

@@ -381,9 +381,56 @@ def credits_reverse(
         return _reverse_entries(locked, operation, originals)
 
 
-def _reverse_entries(
-    account: Account, operation: LedgerOperation, originals: list[LedgerEntry]
+def credits_return(
+    *,
+    account: Account,
+    amount: Decimal,
+    originals: Sequence[LedgerEntry],
+    cause: Cause,
+    actor: str,
+    reason: str,
+    idempotency_key: str,
 ) -> list[LedgerEntry]:
+    """Give back ``amount`` credits of what ``originals`` (consume and overage entries)
+    charged, overage first, then the newest consumption first: part of a charge, where
+    ``credits_reverse`` gives back all of a cause's. The reversal entries carry ``cause``
+    (a tiered rate's true-up gives back part of its events' charges)."""
+    amount = non_negative(amount)
+    with transaction.atomic():
+        locked = _lock_account(account.pk)
+        replayed = _replayed_operation(locked, OperationKind.REVERSAL, idempotency_key)
+        if replayed is not None:
+            return list(replayed.entries.order_by("pk"))
+        order = sorted(originals, key=lambda e: (e.kind != EntryKind.OVERAGE, -e.pk))
+        parts: list[tuple[LedgerEntry, Decimal]] = []
+        left = amount
+        for original in order:
+            if left <= 0:
+                break
+            part = min(left, -original.credits)
+            parts.append((original, part))
+            left -= part
+        if left > 0:
+            raise InvalidAmount(
+                f"cannot give back {amount} credits: the entries named charged only {amount - left}"
+            )
+        operation = _operation(
+            locked, OperationKind.REVERSAL, actor=actor, reason=reason, key=idempotency_key
+        )
+        return _reverse_entries(
+            locked, operation, [e for e, _ in parts], [p for _, p in parts], cause
+        )
+
+
+def _reverse_entries(
+    account: Account,
+    operation: LedgerOperation,
+    originals: list[LedgerEntry],
+    amounts: list[Decimal] | None = None,
+    cause: Cause | None = None,
+) -> list[LedgerEntry]:
+    """Reversal entries for ``originals``: whole, or ``amounts`` of each; under the
+    originals' cause unless ``cause`` is given."""
     grant_ids = sorted({e.grant_id for e in originals if e.grant_id is not None})
     grants = {
         g.pk: g
@@ -391,24 +438,25 @@ def _reverse_entries(
     }
     now = timezone.now()
     reversals: list[LedgerEntry] = []
-    for original in originals:
+    for index, original in enumerate(originals):
         grant = grants.get(original.grant_id) if original.grant_id is not None else None
+        given_back = amounts[index] if amounts is not None else -original.credits
         reversals.append(
             LedgerEntry(
                 operation=operation,
                 account=account,
                 kind=EntryKind.REVERSAL,
                 grant=grant,
-                credits=-original.credits,
-                cause_type=original.cause_type,
-                cause_id=original.cause_id,
+                credits=given_back,
+                cause_type=cause.type if cause else original.cause_type,
+                cause_id=cause.id if cause else original.cause_id,
                 meter=original.meter,
                 workspace=original.workspace,
             )
         )
         if grant is None:
             continue
-        grant.remaining -= original.credits
+        grant.remaining += given_back
         if grant.status == GrantStatus.DEPLETED:
             grant.status = GrantStatus.ACTIVE
     write_offs = _write_off_closed(account, operation, grants.values(), now)
@@ -422,7 +470,9 @@ def _write_off_closed(
 ) -> list[LedgerEntry]:
     entries = []
     for grant in grants:
-        expired = grant.expires_at is not None and grant.expires_at <= now
+        # A grant past its expiry but inside its late-usage window still pays for the
+        # late events of its period: credits given back to it stay until it is closed.
+        expired = _past_late_usage(grant, now)
         if grant.status in (GrantStatus.ACTIVE, GrantStatus.DEPLETED) and not expired:
             continue
         kind = EntryKind.VOID if grant.status == GrantStatus.VOIDED else EntryKind.EXPIRE

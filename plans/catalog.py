@@ -416,7 +416,8 @@ def _check_rate_pricing(checker: _Checker, where: str, rate: RateSpec, counted: 
         checker.add(f"{where}.tiers", f"{rate.tiers_mode} pricing needs at least one tier")
     if not rate.tiers:
         if rate.credits is None:
-            checker.add(f"{where}.credits", "is required (or give tiers_mode and tiers)")
+            if rate.tiers_mode is None:
+                checker.add(f"{where}.credits", "is required (or give tiers_mode and tiers)")
         else:
             _check_rate_bound(checker, f"{where}.credits", rate.credits, rate, counted)
         return

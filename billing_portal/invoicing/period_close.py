@@ -13,15 +13,18 @@
 3. **Close** (:func:`period_close`, one transaction per period, with the period's row
    locked and then the customer's account):
 
-   a. write off the period's included and rollover credits (breakage) and roll over
+   a. bring each tiered or package rate to its formula on the period's total units
+      (``metering.true_up``: volume tiers, cancelled events), drawn on the period's
+      own credits;
+   b. write off the period's included and rollover credits (breakage) and roll over
       what the plan allows into the next period (``plans.services.period_credits_close``);
-   b. mark it ``invoicing``: rating now charges its late events to the open period, as
+   c. mark it ``invoicing``: rating now charges its late events to the open period, as
       prior-period adjustments on the next invoice;
-   c. build its invoice from the ledger entries of its events
+   d. build its invoice from the ledger entries of its events
       (``billing_portal.invoicing.services.period_invoice_create``): base fee,
-      prorations, credits used, postpaid overage, prior-period adjustments; every line
-      linked to its entries;
-   d. announce the invoice (signal ``billing_portal.invoicing.signals.invoice_issued``):
+      prorations, credits used, postpaid overage, tier quantities and true-ups,
+      prior-period adjustments; every line linked to its entries;
+   e. announce the invoice (signal ``billing_portal.invoicing.signals.invoice_issued``):
       the Stripe integration's receiver marks it pending and queues its sync (task
       ``invoice_sync_task``), sent once the transaction commits.
 
@@ -41,6 +44,7 @@ from django.utils import timezone
 from billing_portal.invoicing.models import Invoice
 from billing_portal.invoicing.services import period_invoice_create
 from billing_portal.invoicing.signals import invoice_issued
+from metering.true_up import period_rates_true_up
 from plans.models import PeriodStatus, SubscriptionPeriod
 from plans.services import period_credits_close, periods_due_for_close
 
@@ -74,6 +78,9 @@ def period_close(*, period_id: int, now: datetime | None = None) -> Invoice | No
         if period is None or Invoice.objects.filter(period=period).exists():
             return None
         if period.status == PeriodStatus.CLOSED:
+            # Tiered and package rates first: what they still owe draws on the period's
+            # own credits, before those are written off.
+            period_rates_true_up(period=period)
             period_credits_close(period=period, now=now)
         invoice = period_invoice_create(period=period)
         invoice_issued.send(sender=Invoice, invoice=invoice)

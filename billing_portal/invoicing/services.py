@@ -23,19 +23,23 @@ from billing_portal.invoicing.models import (
     InvoiceStatus,
     LineKind,
 )
-from ledger.models import ZERO, EntryKind, LedgerEntry
+from ledger.models import ZERO, CauseType, EntryKind, LedgerEntry
 from ledger.units import to_cents
-from metering.models import EventCancellation, EventRating
+from metering.models import EventCancellation, EventRating, PeriodUsage, RateUsage
+from metering.true_up import period_true_ups
 from plans.models import (
     ChangeKind,
     Customer,
     OveragePolicy,
+    PeriodStatus,
     PlanVersion,
+    Rate,
     SubscriptionChange,
     SubscriptionPeriod,
 )
 from plans.money import as_money
 from plans.periods import period_containing
+from plans.tiers import TierQuantity, breakdown
 
 
 def invoice_number_next(prefix: str = "INV-") -> str:
@@ -186,8 +190,124 @@ def _period_lines(period: SubscriptionPeriod) -> list[_Line]:
             lines.append(
                 _overage(period, version, on_time, LineKind.OVERAGE, period.start, period.end)
             )
+    lines.extend(_tier_lines(period))
+    true_up = _true_up_line(period, version)
+    if true_up is not None:
+        lines.append(true_up)
+    if version.overage_policy == OveragePolicy.POSTPAID:
         lines.extend(_prior_period_adjustments(period, version, [e for e, late in entries if late]))
     return lines
+
+
+def _tier_lines(period: SubscriptionPeriod) -> list[_Line]:
+    """What each tiered or package rate's period total is made of, tier by tier: units
+    and credits, no money (the credits are billed on the usage lines)."""
+    rows = (
+        RateUsage.objects.filter(period=period, units__gt=0)
+        .select_related("rate__meter")
+        .order_by("rate__meter__code", "rate_id")
+    )
+    return [
+        _Line(
+            LineKind.USAGE_TIER,
+            tier_description(row.rate, part)[:255],
+            part.units,
+            ZERO,
+            ZERO,
+            period.start,
+            period.end,
+            credits=part.credits,
+        )
+        for row in rows
+        for part in breakdown(row.rate, row.units)
+    ]
+
+
+def _count(value: Decimal) -> str:
+    text = f"{value.normalize():,f}"
+    return text
+
+
+def tier_description(rate: Rate, part: TierQuantity) -> str:
+    meter = rate.meter
+    what = meter.label + (
+        " (" + ", ".join(f"{k}={v}" for k, v in sorted(rate.match.items())) + ")"
+        if rate.match
+        else ""
+    )
+    unit = meter.unit
+    price = f"{_count(part.tier.credits)} credits per {_count(Decimal(rate.per))} {unit}"
+    if part.packages is not None:
+        return (
+            f"{what}: {_count(part.units)} {unit} in {_count(part.packages)} started packages "
+            f"of {_count(Decimal(rate.per))}, {_count(part.tier.credits)} credits each"
+        )
+    bounds = (
+        f"{_count(part.tier.start)}-{_count(part.tier.up_to)}"
+        if part.tier.up_to is not None
+        else f"above {_count(part.tier.start)}"
+    )
+    if rate.tiers_mode == "volume":
+        return f"{what}: all {_count(part.units)} {unit} at the {bounds} tier, {price}"
+    return f"{what}: {_count(part.units)} {unit} in tier {bounds}, {price}"
+
+
+def _true_up_line(period: SubscriptionPeriod, version: PlanVersion) -> _Line | None:
+    """Credits that brought tiered and package rates to their formula on the period's
+    total (volume tiers, cancelled events). Before the close, what it would post now."""
+    entries = list(
+        LedgerEntry.objects.filter(
+            account_id=period.subscription.customer.account_id,
+            cause_type=CauseType.TIER_TRUE_UP,
+            cause_id__startswith=f"{period.pk}:",
+        ).order_by("pk")
+    )
+    if entries:
+        credits = -sum((e.credits for e in entries), ZERO)
+        billed = -sum(
+            (
+                e.credits
+                for e in entries
+                if e.kind == EntryKind.OVERAGE or (e.kind == EntryKind.REVERSAL and not e.grant_id)
+            ),
+            ZERO,
+        )
+    elif period.status in (PeriodStatus.OPEN, PeriodStatus.CLOSED):
+        pending = period_true_ups(period)
+        if not pending:
+            return None
+        credits = sum((t.credits for t in pending), ZERO)
+        billed = _projected_overage(period, credits)
+    else:
+        return None
+    postpaid = version.overage_policy == OveragePolicy.POSTPAID
+    price = (
+        as_money(version.overage_price_per_credit).amount
+        if postpaid and version.overage_price_per_credit
+        else ZERO
+    )
+    quantity = billed if postpaid else credits
+    return _Line(
+        LineKind.TIER_TRUE_UP,
+        "Tiered pricing: credits brought to the price of the period's total",
+        quantity,
+        price,
+        quantity * price,
+        period.start,
+        period.end,
+        credits=credits,
+        entries=entries,
+    )
+
+
+def _projected_overage(period: SubscriptionPeriod, credits: Decimal) -> Decimal:
+    """An estimate of the overage a true-up not yet posted would move: once a period is
+    in overage, more usage is overage and a refund comes off the overage first."""
+    usage = PeriodUsage.objects.filter(period=period).first()
+    overage = usage.overage if usage is not None else ZERO
+    if credits > 0:
+        return credits if overage > 0 else ZERO
+    return -min(-credits, overage)
 
 
 def _base_fee(period: SubscriptionPeriod) -> _Line:

@@ -106,3 +106,41 @@ def _waiting_line(limit: int, customer: object, waiting: object, *oldest: object
         state = "parked for staff" if parked_at else "still failing"
         line += f", {state} after {attempts} attempt(s): {error}"
     return line
+
+
+@register("tiered_rate_usage_equals_its_charges")
+def tiered_usage_matches_charges() -> list[str]:
+    """A tiered or package rate's running count is what its period's own, uncancelled
+    events and its true-up charged: the count the next event is priced from."""
+    rows = query_rows(
+        """
+        WITH events AS (
+            SELECT r.period_id, r.rate_id, SUM(r.units) AS units, SUM(r.credits) AS credits
+            FROM metering_eventrating r
+            WHERE NOT r.prior_period_adjustment AND r.status = 'rated'
+              AND NOT EXISTS (
+                  SELECT 1 FROM metering_eventcancellation c WHERE c.event_id = r.event_id
+              )
+            GROUP BY r.period_id, r.rate_id
+        ),
+        true_ups AS (
+            SELECT cause_id, -SUM(credits) AS credits
+            FROM ledger_ledgerentry
+            WHERE cause_type = 'tier_true_up'
+            GROUP BY cause_id
+        )
+        SELECT u.period_id, u.rate_id, u.units, COALESCE(e.units, 0), u.credits,
+               COALESCE(e.credits, 0) + COALESCE(t.credits, 0)
+        FROM metering_rateusage u
+        LEFT JOIN events e ON e.period_id = u.period_id AND e.rate_id = u.rate_id
+        LEFT JOIN true_ups t ON t.cause_id = u.period_id::text || ':' || u.rate_id::text
+        WHERE u.units <> COALESCE(e.units, 0)
+           OR u.credits <> COALESCE(e.credits, 0) + COALESCE(t.credits, 0)
+        ORDER BY u.period_id, u.rate_id
+        """
+    )
+    return [
+        f"period {period} rate {rate}: counted {units} units and {credits} credits; its events "
+        f"and true-up come to {event_units} units and {charged} credits"
+        for period, rate, units, event_units, credits, charged in rows
+    ]

@@ -332,3 +332,14 @@ def test_packages_are_charged_when_a_package_starts() -> None:
     invoice = _close(first)
     (line,) = invoice.lines.filter(kind=LineKind.USAGE_TIER)
     assert "12 images in 2 started packages of 10, 5 credits each" in line.description
+
+
+@pytest.mark.django_db
+def test_reconcile_names_a_tier_count_that_disagrees_with_its_events() -> None:
+    _, first = _setup()
+    _send("a", first.start + timedelta(days=1), 6_000)
+    assert _problems() == {}
+    RateUsage.objects.filter(period=first).update(units=Decimal(1_000))  # a lost update
+    (problem,) = _problems()["tiered_rate_usage_equals_its_charges"]
+    assert "counted 1000.000000 units and 12.000000 credits" in problem
+    assert "its events and true-up come to 6000.000000 units" in problem

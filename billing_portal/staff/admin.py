@@ -663,6 +663,7 @@ class AuditLogAdmin(ReadOnlyAdmin):
             self.workflow_urls(
                 [
                     ("reports/revenue/", views.report_revenue, "report_revenue"),
+                    ("reports/margin/", views.report_margin, "report_margin"),
                     (
                         "reports/reconciliation/",
                         views.report_reconciliation,
@@ -679,6 +680,7 @@ class AuditLogAdmin(ReadOnlyAdmin):
     ) -> HttpResponse:
         reports = [
             (reverse("admin:staff_auditlog_report_revenue"), "Revenue report"),
+            (reverse("admin:staff_auditlog_report_margin"), "Margin report"),
             (reverse("admin:staff_auditlog_report_reconciliation"), "Reconciliation"),
             (reverse("admin:staff_auditlog_report_unmatched"), "Unmatched events"),
         ]

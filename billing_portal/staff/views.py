@@ -23,6 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing_portal.invoicing.credit_notes import credit_note_preview
+from billing_portal.invoicing.margin import margin_report
 from billing_portal.invoicing.models import CreditNote, Invoice, InvoiceLine
 from billing_portal.invoicing.revenue import revenue_report
 from billing_portal.invoicing.selectors import invoice_line_lineage
@@ -505,14 +506,27 @@ def _report(
     return TemplateResponse(request, f"admin/staff/{template}", full)
 
 
-def report_revenue(request: HttpRequest, site: AdminSite) -> HttpResponse:
-    require(request.user, "read_reports")
+def _month_asked(request: HttpRequest) -> tuple[staff_forms.MonthForm, date]:
+    """The month picker's month; this month when none (or no valid one) is given."""
     form = staff_forms.MonthForm(request.GET or None)
     month = timezone.now().date().replace(day=1)
     if form.is_valid() and form.cleaned_data["month"]:
         month = cast(date, form.cleaned_data["month"])
+    return form, month
+
+
+def report_revenue(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    require(request.user, "read_reports")
+    form, month = _month_asked(request)
     report = revenue_report(month=month)
     return _report(request, site, "report_revenue.html", "Revenue report", form=form, report=report)
+
+
+def report_margin(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    require(request.user, "read_reports")
+    form, month = _month_asked(request)
+    report = margin_report(month=month)
+    return _report(request, site, "report_margin.html", "Margin report", form=form, report=report)
 
 
 def report_reconciliation(request: HttpRequest, site: AdminSite) -> HttpResponse:

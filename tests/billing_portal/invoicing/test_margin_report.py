@@ -31,7 +31,10 @@ from io import StringIO
 
 import pytest
 import time_machine
+from django.contrib.auth.models import Group, User
 from django.core.management import CommandError, call_command
+from django.test import Client
+from django.urls import reverse
 from djmoney.money import Money
 
 from billing_portal.invoicing.credit_notes import credit_note_issue
@@ -310,3 +313,38 @@ def test_the_command_prints_the_rows_and_totals(january: Invoice) -> None:
 def test_the_command_names_the_option_of_a_bad_month(db: None) -> None:
     with pytest.raises(CommandError, match="--month must look like 2026-11, not '2026-13'"):
         call_command("margin_report", "--month", "2026-13")
+
+
+def _staff(role: str) -> Client:
+    user = User.objects.create_user(role.lower().replace(" ", "_"), password="pw", is_staff=True)
+    user.groups.add(Group.objects.get(name=role))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_staff_page_shows_the_rows_to_finance(january: Invoice) -> None:
+    url = reverse("admin:staff_auditlog_report_margin")
+    response = _staff("Finance").get(f"{url}?month=2026-01")
+    assert response.status_code == 200
+    assert response.context["report"].month == JANUARY
+    page = response.content.decode()
+    for shown in ("Input tokens", "Output tokens", "globex", "Base fees", "Expired credits"):
+        assert shown in page
+    assert "1,000,000" in page
+    assert "$3.50" in page
+    assert "82.9%" in page
+    assert "$50.00" in page  # the total, as the revenue report's
+    assert "$47.75" in page
+
+
+def test_the_staff_page_is_refused_without_the_reporting_role(january: Invoice) -> None:
+    url = reverse("admin:staff_auditlog_report_margin")
+    assert _staff("Support").get(f"{url}?month=2026-01").status_code == 403
+
+
+def test_the_reports_index_links_the_margin_report(db: None) -> None:
+    response = _staff("Finance").get(reverse("admin:staff_auditlog_changelist"))
+    assert (reverse("admin:staff_auditlog_report_margin"), "Margin report") in response.context[
+        "reports"
+    ]

@@ -1,0 +1,33 @@
+"""Figures of the margin report as people read them: thousands separators, money in cents
+with its currency, percentages with one decimal."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+
+from billing_portal.invoicing.margin import money_text, percent_text
+from ledger.units import credits_exact, credits_text
+
+register = template.Library()
+
+
+@register.filter
+def money(value: Decimal, currency: str) -> str:
+    return money_text(value, currency)
+
+
+@register.filter
+def percent(value: Decimal | None) -> str:
+    return percent_text(value)
+
+
+@register.filter
+def units(value: Decimal) -> str:
+    return credits_exact(value)
+
+
+@register.filter
+def credits(value: Decimal) -> str:
+    return credits_text(value)

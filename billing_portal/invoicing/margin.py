@@ -4,7 +4,8 @@ revenue, provider cost, margin and margin %.
 Revenue is ``revenue_report``'s for the same month, entry by entry, so the totals tie to
 it exactly:
 
-* paid credits an event consumed are that event's revenue (at their cost basis);
+* paid credits an event consumed are that event's revenue (at their cost basis); those a
+  tiered rate's true-up took or gave back at period close go to the rate's meter and model;
 * an overage line (postpaid overage, late usage) is shared among the events billed on it
   by their overage credits; the last share takes the rounding remainder, so the shares
   add up to the line;
@@ -54,7 +55,7 @@ from billing_portal.invoicing.revenue import EIGHT
 from ledger.models import LedgerEntry
 from ledger.units import ZERO, to_cents
 from metering.models import EventCancellation, EventRating, MeterEvent, RatingStatus
-from plans.models import Customer, Meter
+from plans.models import Customer, Meter, Rate
 
 DASH = "—"
 NO_DIMENSIONS = DASH
@@ -291,35 +292,43 @@ def _add_usage(sums: _Sums, start: date, end: date) -> None:
         values.uncosted_events += g["uncosted"]
 
 
-# A ledger entry names its cause as text; the event it names, when it names one. Kept a
-# CASE so the cast never meets another cause's id.
-_EVENT_OF_ENTRY = (
-    "CASE WHEN l.cause_type = 'event' AND l.cause_id ~ '^[0-9]+$' THEN l.cause_id::bigint END"
-)
-_MODEL = "e.dimensions ->> 'model'"
-_OTHERS = f"CASE WHEN {_MODEL} IS NULL THEN e.dimensions::text END"
+# A ledger entry names its cause as text: an event, or for a tiered rate's true-up
+# "<period id>:<rate id>". The usage it is for is the event's meter and dimensions, or the
+# rate's meter and match. CASEs, so a cast never meets another cause's id.
+_USAGE_OF_ENTRY = f"""
+LEFT JOIN {MeterEvent._meta.db_table} e ON e.id =
+    CASE WHEN l.cause_type = 'event' AND l.cause_id ~ '^[0-9]+$' THEN l.cause_id::bigint END
+LEFT JOIN {Rate._meta.db_table} t ON t.id =
+    CASE WHEN l.cause_type = 'tier_true_up' AND l.cause_id ~ '^[0-9]+:[0-9]+$'
+         THEN split_part(l.cause_id, ':', 2)::bigint END
+"""
+_METER = "COALESCE(e.meter_id, t.meter_id)"
+_DIMENSIONS = "COALESCE(e.dimensions, t.match)"
+_MODEL = f"{_DIMENSIONS} ->> 'model'"
+_OTHERS = f"CASE WHEN {_MODEL} IS NULL THEN {_DIMENSIONS}::text END"
 
 # The month's revenue entries, summed by what earned them. Every entry falls in exactly
 # one group, so the report adds up to revenue_report's total.
 _REVENUE_SQL = f"""
 SELECT r.amount_currency, r.customer_id, r.kind,
        CASE WHEN r.kind = %s THEN r.invoice_line_id END,
-       e.meter_id, {_MODEL}, {_OTHERS}, c.event_id IS NOT NULL, SUM(r.amount)
+       {_METER}, {_MODEL}, {_OTHERS}, c.event_id IS NOT NULL, SUM(r.amount)
 FROM {RevenueEntry._meta.db_table} r
 LEFT JOIN {LedgerEntry._meta.db_table} l ON l.id = r.ledger_entry_id
-LEFT JOIN {MeterEvent._meta.db_table} e ON e.id = {_EVENT_OF_ENTRY}
+{_USAGE_OF_ENTRY}
 LEFT JOIN {EventCancellation._meta.db_table} c ON c.event_id = e.id
 WHERE r.recognized_on >= %s AND r.recognized_on < %s
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
 """
 
-# The overage credits of each line, by the meter and model of the events billed on it.
+# The credits each line bills (entries without a grant: overage, and overage given back),
+# by the meter and model of the usage they are for.
 _LINE_SHARES_SQL = f"""
-SELECT x.line_id, e.meter_id, {_MODEL}, {_OTHERS}, -SUM(l.credits)
+SELECT x.line_id, {_METER}, {_MODEL}, {_OTHERS}, -SUM(l.credits)
 FROM {InvoiceLineEntry._meta.db_table} x
 JOIN {LedgerEntry._meta.db_table} l ON l.id = x.entry_id
-LEFT JOIN {MeterEvent._meta.db_table} e ON e.id = {_EVENT_OF_ENTRY}
-WHERE x.line_id = ANY(%s)
+{_USAGE_OF_ENTRY}
+WHERE x.line_id = ANY(%s) AND l.grant_id IS NULL
 GROUP BY 1, 2, 3, 4
 ORDER BY 1, 2 NULLS LAST, 3 NULLS LAST, 4 NULLS LAST
 """

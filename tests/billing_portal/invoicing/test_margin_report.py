@@ -281,6 +281,72 @@ def test_a_cancellation_in_the_next_month_is_shown_in_both_months(
         assert section.total.cost == 0
 
 
+TIERED = """
+currency: USD
+meters:
+  - {code: input_tokens, event_name: llm.input, aggregation: sum, unit: tokens,
+     dimensions: [model], display_name: Input tokens}
+rate_cards:
+  - code: tiered
+    effective_from: "2026-01-01T00:00:00Z"
+    rates:
+      - meter: input_tokens
+        match: {model: vol}
+        per: 1000
+        tiers_mode: volume
+        tiers:
+          - {up_to: 10000, credits: "2"}
+          - {credits: "1"}
+        cost: "0.001"
+plans:
+  - code: tiered
+    name: Tiered
+    interval: month
+    base_fee: "0.00"
+    included_credits: "1"
+    rate_card: tiered
+    overage: {policy: postpaid, price_per_credit: "0.01"}
+"""
+
+
+def test_a_tiered_rates_true_up_goes_to_its_meter_and_model(
+    clock: time_machine.Traveller,
+) -> None:
+    """Volume tiers charge the running tier: 6,000 tokens at 2 (12 credits), 7,000 at 1
+    (7) and 40,000 at 1 (40) from paid credits at $0.01: 0.59 in January. The close gives
+    back 6 credits (53,000 tokens all at 1 = 53): -0.06 on Feb 1, to the same row."""
+    catalog.load(TIERED)
+    acme = customer("acme")
+    subscription_start(customer=acme, plan=plan("tiered"), actor="t")
+    credit_grant_create(
+        account=acme.account,
+        amount="1000",
+        category="paid",
+        actor="t",
+        priority=0,
+        cost_basis=Money("0.01", "USD"),
+    )
+    for day, tokens in ((5, 6_000), (6, 7_000), (7, 40_000)):
+        _use(clock, day, "acme", "input vol", tokens)
+    clock.move_to(datetime(2026, 2, 1, tzinfo=UTC))
+    subscriptions_renew_due()
+    clock.shift(timedelta(minutes=61))
+    assert periods_close_due() == 1
+    revenue_recognize_all()
+
+    (january,) = margin_report(month=JANUARY).currencies
+    assert [_figures(r) for r in january.rows] == [
+        (Decimal(53_000), Decimal(59), Decimal("0.59"), Decimal("0.053"), Decimal("0.537"))
+    ]
+    (february,) = margin_report(month=date(2026, 2, 1)).currencies
+    assert [(r.meter, r.model, r.revenue, r.cost) for r in february.rows] == [
+        ("Input tokens", "vol", Decimal("-0.06"), Decimal(0))
+    ]
+    for month in (JANUARY, date(2026, 2, 1)):
+        (section,) = margin_report(month=month).currencies
+        assert section.total.revenue == sum(revenue_report(month=month).recognized.values())
+
+
 def test_a_line_is_shared_by_credits_and_the_shares_add_up_to_it() -> None:
     shares = split(Decimal("1.00"), [Decimal(1), Decimal(1), Decimal(1)])
     assert shares == [Decimal("0.33333333"), Decimal("0.33333333"), Decimal("0.33333334")]

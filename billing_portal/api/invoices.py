@@ -5,7 +5,6 @@ open period would produce if it closed now.
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
@@ -23,17 +22,15 @@ from billing_portal.api.errors import ApiError
 from billing_portal.api.fields import TimestampField, customer_or_404, is_id
 from billing_portal.api.pagination import Listing, PageQuery, page_response, page_schema, paginate
 from billing_portal.api.schema import error_responses
+from billing_portal.invoicing.collection import invoice_amount_due
 from billing_portal.invoicing.models import (
     CreditNote,
     CreditNoteReason,
-    CreditNoteStatus,
     Invoice,
     InvoiceLine,
-    InvoiceStatus,
 )
 from billing_portal.invoicing.selectors import invoices_for, upcoming_invoice
 from billing_portal.invoicing.services import InvoiceDraft, LineDraft
-from ledger.units import ZERO
 from plans.money import as_money
 
 INVOICES = Listing(noun="invoice")
@@ -92,23 +89,6 @@ class InvoiceCreditNoteOut(serializers.Serializer):
         return _money(note.total)
 
 
-def amount_due(invoice: Invoice) -> Decimal:
-    """What the customer still owes: the total less the credit notes issued on it (a voided
-    one no longer counts), never below zero; nothing once the invoice is paid or void.
-    Reads ``invoice.credit_notes.all()``, which lists prefetch."""
-    if invoice.status in (InvoiceStatus.PAID, InvoiceStatus.VOID):
-        return ZERO
-    credited = sum(
-        (
-            as_money(note.total).amount
-            for note in invoice.credit_notes.all()
-            if note.status == CreditNoteStatus.ISSUED
-        ),
-        ZERO,
-    )
-    return max(as_money(invoice.total).amount - credited, ZERO)
-
-
 class InvoiceOut(serializers.Serializer):
     id = serializers.CharField(source="pk")
     number = serializers.CharField()
@@ -125,6 +105,19 @@ class InvoiceOut(serializers.Serializer):
     stripe_invoice_id = serializers.CharField()
     sync_state = serializers.CharField()
     amount_due = serializers.SerializerMethodField()
+    payment_attempts = serializers.IntegerField(
+        help_text="Failed attempts to collect it so far (Stripe runs the retries)."
+    )
+    payment_failed_at = TimestampField(
+        allow_null=True, help_text="The first failed payment; null when none failed."
+    )
+    payment_error = serializers.CharField(
+        help_text="Why the last attempt failed, in the payment provider's words; empty when "
+        "none failed."
+    )
+    next_payment_attempt_at = TimestampField(
+        allow_null=True, help_text="When the next attempt is due; null when none is planned."
+    )
     lines = InvoiceLineOut(many=True)
     credit_notes = serializers.SerializerMethodField()
 
@@ -132,7 +125,7 @@ class InvoiceOut(serializers.Serializer):
         return _money(invoice.total)
 
     def get_amount_due(self, invoice: Invoice) -> str:
-        return f"{amount_due(invoice):.2f}"
+        return f"{invoice_amount_due(invoice):.2f}"
 
     @extend_schema_field(InvoiceCreditNoteOut(many=True))
     def get_credit_notes(self, invoice: Invoice) -> list[dict[str, Any]]:
@@ -208,6 +201,10 @@ class UpcomingInvoiceOut(InvoiceOut):
     hosted_invoice_url = serializers.CharField(default="")
     stripe_invoice_id = serializers.CharField(default="")
     sync_state = serializers.CharField(default="not_synced")
+    payment_attempts = serializers.IntegerField(default=0)
+    payment_failed_at = TimestampField(allow_null=True, default=None)
+    payment_error = serializers.CharField(default="")
+    next_payment_attempt_at = TimestampField(allow_null=True, default=None)
     lines = UpcomingInvoiceLineOut(many=True)
 
     def get_amount_due(self, invoice: InvoiceDraft) -> str:  # type: ignore[override]

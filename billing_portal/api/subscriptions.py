@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     extend_schema,
@@ -28,6 +28,7 @@ from billing_portal.api.fields import (
 )
 from billing_portal.api.pagination import Listing, PageQuery, page_response, page_schema, paginate
 from billing_portal.api.schema import error_responses
+from billing_portal.invoicing.collection import subscription_status
 from plans import services
 from plans.models import (
     Subscription,
@@ -39,6 +40,7 @@ from plans.money import as_money
 # --- subscriptions --------------------------------------------------------------------
 
 SUBSCRIPTIONS = Listing(noun="subscription")
+SUBSCRIPTION_STATUSES = ["active", "past_due", "canceled"]
 # A subscription's external_id: what Lago's transaction and subscription ids allow here.
 EXTERNAL_ID = r"^[\x21-\x7e]{1,255}\Z"
 
@@ -49,7 +51,12 @@ class SubscriptionOut(serializers.Serializer):
         allow_null=True, help_text="The integrator's own id for it (null when none was given)."
     )
     customer = serializers.CharField(source="customer.external_id")
-    status = serializers.CharField()
+    status = serializers.SerializerMethodField()
+    past_due_since = TimestampField(
+        allow_null=True,
+        help_text="The first failed payment of an invoice still unpaid (status past_due); "
+        "null once every invoice whose payment failed is paid or void.",
+    )
     plan = serializers.CharField(source="plan_version.plan.code")
     plan_version = serializers.IntegerField(source="plan_version.version")
     current_period_start = TimestampField()
@@ -59,6 +66,18 @@ class SubscriptionOut(serializers.Serializer):
         source="pending_plan_version.plan.code", allow_null=True, default=None
     )
     canceled_at = TimestampField(allow_null=True)
+
+    # Described, not an enum: another choice set on a field named "status" would rename
+    # the StatusEnum component that clients are generated from.
+    @extend_schema_field(
+        serializers.CharField(
+            help_text="active, past_due or canceled. past_due: active, with an invoice whose "
+            "payment failed still unpaid (the plan's past_due_policy says whether requests "
+            "are refused meanwhile)."
+        )
+    )
+    def get_status(self, subscription: Subscription) -> str:
+        return subscription_status(subscription)
 
 
 class SubscriptionChangeOut(SubscriptionOut):
@@ -73,6 +92,13 @@ class SubscriptionChangeOut(SubscriptionOut):
         if change is None or change.proration is None:
             return None
         return money_payload(as_money(change.proration))
+
+
+def _status_is(status: str) -> Q:
+    """The subscriptions listed with ``status`` (past_due is stored as active)."""
+    if status == "canceled":
+        return Q(status=SubscriptionStatus.CANCELED)
+    return Q(status=SubscriptionStatus.ACTIVE, past_due_since__isnull=status == "active")
 
 
 def _subscriptions() -> QuerySet[Subscription]:
@@ -130,7 +156,7 @@ class SubscriptionsApi(BaseApiView):
         customer = serializers.CharField(
             required=False, help_text="Only this customer's subscriptions (its external_id)."
         )
-        status = serializers.ChoiceField(choices=SubscriptionStatus.choices, required=False)
+        status = serializers.ChoiceField(choices=SUBSCRIPTION_STATUSES, required=False)
 
     @extend_schema(
         operation_id="v1_subscriptions_list",
@@ -149,7 +175,7 @@ class SubscriptionsApi(BaseApiView):
             customer = customer_named(query.validated_data["customer"])
             subscriptions = subscriptions.filter(customer=customer)
         if "status" in query.validated_data:
-            subscriptions = subscriptions.filter(status=query.validated_data["status"])
+            subscriptions = subscriptions.filter(_status_is(query.validated_data["status"]))
         page = paginate(
             subscriptions,
             within=Subscription.objects.all(),

@@ -1,4 +1,5 @@
-"""What invoicing tells the apps above it (the Stripe integration), without importing them.
+"""What invoicing tells the apps above it (Stripe, alerts, outgoing webhooks), without
+importing them.
 
 Sent by invoicing's services inside the transaction that made the change, so what a
 receiver writes commits or rolls back with it; a receiver that talks to the outside
@@ -18,3 +19,8 @@ invoice_voided = Signal()
 credit_note_issued = Signal()
 # kwargs: credit_note (a CreditNote just voided).
 credit_note_voided = Signal()
+# kwargs: invoice (an unpaid Invoice whose collection just failed once more:
+# payment_attempts counts the attempts so far). Sent once per attempt.
+invoice_payment_failed = Signal()
+# kwargs: invoice (an Invoice Stripe just collected: status paid). Sent once.
+invoice_paid = Signal()

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import F, Model
 from django.utils import timezone
 
+from billing_portal.invoicing import collection
 from billing_portal.invoicing.models import (
     CreditNote,
     CreditNoteMethod,
@@ -295,27 +296,14 @@ def _reloaded(row: M) -> M:
 
 
 def invoice_stripe_paid(*, invoice: Invoice, paid_at: datetime | None = None) -> Invoice:
-    """Stripe collected the invoice. Late or repeated news changes nothing."""
-    with transaction.atomic():
-        locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
-        if locked.status in (InvoiceStatus.PAID, InvoiceStatus.VOID):
-            return locked
-        locked.status = InvoiceStatus.PAID
-        locked.paid_at = paid_at or timezone.now()
-        locked.save(update_fields=["status", "paid_at"])
-    return locked
+    """Stripe collected the invoice. Late or repeated news changes nothing; the customer's
+    past-due state follows (invoicing.collection)."""
+    return collection.invoice_paid_record(invoice=invoice, paid_at=paid_at)
 
 
 def invoice_stripe_voided(*, invoice: Invoice, voided_at: datetime | None = None) -> Invoice:
     """Voided in Stripe (e.g. from its dashboard). A paid invoice stays paid."""
-    with transaction.atomic():
-        locked = Invoice.objects.select_for_update().get(pk=invoice.pk)
-        if locked.status in (InvoiceStatus.PAID, InvoiceStatus.VOID):
-            return locked
-        locked.status = InvoiceStatus.VOID
-        locked.voided_at = voided_at or timezone.now()
-        locked.save(update_fields=["status", "voided_at"])
-    return locked
+    return collection.invoice_voided_record(invoice=invoice, voided_at=voided_at)
 
 
 def invoice_stripe_uncollectible(*, invoice: Invoice) -> Invoice:

@@ -32,7 +32,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from billing_portal.invoicing import purchases
+from billing_portal.invoicing import collection, purchases
 from billing_portal.invoicing.models import (
     CreditPackPurchase,
     Invoice,
@@ -201,11 +201,24 @@ def _apply(event: Mapping[str, Any]) -> str | None:
         return None
     try:
         with transaction.atomic():
-            handler(event["data"]["object"])
+            handler(event["data"]["object"], _occurred_at(event))
     except _BAD_FIELD_ERRORS as exc:
         logger.info("Stripe event %s: its handler failed", event["id"], exc_info=exc)
         return str(exc) if isinstance(exc, UnusableEvent) else f"{type(exc).__name__}: {exc}"
     return None
+
+
+def _occurred_at(event: Mapping[str, Any]) -> datetime:
+    """When Stripe says it happened (the event's ``created``), for news that carries no
+    time of its own; never later than now, and now when the field is unusable."""
+    now = timezone.now()
+    created = event.get("created")
+    if isinstance(created, int) and not isinstance(created, bool):
+        try:
+            return min(datetime.fromtimestamp(created, tz=UTC), now)
+        except (OverflowError, OSError, ValueError):
+            pass
+    return now
 
 
 def _settle(record: StripeEvent, problem: str | None) -> None:
@@ -329,45 +342,75 @@ def _intent_id(obj: StripeObject, name: str) -> str:
 # --- handlers ---------------------------------------------------------------------------
 
 
-def _invoice_paid(obj: StripeObject) -> None:
+def _invoice_paid(obj: StripeObject, at: datetime) -> None:
     invoice = _our_invoice(obj)
     if invoice is not None:
-        paid_at = _moment(_transitions(obj), "paid_at")
+        paid_at = _moment(_transitions(obj), "paid_at") or at
         sync.invoice_stripe_paid(invoice=invoice, paid_at=paid_at)
 
 
-def _invoice_payment_failed(obj: StripeObject) -> None:
+def _invoice_payment_failed(obj: StripeObject, at: datetime) -> None:
     # Stripe keeps collecting (retries, reminders); the invoice stays open meanwhile.
     invoice = _our_invoice(obj)
-    if invoice is not None:
-        logger.warning(
-            "invoice %s: Stripe could not collect payment (attempt %s)",
-            invoice.number,
-            obj.get("attempt_count"),
-        )
+    if invoice is None:
+        return
+    failure = collection.PaymentFailure(
+        failed_at=at,
+        attempts=_count(obj, "attempt_count"),
+        error=_payment_error(obj),
+        next_attempt_at=_moment(obj, "next_payment_attempt"),
+        hosted_invoice_url=_text(obj, "hosted_invoice_url"),
+    )
+    logger.warning(
+        "invoice %s: Stripe could not collect payment (attempt %s): %s",
+        invoice.number,
+        failure.attempts,
+        failure.error,
+    )
+    collection.invoice_payment_failure_record(invoice=invoice, failure=failure)
 
 
-def _invoice_voided(obj: StripeObject) -> None:
+def _count(obj: StripeObject, name: str) -> int | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**31 - 1:
+        return value
+    raise UnusableEvent(f"{name} is {reprlib.repr(value)}, not a count")
+
+
+def _payment_error(obj: StripeObject) -> str:
+    """Why the payment failed, in Stripe's words: the payment's own error when Stripe
+    expanded the payment intent, else the invoice's finalization error; "" when neither."""
+    intent = obj.get("payment_intent")
+    for holder, name in ((intent, "last_payment_error"), (obj, "last_finalization_error")):
+        error = holder.get(name) if isinstance(holder, Mapping) else None
+        if isinstance(error, Mapping) and _text(error, "message"):
+            return _text(error, "message")
+    return ""
+
+
+def _invoice_voided(obj: StripeObject, at: datetime) -> None:
     invoice = _our_invoice(obj)
     if invoice is not None:
-        voided_at = _moment(_transitions(obj), "voided_at")
+        voided_at = _moment(_transitions(obj), "voided_at") or at
         sync.invoice_stripe_voided(invoice=invoice, voided_at=voided_at)
 
 
-def _invoice_uncollectible(obj: StripeObject) -> None:
+def _invoice_uncollectible(obj: StripeObject, at: datetime) -> None:
     invoice = _our_invoice(obj)
     if invoice is not None:
         sync.invoice_stripe_uncollectible(invoice=invoice)
 
 
-def _checkout_completed(obj: StripeObject) -> None:
+def _checkout_completed(obj: StripeObject, at: datetime) -> None:
     # Delayed payment methods (bank debits) complete the session unpaid; their outcome
     # comes later as checkout.session.async_payment_succeeded or _failed.
     if obj.get("payment_status") in ("paid", "no_payment_required"):
-        _checkout_paid(obj)
+        _checkout_paid(obj, at)
 
 
-def _checkout_paid(obj: StripeObject) -> None:
+def _checkout_paid(obj: StripeObject, at: datetime) -> None:
     purchase = _our_purchase(obj)
     if purchase is not None and _pays_for(purchase, obj, "amount_total"):
         purchases.purchase_complete(
@@ -375,7 +418,7 @@ def _checkout_paid(obj: StripeObject) -> None:
         )
 
 
-def _checkout_payment_failed(obj: StripeObject) -> None:
+def _checkout_payment_failed(obj: StripeObject, at: datetime) -> None:
     purchase = _our_purchase(obj)
     if purchase is not None:
         purchases.purchase_fail(
@@ -386,7 +429,7 @@ def _checkout_payment_failed(obj: StripeObject) -> None:
         )
 
 
-def _checkout_expired(obj: StripeObject) -> None:
+def _checkout_expired(obj: StripeObject, at: datetime) -> None:
     purchase = _our_purchase(obj)
     if purchase is not None and purchase.stripe_checkout_session_id in ("", obj.get("id")):
         purchases.purchase_cancel(
@@ -394,7 +437,7 @@ def _checkout_expired(obj: StripeObject) -> None:
         )
 
 
-def _payment_intent_succeeded(obj: StripeObject) -> None:
+def _payment_intent_succeeded(obj: StripeObject, at: datetime) -> None:
     purchase = _our_purchase(obj)
     if purchase is not None and _pays_for(purchase, obj, "amount_received"):
         purchases.purchase_complete(
@@ -402,7 +445,7 @@ def _payment_intent_succeeded(obj: StripeObject) -> None:
         )
 
 
-def _payment_intent_failed(obj: StripeObject) -> None:
+def _payment_intent_failed(obj: StripeObject, at: datetime) -> None:
     purchase = _our_purchase(obj)
     if purchase is None:
         return
@@ -416,7 +459,8 @@ def _payment_intent_failed(obj: StripeObject) -> None:
     )
 
 
-HANDLERS: dict[str, Callable[[StripeObject], None]] = {
+# Each handler gets the event's object and when Stripe says it happened.
+HANDLERS: dict[str, Callable[[StripeObject, datetime], None]] = {
     "invoice.paid": _invoice_paid,
     "invoice.payment_failed": _invoice_payment_failed,
     "invoice.voided": _invoice_voided,

@@ -48,6 +48,7 @@ SUBSCRIPTION_KEYS = {
     "external_id",
     "customer",
     "status",
+    "past_due_since",
     "plan",
     "plan_version",
     "current_period_start",

@@ -29,6 +29,7 @@ class AlertKind(models.TextChoices):
     BALANCE_DEPLETED = "balance_depleted", "Credits used up"
     AUTO_RECHARGE_FAILED = "auto_recharge_failed", "Auto-recharge failed"
     AUTO_RECHARGE_CAP_REACHED = "auto_recharge_cap_reached", "Auto-recharge monthly cap reached"
+    PAYMENT_FAILED = "payment_failed", "Payment failed"
 
 
 def default_usage_thresholds() -> list[int]:

@@ -1,4 +1,5 @@
-"""Rating tells us a customer's usage moved: evaluate alerts and auto-recharge."""
+"""Rating tells us a customer's usage moved: evaluate alerts and auto-recharge. Invoicing
+tells us a payment failed: alert the customer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from django.db import transaction
 from django.dispatch import receiver
 
 from billing_portal.alerts import recharge, services
+from billing_portal.invoicing.models import Invoice
+from billing_portal.invoicing.signals import invoice_payment_failed
 from metering.signals import usage_rated
 from plans.models import Customer
 
@@ -28,3 +31,10 @@ def _usage_rated(
             recharge.auto_recharge_check(customer=customer, available=balance.available)
     except Exception:
         logger.exception("alerts for %s could not be evaluated", customer)
+
+
+@receiver(invoice_payment_failed, dispatch_uid="alerts_invoice_payment_failed")
+def _invoice_payment_failed(sender: Any, *, invoice: Invoice, **kwargs: Any) -> None:
+    # In the webhook's transaction, with no savepoint of its own: an alert that cannot be
+    # stored rolls the event back, and Stripe delivers it again.
+    services.payment_failed_alert(invoice=invoice)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
@@ -20,14 +20,17 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import connection, transaction
 from django.utils import timezone
+from djmoney.money import Money
 
 from billing_portal.alerts import selectors
 from billing_portal.alerts.models import Alert, AlertKind
+from billing_portal.invoicing import collection
+from billing_portal.invoicing.models import Invoice
 from billing_portal.outbound.models import EventType
 from billing_portal.outbound.services import event_publish
 from ledger.models import Account
 from ledger.selectors import Balance, account_balance
-from ledger.units import credits_text, to_credits
+from ledger.units import credits_text, rfc3339, to_credits
 from metering.models import PeriodUsage
 from plans.models import Customer, SubscriptionPeriod
 from plans.selectors import included_credits_used, period_in_force, period_in_force_among
@@ -228,6 +231,58 @@ def _raise_new(customer: Customer, candidates: list[_Candidate], period_ids: lis
                 message=c.message,
                 data=c.data,
             )
+
+
+def payment_failed_alert(*, invoice: Invoice) -> Alert | None:
+    """Tell the customer a payment of the invoice failed, with the link to pay it and what
+    the plan does meanwhile: once per failed attempt (the attempt is in the key)."""
+    customer = invoice.customer
+    amount = Money(collection.invoice_amount_due(invoice), invoice.currency)
+    past_due = collection.past_due_for(customer=customer)
+    paused_at = past_due.access_paused_at if past_due else None
+    failed_at = invoice.payment_failed_at or timezone.now()
+    sentences = [
+        f"Your payment of {amount} for invoice {invoice.number} failed: "
+        f"{invoice.payment_error.rstrip('.')} (attempt {invoice.payment_attempts}; unpaid "
+        f"since {_when(failed_at)})."
+    ]
+    if invoice.hosted_invoice_url:
+        sentences.append(f"Pay it here: {invoice.hosted_invoice_url}")
+    if invoice.next_payment_attempt_at:
+        sentences.append(f"We will try again on {_when(invoice.next_payment_attempt_at)}.")
+    if paused_at is None:
+        sentences.append("Your service continues meanwhile.")
+    elif paused_at > timezone.now():
+        sentences.append(f"Requests will be refused from {_when(paused_at)} until it is paid.")
+    else:
+        sentences.append("Requests are refused until it is paid.")
+    return alert_raise(
+        customer=customer,
+        kind=AlertKind.PAYMENT_FAILED,
+        threshold=f"invoice-{invoice.pk}-attempt-{invoice.payment_attempts}",
+        period=invoice.period,
+        message=" ".join(sentences),
+        data={
+            "invoice_id": invoice.pk,
+            "invoice": invoice.number,
+            "amount_due": str(amount.amount),
+            "currency": invoice.currency,
+            "attempts": invoice.payment_attempts,
+            "payment_failed_at": rfc3339(failed_at),
+            "payment_error": invoice.payment_error,
+            "next_payment_attempt_at": _rfc3339_or_none(invoice.next_payment_attempt_at),
+            "hosted_invoice_url": invoice.hosted_invoice_url,
+            "access_paused_at": _rfc3339_or_none(paused_at),
+        },
+    )
+
+
+def _when(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%-d %b %Y %H:%M} UTC"
+
+
+def _rfc3339_or_none(moment: datetime | None) -> str | None:
+    return rfc3339(moment) if moment is not None else None
 
 
 def alert_raise(

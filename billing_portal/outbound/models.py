@@ -17,6 +17,8 @@ class EventType(models.TextChoices):
     ALERT_TRIGGERED = "alert.triggered"
     BALANCE_DEPLETED = "balance.depleted"
     INVOICE_FINALIZED = "invoice.finalized"
+    INVOICE_PAYMENT_FAILED = "invoice.payment_failed"
+    INVOICE_PAID = "invoice.paid"
     CREDIT_GRANT_CREATED = "credit_grant.created"
 
 

@@ -1,7 +1,8 @@
 """Ledger and invoicing events that become outgoing webhook events.
 
-Both signals arrive inside the writing transaction; the event and its deliveries are
-stored in it too, and nothing is sent unless it commits.
+The signals arrive inside the writing transaction; the event and its deliveries are
+stored in it too, and nothing is sent unless it commits. Invoicing sends a payment's
+failure once per attempt and a payment once, so each is published once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 from djmoney.money import Money
 
+from billing_portal.invoicing import collection
 from billing_portal.invoicing.models import Invoice, InvoiceStatus
+from billing_portal.invoicing.signals import invoice_paid, invoice_payment_failed
 from billing_portal.outbound.models import EventType
 from billing_portal.outbound.services import event_publish
 from ledger.models import Account, CreditGrant
@@ -65,5 +68,46 @@ def publish_invoice_finalized(
             "currency": instance.currency,
             "period": period,
             "issued_at": instance.issued_at,
+        },
+    )
+
+
+@receiver(invoice_payment_failed, dispatch_uid="outbound_invoice_payment_failed")
+def publish_invoice_payment_failed(sender: Any, invoice: Invoice, **kwargs: Any) -> None:
+    past_due = collection.past_due_for(customer=invoice.customer)
+    event_publish(
+        type=EventType.INVOICE_PAYMENT_FAILED,
+        customer=invoice.customer,
+        data={
+            "id": invoice.pk,
+            "number": invoice.number,
+            "customer": invoice.customer.external_id,
+            "amount_due": collection.invoice_amount_due(invoice),
+            "currency": invoice.currency,
+            "attempts": invoice.payment_attempts,
+            "payment_failed_at": invoice.payment_failed_at,
+            "payment_error": invoice.payment_error,
+            "next_payment_attempt_at": invoice.next_payment_attempt_at,
+            "hosted_invoice_url": invoice.hosted_invoice_url,
+            "past_due_since": past_due.since if past_due else None,
+            "access_paused_at": past_due.access_paused_at if past_due else None,
+        },
+    )
+
+
+@receiver(invoice_paid, dispatch_uid="outbound_invoice_paid")
+def publish_invoice_paid(sender: Any, invoice: Invoice, **kwargs: Any) -> None:
+    total = invoice.total
+    event_publish(
+        type=EventType.INVOICE_PAID,
+        customer=invoice.customer,
+        data={
+            "id": invoice.pk,
+            "number": invoice.number,
+            "customer": invoice.customer.external_id,
+            "total": total.amount if isinstance(total, Money) else total,
+            "currency": invoice.currency,
+            "paid_at": invoice.paid_at,
+            "payment_attempts": invoice.payment_attempts,
         },
     )

@@ -22,11 +22,13 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from billing_portal.invoicing.collection import UNPAID, past_due_for, subscription_status
 from billing_portal.invoicing.models import (
     CreditNote,
     CreditNoteLine,
     Invoice,
     InvoiceLine,
+    InvoiceStatus,
     SyncState,
 )
 from billing_portal.staff import services as staff_services
@@ -103,6 +105,19 @@ class ReadOnlyInline(admin.TabularInline):
 # --- customers and grants -----------------------------------------------------------------
 
 
+def _past_due_note(customer: Customer) -> str:
+    past_due = past_due_for(customer=customer)
+    if past_due is None:
+        return ""
+    note = (
+        f"; PAST DUE since {past_due.since:%Y-%m-%d %H:%M} UTC: {past_due.amount_due} unpaid "
+        f"on {past_due.invoice.number}"
+    )
+    if past_due.access_paused_at is None:
+        return f"{note}, usage allowed meanwhile (plan)"
+    return f"{note}, requests refused from {past_due.access_paused_at:%Y-%m-%d %H:%M} UTC"
+
+
 @admin.register(Customer)
 class CustomerAdmin(ReadOnlyAdmin):
     list_display = ["external_id", "name", "email", "currency", "created_at"]
@@ -152,8 +167,9 @@ class CustomerAdmin(ReadOnlyAdmin):
             return "none"
         pending = f"; then {sub.pending_plan_version}" if sub.pending_plan_version else ""
         return (
-            f"{sub.plan_version} ({sub.status}), period {sub.current_period_start:%Y-%m-%d} to "
-            f"{sub.current_period_end:%Y-%m-%d}{pending}"
+            f"{sub.plan_version} ({subscription_status(sub)}), period "
+            f"{sub.current_period_start:%Y-%m-%d} to {sub.current_period_end:%Y-%m-%d}"
+            f"{pending}{_past_due_note(obj)}"
         )
 
     @admin.display(description="Plan features (this period)")
@@ -467,13 +483,52 @@ class InvoiceLineInline(ReadOnlyInline):
         return _links((reverse("admin:invoicing_invoiceline_lineage", args=[obj.pk]), "Lineage"))
 
 
+class PaymentFailedFilter(admin.SimpleListFilter):
+    title = "payment"
+    parameter_name = "payment"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("failed_unpaid", "failed, still unpaid"), ("failed", "failed at least once")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "failed":
+            return queryset.filter(payment_attempts__gt=0)
+        if self.value() == "failed_unpaid":
+            return queryset.filter(payment_failed_at__isnull=False, status__in=UNPAID)
+        return queryset
+
+
 @admin.register(Invoice)
 class InvoiceAdmin(ReadOnlyAdmin):
-    list_display = ["number", "customer", "kind", "status", "total", "sync_state", "issued_at"]
-    list_filter = ["status", "kind", "sync_state"]
+    list_display = [
+        "number",
+        "customer",
+        "kind",
+        "status",
+        "total",
+        "payment",
+        "sync_state",
+        "issued_at",
+    ]
+    list_filter = ["status", PaymentFailedFilter, "kind", "sync_state"]
     search_fields = ["number", "customer__external_id", "stripe_invoice_id"]
-    readonly_fields = ["workflows"]
+    readonly_fields = ["workflows", "payment"]
     inlines = [InvoiceLineInline]
+
+    @admin.display(description="Payment")
+    def payment(self, obj: Invoice) -> str:
+        """Collection as Stripe reported it: failed attempts, the last error, what next."""
+        if not obj.payment_attempts:
+            return "paid" if obj.status == InvoiceStatus.PAID else "no failed attempt"
+        text = (
+            f"{obj.payment_attempts} failed attempt{'s' if obj.payment_attempts > 1 else ''}, "
+            f"first {obj.payment_failed_at:%Y-%m-%d %H:%M} UTC: {obj.payment_error}"
+        )
+        if obj.status == InvoiceStatus.PAID:
+            return f"{text}; paid {obj.paid_at:%Y-%m-%d}"
+        if obj.next_payment_attempt_at:
+            return f"{text}; next attempt {obj.next_payment_attempt_at:%Y-%m-%d %H:%M} UTC"
+        return text
 
     def get_urls(self) -> list[URLPattern]:
         return (

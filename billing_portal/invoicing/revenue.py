@@ -37,7 +37,9 @@ from plans.money import as_money
 
 EIGHT = Decimal("0.00000001")
 RATABLE = {LineKind.BASE_FEE, LineKind.PRORATION}
-AT_PERIOD_END = {LineKind.OVERAGE, LineKind.PRIOR_PERIOD_ADJUSTMENT}
+# Money that usage owes once the period is over; a tiered rate's true-up may be negative
+# (credits given back off the overage).
+AT_PERIOD_END = {LineKind.OVERAGE, LineKind.PRIOR_PERIOD_ADJUSTMENT, LineKind.TIER_TRUE_UP}
 
 
 def _write(entries: list[RevenueEntry]) -> int:

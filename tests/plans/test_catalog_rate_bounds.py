@@ -71,7 +71,9 @@ def test_the_most_expensive_rate_allowed_rates_the_largest_event_within_the_ledg
 ) -> None:
     catalog.load(_with_small_rate(credits, per))
 
-    rate = Rate.objects.get(meter__code="llm_tokens", match={"model": "small"})
+    rate = Rate.objects.get(
+        version__rate_card__code="standard", meter__code="llm_tokens", match={"model": "small"}
+    )
     assert (rate.credits, rate.per) == (Decimal(credits), per)
     assert credits_for(units=MAX_EVENT_VALUE, credits=rate.credits, per=rate.per) <= MAX_CREDITS
 
@@ -80,7 +82,8 @@ def test_a_count_meter_is_bounded_by_one_unit_per_event() -> None:
     # doc_summaries counts events: each is one unit whatever its value.
     expensive = DEMO.replace(SUMMARY_RATE, '{meter: doc_summaries, credits: "5000000", per: 1}')
     catalog.load(expensive)
-    assert Rate.objects.get(meter__code="doc_summaries").credits == Decimal(5_000_000)
+    summaries = Rate.objects.get(version__rate_card__code="standard", meter__code="doc_summaries")
+    assert summaries.credits == Decimal(5_000_000)
 
     beyond = DEMO.replace(
         SUMMARY_RATE, '{meter: doc_summaries, credits: "100000000000000", per: 1}'

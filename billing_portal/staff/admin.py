@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
@@ -49,6 +50,8 @@ from plans.models import (
     RateCardVersion,
     Subscription,
 )
+from plans.money import as_money
+from plans.tiers import tiers_of
 
 RECENT_EVENTS = 20
 
@@ -641,13 +644,41 @@ class PlanAdmin(ReadOnlyAdmin):
 
 class RateInline(ReadOnlyInline):
     model = Rate
-    fields = (
-        "meter",
-        "match",
-        "credits",
-        "per",
-    )
+    fields = ("meter", "match", "pricing", "provider_cost")
     readonly_fields = fields
+
+    @admin.display(description="Price in credits")
+    def pricing(self, obj: Rate) -> str:
+        return rate_pricing(obj)
+
+    @admin.display(description="Provider cost")
+    def provider_cost(self, obj: Rate) -> str:
+        if obj.cost is None:
+            return "-"
+        cost = as_money(obj.cost)
+        return f"{_amount(cost.amount)} {cost.currency} per {obj.per:,}"
+
+
+def rate_pricing(rate: Rate) -> str:
+    """A rate's price as staff read it: flat, packages, or its tiers."""
+    per = f"{rate.per:,}"
+    if rate.round_up:
+        return f"{_amount(rate.credits)} per started package of {per}"
+    if not rate.tiers_mode:
+        return f"{_amount(rate.credits)} per {per}"
+    bands = []
+    for tier in tiers_of(rate):
+        bound = (
+            f"up to {_amount(tier.up_to)}"
+            if tier.up_to is not None
+            else f"above {_amount(tier.start)}"
+        )
+        bands.append(f"{bound}: {_amount(tier.credits)}")
+    return f"{rate.tiers_mode}, per {per}: " + "; ".join(bands)
+
+
+def _amount(value: Decimal) -> str:
+    return f"{value.normalize():,f}"
 
 
 @admin.register(RateCardVersion)

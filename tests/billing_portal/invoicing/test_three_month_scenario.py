@@ -34,16 +34,26 @@ import pytest
 import time_machine
 from djmoney.money import Money
 
+from billing_portal.invoicing.collection import (
+    PaymentFailure,
+    invoice_paid_record,
+    invoice_payment_failure_record,
+    subscription_status,
+)
 from billing_portal.invoicing.credit_notes import credit_note_issue
+from billing_portal.invoicing.margin import margin_report
 from billing_portal.invoicing.models import Invoice, LineKind
 from billing_portal.invoicing.period_close import periods_close_due
 from billing_portal.invoicing.purchases import purchase_create, purchase_demo_pay
 from billing_portal.invoicing.revenue import revenue_recognize_all, revenue_report
+from billing_portal.invoicing.services import period_invoice_draft
 from ledger.models import CreditGrant, GrantCategory, GrantStatus, LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.services import credit_grant_create, credit_grants_expire_due
 from metering.ingest import events_ingest
+from metering.models import EventRating
 from metering.rating import events_rate_pending
+from metering.services import AuthorizationRequest, authorization_create
 from plans import catalog
 from plans.models import CreditPack, Customer, SubscriptionPeriod
 from plans.money import as_money
@@ -224,4 +234,196 @@ def test_three_months_of_invoices_revenue_and_deferred_balance(
     )
     api_grant.refresh_from_db()
     assert api_grant.remaining == Decimal(1000)
+    assert [f for f in run_checks() if f.problems] == []
+
+
+# --- tiers, features and a payment that fails ----------------------------------------------
+
+
+STARTER_LIMIT = 'doc_summaries: {meter: doc_summaries, limit: "500"}'
+
+
+def _tokens(when: datetime, name: str, model: str, kind: str, tokens: int) -> None:
+    event = {
+        "identifier": name,
+        "event_name": "llm.tokens",
+        "customer": "bigco",
+        "timestamp": when.isoformat(),
+        "value": str(tokens),
+        "dimensions": {"model": model, "token_type": kind},
+    }
+    assert events_ingest(events=[event]).count("accepted") == 1
+    events_rate_pending()
+
+
+def _ask(who: Customer, name: str, feature: str | None = None) -> tuple[str, str]:
+    answer = authorization_create(
+        customer=who,
+        request=AuthorizationRequest(
+            identifier=name,
+            event_name="doc.summary" if feature else "llm.tokens",
+            value=Decimal(1) if feature else Decimal(1000),
+            dimensions=None if feature else {"model": "small", "token_type": "input"},
+            hold=False,
+            feature=feature,
+        ),
+        actor="t",
+    )
+    return answer.decision, answer.reason
+
+
+def _renew_and_close(clock: time_machine.Traveller, end: datetime) -> None:
+    clock.move_to(end)
+    subscriptions_renew_due()
+    clock.shift(timedelta(hours=1, minutes=1))
+    periods_close_due()
+
+
+def test_three_months_with_tiers_a_feature_limit_and_a_failed_payment(
+    clock: time_machine.Traveller,
+) -> None:
+    """Three months of two more customers on the demo catalog, with hand-worked figures.
+
+    bigco, plan scale: $999.00 a month, 500,000 included credits, postpaid overage at
+    $0.003 a credit, access paused 7 days after a failed payment. Rate card scale, per 1,000
+    tokens: large input graduated 2.5 (first 10M) / 2 (to 100M) / 1.5; large output graduated
+    15 (first 10M) / 12; small volume 0.5 (total up to 50M) / 0.4 for every token. Provider
+    cost per 1,000: large input $0.0025, large output $0.01, small $0.0003.
+
+    Jan 10  large input 150M: 25,000 + 180,000 + 75,000 = 280,000 (all included)
+    Jan 12  large output 20M: 150,000 + 120,000 = 270,000 (220,000 included, 50,000 overage)
+    Jan 15  small 30M at the running tier 0.5 = 15,000 (overage)
+    Jan 20  small 30M: the total reaches 60M, tier 0.4: 12,000 (overage)
+    Feb  1  close: small's formula is 60M x 0.4 = 24,000, 27,000 were charged: 3,000 given
+            back off the overage. Invoice: 999.00 + 77,000 x 0.003 = 231.00 - 9.00 = 1,221.00
+    Feb  2  its payment fails; Feb 5 still allowed, Feb 10 denied payment_overdue
+    Feb 12  paid: allowed again at once
+    Feb 15  large input 12M: tiers start again each period: 25,000 + 4,000 = 29,000
+    Mar  1  Feb invoice 999.00; Apr 1 Mar invoice 999.00
+
+    smallco, plan starter with at most 30 document summaries a period (no gpt4_access):
+    Jan  8  30 summaries at 50 credits; the 31st is denied feature_limit_reached, gpt4_access
+            feature_not_in_plan; Feb 2 (a new period) a summary is allowed again.
+
+    Revenue: Jan base 999.00 + overage 222.00; Feb base 999.00; Mar base 999.00.
+    Provider cost: Jan 375.00 + 200.00 + 18.00 = 593.00; Feb 12M x 0.0025 = 30.00.
+    """
+    text = DEMO_CATALOG.read_text()
+    assert STARTER_LIMIT in text
+    catalog.load(text.replace(STARTER_LIMIT, STARTER_LIMIT.replace('"500"', '"30"')))
+    bigco, smallco = customer(external_id="bigco"), customer(external_id="smallco")
+    big_sub = subscription_start(customer=bigco, plan=plan("scale"), actor="t")
+    subscription_start(customer=smallco, plan=plan("starter"), actor="t")
+
+    clock.move_to(at(1, 8))
+    summaries = [
+        {
+            "identifier": f"sum-{i:02d}",
+            "event_name": "doc.summary",
+            "customer": "smallco",
+            "timestamp": (at(1, 8) - timedelta(minutes=i)).isoformat(),
+            "value": "1",
+        }
+        for i in range(30)
+    ]
+    assert events_ingest(events=summaries).count("accepted") == 30
+    events_rate_pending()
+    assert _ask(smallco, "sum-31", "doc_summaries") == ("deny", "feature_limit_reached")
+    assert _ask(smallco, "gpt4", "gpt4_access") == ("deny", "feature_not_in_plan")
+
+    clock.move_to(at(1, 10))
+    _tokens(at(1, 10), "big-in", "large", "input", 150_000_000)
+    clock.move_to(at(1, 12))
+    _tokens(at(1, 12), "big-out", "large", "output", 20_000_000)
+    clock.move_to(at(1, 15))
+    _tokens(at(1, 15), "small-1", "small", "input", 30_000_000)
+    clock.move_to(at(1, 20))
+    _tokens(at(1, 20), "small-2", "small", "output", 30_000_000)
+    charged = dict(
+        EventRating.objects.filter(event__customer=bigco).values_list(
+            "event__identifier", "credits"
+        )
+    )
+    assert charged == {
+        "big-in": Decimal(280_000),
+        "big-out": Decimal(270_000),
+        "small-1": Decimal(15_000),
+        "small-2": Decimal(12_000),
+    }
+    clock.move_to(at(1, 31))
+    estimate = period_invoice_draft(period=SubscriptionPeriod.objects.get(subscription=big_sub))
+    _renew_and_close(clock, datetime(2026, 2, 1, tzinfo=UTC))
+    january = Invoice.objects.get(customer=bigco, period__start=JAN)
+    assert (january.total, estimate.total) == (Money("1221.00", "USD"), Money("1221.00", "USD"))
+    assert _lines(january) == {
+        "base_fee": Money("999.00", "USD"),
+        "overage": Money("231.00", "USD"),
+        "tier_true_up": Money("-9.00", "USD"),
+    }
+    tiers = [
+        (line.quantity, line.credits)
+        for line in january.lines.filter(kind=LineKind.USAGE_TIER).order_by("pk")
+    ]
+    assert tiers == [
+        (Decimal(10_000_000), Decimal(25_000)),
+        (Decimal(90_000_000), Decimal(180_000)),
+        (Decimal(50_000_000), Decimal(75_000)),
+        (Decimal(10_000_000), Decimal(150_000)),
+        (Decimal(10_000_000), Decimal(120_000)),
+        (Decimal(60_000_000), Decimal(24_000)),
+    ]
+    small_january = Invoice.objects.get(customer=smallco, period__start=JAN)
+    assert small_january.total == Money("0.00", "USD")
+    assert small_january.lines.get(kind=LineKind.INCLUDED_USAGE).credits == Decimal(1_500)
+
+    # A failed payment: allowed inside the plan's 7 days, denied after, restored when paid.
+    clock.move_to(at(2, 2))
+    assert _ask(smallco, "sum-feb", "doc_summaries") == ("allow", "")  # a new period
+    invoice_payment_failure_record(
+        invoice=january,
+        failure=PaymentFailure(failed_at=at(2, 2), attempts=1, error="Your card was declined."),
+    )
+    big_sub.refresh_from_db()
+    assert subscription_status(big_sub) == "past_due"
+    clock.move_to(at(2, 5))
+    assert _ask(bigco, "feb-5") == ("allow", "")
+    clock.move_to(at(2, 10))
+    assert _ask(bigco, "feb-10") == ("deny", "payment_overdue")
+    clock.move_to(at(2, 12))
+    invoice_paid_record(invoice=january, paid_at=at(2, 12))
+    assert _ask(bigco, "feb-12") == ("allow", "")
+    big_sub.refresh_from_db()
+    assert subscription_status(big_sub) == "active"
+
+    clock.move_to(at(2, 15))
+    _tokens(at(2, 15), "feb-in", "large", "input", 12_000_000)
+    assert EventRating.objects.get(event__identifier="feb-in").credits == 29_000
+    _renew_and_close(clock, datetime(2026, 3, 1, tzinfo=UTC))
+    _renew_and_close(clock, datetime(2026, 4, 1, tzinfo=UTC))
+    totals = [i.total for i in Invoice.objects.filter(customer=bigco).order_by("period__start")]
+    assert totals == [Money(v, "USD") for v in ("1221.00", "999.00", "999.00")]
+
+    revenue_recognize_all()
+
+    def recognized(month: int) -> dict[str, Decimal]:
+        result = revenue_report(month=date(2026, month, 1))
+        return {k: v.quantize(Decimal("0.01")) for k, v in result.recognized.items() if v}
+
+    assert recognized(1) == {"base_fee": Decimal("999.00"), "overage": Decimal("222.00")}
+    assert recognized(2) == {"base_fee": Decimal("999.00")}
+    assert recognized(3) == {"base_fee": Decimal("999.00")}
+
+    (jan,) = margin_report(month=date(2026, 1, 1)).currencies
+    assert jan.total.revenue.quantize(Decimal("0.01")) == Decimal("1221.00")
+    assert jan.total.cost == Decimal("593.00")
+    costs = {(r.model, r.customer): r.cost for r in jan.usage}
+    assert costs[("large", "bigco")] == Decimal("575.00")
+    assert costs[("small", "bigco")] == Decimal("18.00")
+    units = {(r.model, r.customer): r.units for r in jan.usage}
+    assert units[("large", "bigco")] == Decimal(170_000_000)
+    (feb,) = margin_report(month=date(2026, 2, 1)).currencies
+    assert (feb.total.revenue.quantize(Decimal("0.01")), feb.total.cost) == (
+        Decimal("999.00"),
+        Decimal("30.00"),
+    )
     assert [f for f in run_checks() if f.problems] == []

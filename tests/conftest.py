@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import time_machine
 
+from tests.real_parts import CHROMIUM_ARGS, chromium_executable
+
 if TYPE_CHECKING:
     from tests.metering.worker_support import Broker, StartWorker, Worker
 
@@ -84,3 +86,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             count = skipped_for_missing_parts.count(reason)
             terminalreporter.line(f"{count} skipped: {reason}", red=True)
         terminalreporter.line("With CI=true each of them fails instead.", red=True)
+
+
+@pytest.fixture
+def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A page of Debian's headless chromium at 1280 x 900 (browser tests)."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_executable()
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test
+    # makes between browser steps are still plain synchronous calls.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, accept_downloads=True
+        )
+        yield context.new_page()
+        context.close()
+        browser.close()

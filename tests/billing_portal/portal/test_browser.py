@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,31 +19,13 @@ from django.utils import timezone
 from billing_portal.alerts.models import Alert, AlertSettings
 from ledger.selectors import account_balance
 from plans.models import Customer
+from tests.accessibility import assert_accessible
 from tests.billing_portal.portal.factories import PASSWORD, member, subscribed_customer, usage
 from tests.plans.factories import load_demo_catalog
-from tests.real_parts import CHROMIUM_ARGS, chromium_executable
 
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    executable = chromium_executable()
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the test
-    # makes between browser steps are still plain synchronous calls.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        context = browser.new_context(
-            viewport={"width": 1280, "height": 900}, accept_downloads=True
-        )
-        yield context.new_page()
-        context.close()
-        browser.close()
 
 
 def _customer_with_history() -> Customer:
@@ -90,6 +71,7 @@ def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     assert Decimal(shown) == available.quantize(Decimal("0.01")).normalize()
     assert page.evaluate("typeof window.htmx") == "object", "htmx.min.js is served"
     _shot(page, "portal-dashboard.png")
+    assert_accessible(page)
 
     # The range switch swaps the usage section in place: the page itself is not reloaded.
     page.evaluate("window.__stay = 1")
@@ -116,6 +98,7 @@ def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     page.click("#limit button[type=submit]")
     page.wait_for_selector("#id_spend_limit_credits-error")
     _shot(page, "portal-controls.png")
+    assert_accessible(page)
 
     page.goto(f"{base}/portal/activity/")
     with page.expect_download() as download_info:
@@ -124,9 +107,11 @@ def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
     assert "evt-0-0" in {row["identifier"] for row in rows}
     _shot(page, "portal-activity.png")
+    assert_accessible(page)
 
     page.goto(f"{base}/portal/billing/")
     _shot(page, "portal-billing.png")
+    assert_accessible(page)
     page.select_option("#id_pack", "pack_10k")
     page.click("#packs button[type=submit]")
     page.wait_for_url(f"{base}/portal/billing/checkout/*/")

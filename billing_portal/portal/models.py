@@ -17,6 +17,15 @@ class Role(models.TextChoices):
     VIEWER = "viewer"
 
 
+# What each role may do, as the team page explains it (portal.access enforces it).
+ROLE_HELP = {
+    Role.OWNER: "Everything an admin can, and invites and removes team members.",
+    Role.ADMIN: "Changes the plan, buys credits, and sets alerts, spend limits and auto-recharge.",
+    Role.VIEWER: "Sees usage, balance, invoices and activity, and downloads exports; "
+    "changes nothing.",
+}
+
+
 class PortalMembership(models.Model):
     """A portal user belongs to exactly one customer."""
 
@@ -46,3 +55,8 @@ class PortalMembership(models.Model):
     @property
     def is_owner(self) -> bool:
         return self.role == Role.OWNER
+
+    @property
+    def pending(self) -> bool:
+        """Invited and never signed in: the invitation has not been taken up."""
+        return self.user.last_login is None

@@ -91,6 +91,20 @@ def member_invite(
         membership = PortalMembership.objects.create(
             user=user, customer=customer, role=role, invited_by=invited_by
         )
+        _invitation_send(membership, site_url)
+    return membership
+
+
+def member_invite_resend(*, membership: PortalMembership, site_url: str) -> None:
+    """Send a pending member's invitation again, with a fresh link."""
+    if not membership.pending:
+        raise ValueError("this member has already signed in; there is no invitation to resend")
+    with transaction.atomic():
+        _invitation_send(membership, site_url)
+
+
+def _invitation_send(membership: PortalMembership, site_url: str) -> None:
+    user, customer = membership.user, membership.customer
     link = site_url.rstrip("/") + reverse(
         "portal:password_reset_confirm",
         kwargs={
@@ -100,11 +114,15 @@ def member_invite(
     )
     body = render_to_string(
         "portal/auth/invite_email.txt",
-        {"customer": customer, "invited_by": invited_by, "link": link, "role": role},
+        {
+            "customer": customer,
+            "invited_by": membership.invited_by,
+            "link": link,
+            "role": membership.role,
+        },
     )
     subject = f"You are invited to the {customer.name} billing portal"
-    transaction.on_commit(lambda: send_mail(subject, body, None, [email]))
-    return membership
+    transaction.on_commit(lambda: send_mail(subject, body, None, [user.email]))
 
 
 def member_remove(*, membership: PortalMembership) -> None:
@@ -112,4 +130,6 @@ def member_remove(*, membership: PortalMembership) -> None:
     with transaction.atomic():
         membership.delete()
         user.is_active = False
-        user.save(update_fields=["is_active"])
+        # A new password hash voids every set-password link sent before (an invitation).
+        user.set_unusable_password()
+        user.save(update_fields=["is_active", "password"])

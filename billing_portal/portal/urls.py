@@ -32,4 +32,5 @@ urlpatterns = [
     path("team/", views.team, name="team"),
     path("team/invite/", views.member_invite, name="member_invite"),
     path("team/<int:pk>/remove/", views.member_remove, name="member_remove"),
+    path("team/<int:pk>/resend/", views.member_resend, name="member_resend"),
 ]

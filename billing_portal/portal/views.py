@@ -34,7 +34,7 @@ from billing_portal.portal.access import (
     portal_view,
     purchase_for,
 )
-from billing_portal.portal.models import PortalMembership
+from billing_portal.portal.models import ROLE_HELP, PortalMembership, Role
 from billing_portal.stripe import adapter as stripe_adapter
 from billing_portal.stripe.payments import (
     PaymentsNotConfigured,
@@ -396,6 +396,7 @@ def _team_context(request: PortalRequest, form: forms.InviteForm | None = None) 
     return {
         "members": members.select_related("user").order_by("created_at", "pk"),
         "invite_form": form or forms.InviteForm(),
+        "roles": [(Role(role).label, text) for role, text in ROLE_HELP.items()],
     }
 
 
@@ -426,11 +427,30 @@ def member_invite(request: PortalRequest) -> HttpResponse:
 
 @require_POST
 @portal_view(owner=True)
+def member_resend(request: PortalRequest, pk: int) -> HttpResponse:
+    member = member_for(request, pk)
+    if member.pending:
+        services.member_invite_resend(membership=member, site_url=request.build_absolute_uri("/"))
+        messages.success(request, f"Invitation sent again to {member.user.email}.")
+    else:
+        messages.error(request, f"{member.user.email} has already signed in.")
+    return redirect("portal:team")
+
+
+@require_http_methods(["GET", "POST"])
+@portal_view(owner=True)
 def member_remove(request: PortalRequest, pk: int) -> HttpResponse:
+    """GET asks for confirmation (what removing does); POST removes."""
     member = member_for(request, pk)
     if member.pk == request.membership.pk:
         messages.error(request, "You cannot remove yourself.")
+        return redirect("portal:team")
+    if request.method == "GET":
+        return render(request, "portal/member_remove.html", {"member": member})
+    was_pending = member.pending
+    services.member_remove(membership=member)
+    if was_pending:
+        messages.success(request, f"The invitation to {member.user.email} is revoked.")
     else:
-        services.member_remove(membership=member)
         messages.success(request, f"{member.user.email} removed.")
     return redirect("portal:team")

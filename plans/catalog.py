@@ -11,6 +11,11 @@ which new subscriptions and plan changes get, while current subscribers keep the
 they subscribed with. Rules a customer saved in the portal always win over the plan's.
 A plan's ``features`` (booleans, or a limit per period on a meter's units) are versioned
 the same way.
+
+A plan's ``public`` (``true`` or ``false``, default ``false``) says whether the customer
+portal offers it in its plan comparison. It is stored on the plan, not on a version: it
+is visibility, not a billing term, so changing it never makes a new version, and
+subscribers of a plan that is not public keep it (they are only not offered it again).
 """
 
 from __future__ import annotations
@@ -137,6 +142,7 @@ class PlanSpec(msgspec.Struct, forbid_unknown_fields=True):
     alerts: AlertsSpec = msgspec.field(default_factory=AlertsSpec)
     features: dict[str, bool | MeteredFeatureSpec] = {}
     past_due_policy: Literal["allow"] | PastDueSpec = "allow"
+    public: bool = False
 
 
 class PackSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -819,7 +825,10 @@ def _feature_values(features: dict[str, bool | MeteredFeatureSpec]) -> dict[str,
 
 
 def _apply_plan(spec: PlanSpec, currency: str, changes: list[str]) -> None:
-    plan, _ = Plan.objects.get_or_create(code=spec.code)
+    plan, created = Plan.objects.get_or_create(code=spec.code, defaults={"public": spec.public})
+    if not created and plan.public != spec.public:
+        Plan.objects.filter(pk=plan.pk).update(public=spec.public)
+        changes.append(f"plan {spec.code}: {'public' if spec.public else 'no longer public'}")
     values = _plan_values(spec, currency)
     latest = plan.versions.order_by("-version").first()
     if latest is not None and all(getattr(latest, key) == value for key, value in values.items()):
@@ -956,6 +965,8 @@ def _dump_plan(version: PlanVersion) -> dict[str, Any]:
         "rate_card": version.rate_card.code,
         "overage": overage,
     }
+    if version.plan.public:
+        out["public"] = True
     if version.rollover_max_credits is not None:
         out["rollover"] = {"max_credits": _number(version.rollover_max_credits)}
     alerts = _dump_alerts(version)

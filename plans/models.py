@@ -148,6 +148,9 @@ class Rate(models.Model):
 
 class Plan(models.Model):
     code = models.SlugField(max_length=64, unique=True)
+    # Offered in the portal's plan comparison. Not versioned: it is visibility, not a
+    # billing term, so hiding a plan never moves its subscribers to a new version.
+    public = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

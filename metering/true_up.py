@@ -23,7 +23,7 @@ from decimal import Decimal
 from django.db.models import F
 
 from ledger import services as ledger
-from ledger.models import ZERO, CauseType, EntryKind, LedgerEntry
+from ledger.models import ZERO, Account, CauseType, EntryKind, LedgerEntry
 from metering.models import EventCancellation, EventRating, PeriodUsage, RateUsage
 from plans.models import SubscriptionPeriod
 from plans.tiers import period_credits
@@ -56,6 +56,9 @@ def true_up_cause(period_id: int, rate_id: int) -> ledger.Cause:
 def period_rates_true_up(*, period: SubscriptionPeriod) -> list[LedgerEntry]:
     """Post the period's true-ups (the caller closes the period and holds its lock)."""
     account = period.subscription.customer.account
+    # Rating counts units under the account lock: taken before reading the counts, no
+    # event of the period is counted between the read and the true-up.
+    Account.objects.select_for_update().get(pk=account.pk)
     entries: list[LedgerEntry] = []
     for true_up in period_true_ups(period):
         row = true_up.rate_usage

@@ -9,6 +9,7 @@ from the period or change they belong to.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -16,6 +17,7 @@ from typing import Literal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 from django.utils import timezone
 from djmoney.money import Money
 
@@ -351,9 +353,15 @@ def _period_close(period: SubscriptionPeriod, *, at: datetime, write_off: bool) 
     if write_off:
         _period_credits_write_off(period)
     period.status = PeriodStatus.CLOSED
-    period.end = min(period.end, max(at, period.start + timedelta(seconds=1)))
+    period.end = _period_end_at(period, at)
     period.closed_at = timezone.now()
     period.save(update_fields=["status", "end", "closed_at"])
+
+
+def _period_end_at(period: SubscriptionPeriod, at: datetime) -> datetime:
+    """Where closing at ``at`` ends the period: never after its end, nor before its first
+    second (a period is never empty)."""
+    return min(period.end, max(at, period.start + timedelta(seconds=1)))
 
 
 def _period_credits_write_off(period: SubscriptionPeriod) -> Decimal:
@@ -414,6 +422,43 @@ def _finish(
 
 
 # --- plan changes and cancellation ------------------------------------------------------
+#
+# Each change is decided by a preview (what it would do, written nowhere) and then
+# applied from that same preview, so what the portal shows before a change is what the
+# change records: the ``*_preview`` functions are the read-only half of the services.
+
+
+@dataclass(frozen=True)
+class PlanChangePreview:
+    """What changing to ``to_version`` does: ``when`` "now" charges ``proration`` (the fee
+    difference for the time left) and grants ``extra_included_credits`` at once;
+    "period_end" changes nothing before ``effective_at``, the renewal."""
+
+    from_version: PlanVersion
+    to_version: PlanVersion
+    when: When
+    effective_at: datetime
+    period: SubscriptionPeriod | None = None
+    proration: Money | None = None
+    extra_included_credits: Decimal = Decimal(0)
+    # The same plan with nothing scheduled: there is nothing to do.
+    unchanged: bool = False
+    # The plan change already scheduled for the renewal, which this one replaces.
+    replaces: PlanVersion | None = None
+
+
+def subscription_change_plan_preview(
+    *,
+    subscription: Subscription,
+    plan: Plan,
+    when: When | None = None,
+    now: datetime | None = None,
+) -> PlanChangePreview:
+    """What :func:`subscription_change_plan` would do now; writes nothing."""
+    fresh = Subscription.objects.select_related("plan_version", "pending_plan_version").get(
+        pk=subscription.pk
+    )
+    return _plan_change_decide(fresh, plan, when, now or timezone.now())
 
 
 def subscription_change_plan(
@@ -428,13 +473,11 @@ def subscription_change_plan(
     now = now or timezone.now()
     with transaction.atomic():
         locked = _lock(subscription)
-        _require_active(locked)
-        new = plan_version_current(plan)
-        old = locked.plan_version
-        if new.pk == old.pk and locked.pending_plan_version is None:
+        preview = _plan_change_decide(locked, plan, when, now)
+        if preview.unchanged:
             return locked
-        when = when or ("now" if _is_upgrade(old, new) else "period_end")
-        if when == "period_end":
+        if preview.when == "period_end":
+            new, old = preview.to_version, preview.from_version
             locked.pending_plan_version = None if new.pk == old.pk else new
             locked.save(update_fields=["pending_plan_version"])
             _change(
@@ -443,29 +486,35 @@ def subscription_change_plan(
                 ChangeKind.PLAN_CHANGE_SCHEDULED,
                 old,
                 new,
-                locked.current_period_end,
+                preview.effective_at,
                 actor,
             )
             return locked
-        if new.interval != old.interval:
-            raise SubscriptionError(
-                "interval_change_at_period_end",
-                f"moving from a {old.interval}ly to a {new.interval}ly plan takes effect at "
-                "period end; send when=period_end",
-                param="when",
-            )
-        _switch_now(locked, old, new, now, actor)
+        _switch_now(locked, preview, actor)
     return locked
 
 
-def _is_upgrade(old: PlanVersion, new: PlanVersion) -> bool:
-    old_fee, new_fee = as_money(old.base_fee).amount, as_money(new.base_fee).amount
-    return (new_fee, new.included_credits) > (old_fee, old.included_credits)
-
-
-def _switch_now(
-    subscription: Subscription, old: PlanVersion, new: PlanVersion, now: datetime, actor: str
-) -> None:
+def _plan_change_decide(
+    subscription: Subscription, plan: Plan, when: When | None, now: datetime
+) -> PlanChangePreview:
+    _require_active(subscription)
+    new = plan_version_current(plan)
+    old = subscription.plan_version
+    pending = subscription.pending_plan_version
+    if new.pk == old.pk and pending is None:
+        return PlanChangePreview(
+            old, new, "period_end", subscription.current_period_end, unchanged=True
+        )
+    when = when or ("now" if _is_upgrade(old, new) else "period_end")
+    if when == "period_end":
+        return PlanChangePreview(old, new, when, subscription.current_period_end, replaces=pending)
+    if new.interval != old.interval:
+        raise SubscriptionError(
+            "interval_change_at_period_end",
+            f"moving from a {old.interval}ly to a {new.interval}ly plan takes effect at "
+            "period end; send when=period_end",
+            param="when",
+        )
     period = _current_period(subscription)
     left = _fraction_left(period, now)
     fee_delta = as_money(new.base_fee).amount - as_money(old.base_fee).amount
@@ -473,15 +522,26 @@ def _switch_now(
     extra = max(Decimal(0), (new.included_credits - old.included_credits) * left).quantize(
         CREDIT_QUANTUM
     )
+    return PlanChangePreview(old, new, when, now, period, proration, extra, replaces=pending)
+
+
+def _is_upgrade(old: PlanVersion, new: PlanVersion) -> bool:
+    old_fee, new_fee = as_money(old.base_fee).amount, as_money(new.base_fee).amount
+    return (new_fee, new.included_credits) > (old_fee, old.included_credits)
+
+
+def _switch_now(subscription: Subscription, preview: PlanChangePreview, actor: str) -> None:
+    period, new, extra = preview.period, preview.to_version, preview.extra_included_credits
+    assert period is not None  # a change now is decided on the current period
     change = _change(
         subscription,
         period,
         ChangeKind.PLAN_CHANGE,
-        old,
+        preview.from_version,
         new,
-        now,
+        preview.effective_at,
         actor,
-        proration=proration,
+        proration=preview.proration,
         extra_included_credits=extra,
     )
     if extra > 0:
@@ -500,6 +560,29 @@ def _fraction_left(period: SubscriptionPeriod, now: datetime) -> Decimal:
     return min(Decimal(1), left / total)
 
 
+@dataclass(frozen=True)
+class CancelPreview:
+    """What cancelling does: "period_end" keeps everything until ``effective_at``; "now"
+    ends the period at ``effective_at``, gives back ``refund`` (the base fee of the time
+    left, negative: a credit on the period's invoice) and writes off the period's included
+    and rollover credits still unused (``credits_written_off``)."""
+
+    version: PlanVersion
+    when: When
+    effective_at: datetime
+    period: SubscriptionPeriod | None = None
+    refund: Money | None = None
+    credits_written_off: Decimal = Decimal(0)
+
+
+def subscription_cancel_preview(
+    *, subscription: Subscription, when: When = "period_end", now: datetime | None = None
+) -> CancelPreview:
+    """What :func:`subscription_cancel` would do now; writes nothing."""
+    fresh = Subscription.objects.select_related("plan_version").get(pk=subscription.pk)
+    return _cancel_decide(fresh, when, now or timezone.now())
+
+
 def subscription_cancel(
     *,
     subscription: Subscription,
@@ -510,8 +593,8 @@ def subscription_cancel(
     now = now or timezone.now()
     with transaction.atomic():
         locked = _lock(subscription)
-        _require_active(locked)
-        if when == "period_end":
+        preview = _cancel_decide(locked, when, now)
+        if preview.period is None:
             locked.cancel_at_period_end = True
             locked.save(update_fields=["cancel_at_period_end"])
             _change(
@@ -520,14 +603,28 @@ def subscription_cancel(
                 ChangeKind.CANCEL_SCHEDULED,
                 locked.plan_version,
                 None,
-                locked.current_period_end,
+                preview.effective_at,
                 actor,
             )
             return locked
-        period = _current_period(locked)
-        refund = _unused_base_fee(locked.plan_version, period, now)
+        period = preview.period
         _period_close(period, at=now, write_off=True)
-        return _finish(locked, period.end, actor, period=period, proration=refund)
+        return _finish(locked, period.end, actor, period=period, proration=preview.refund)
+
+
+def _cancel_decide(subscription: Subscription, when: When, now: datetime) -> CancelPreview:
+    _require_active(subscription)
+    version = subscription.plan_version
+    if when == "period_end":
+        return CancelPreview(version, when, subscription.current_period_end)
+    period = _current_period(subscription)
+    ends = _period_end_at(period, now)
+    unused = CreditGrant.objects.filter(
+        source_type=PERIOD_SOURCE, source_id=str(period.pk), status=GrantStatus.ACTIVE
+    ).aggregate(left=Sum("remaining"))["left"]
+    return CancelPreview(
+        version, when, ends, period, _unused_base_fee(version, period, now), unused or Decimal(0)
+    )
 
 
 def _unused_base_fee(version: PlanVersion, period: SubscriptionPeriod, now: datetime) -> Money:

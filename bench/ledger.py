@@ -47,6 +47,12 @@ GRANTS: tuple[tuple[str, str, int, int | None], ...] = (
     ("5000000", "paid", 50, None),
 )
 DEFAULT_HISTORY = (1_000, 10_000, 100_000)
+# The scarcity phase: so few credits that they run out early in the measured window
+# (about 1,000 cycles' worth), so an overdraw under contention would show.
+SCARCE_GRANTS: tuple[tuple[str, str, int, int | None], ...] = (
+    ("2500", "included", 10, 30),
+    ("1500", "paid", 50, None),
+)
 
 
 # --- what a client does ----------------------------------------------------------------
@@ -334,7 +340,9 @@ _HISTORY_SQL = (
 )
 
 
-def create_hot_account(history_entries: int) -> HotAccount:
+def create_hot_account(
+    history_entries: int, grants: tuple[tuple[str, str, int, int | None], ...] = GRANTS
+) -> HotAccount:
     from django.db import connection, transaction
     from django.utils import timezone
 
@@ -344,7 +352,7 @@ def create_hot_account(history_entries: int) -> HotAccount:
     now = timezone.now()
     account = services.account_create()
     granted = ZERO
-    for amount, category, priority, expires_in_days in GRANTS:
+    for amount, category, priority, expires_in_days in grants:
         grant = services.credit_grant_create(
             account=account,
             amount=amount,
@@ -507,6 +515,69 @@ def measure_run(
     return figures, overdrawn, problems
 
 
+@dataclass
+class ScarceFigures:
+    """Runs in which the credits run out under load: the phase where overdraw can show."""
+
+    granted: Decimal = ZERO
+    runs: list[RunFigures] = field(default_factory=list)
+    left: list[Decimal] = field(default_factory=list)  # available after each run
+    overdraws: list[Decimal] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def overdrawn(self) -> Decimal:
+        return sum(self.overdraws, ZERO)
+
+    @property
+    def runs_out(self) -> int:
+        """Runs denied for want of credits that ended with less than a hold left."""
+        return sum(
+            1
+            for figures, left in zip(self.runs, self.left, strict=True)
+            if figures.denied > 0 and left < HOLD_AMOUNT
+        )
+
+    @property
+    def ran_out(self) -> bool:
+        return bool(self.runs) and self.runs_out == len(self.runs)
+
+
+def measure_scarce(pool: ClientPool, args: argparse.Namespace) -> ScarceFigures:
+    from ledger.models import Account
+    from ledger.selectors import account_balance
+
+    scarce = ScarceFigures(granted=sum((Decimal(g[0]) for g in SCARCE_GRANTS), ZERO))
+    for run in range(args.runs):
+        hot = create_hot_account(args.history[0], grants=SCARCE_GRANTS)
+        figures, overdrawn, problems = measure_run(pool, hot, args, seed=91_000 + run)
+        scarce.runs.append(figures)
+        balance = account_balance(account=Account.objects.get(pk=hot.account_id))
+        scarce.left.append(balance.available)
+        scarce.overdraws.append(overdrawn)
+        scarce.problems.extend(problems)
+        if args.verbose:
+            print(
+                f"  run {run + 1}, scarce credits: {figures.denied:,} denied, "
+                f"{balance.available} left, overdraw {overdrawn}",
+                flush=True,
+            )
+    if not scarce.ran_out:
+        scarce.problems.append(
+            "the scarcity phase did not run out of credits in every run: it proves nothing"
+        )
+    return scarce
+
+
+def scarce_line(scarce: ScarceFigures) -> str:
+    denied = sum(r.denied for r in scarce.runs)
+    return (
+        f"ledger scarcity phase, {scarce.granted:,} credits per run: ran out in "
+        f"{scarce.runs_out} of {len(scarce.runs)} runs, {denied:,} holds denied, "
+        f"overdraw {scarce.overdrawn}"
+    )
+
+
 def _ratio(calls: int, transactions: int) -> float:
     return calls / transactions if transactions else 0.0
 
@@ -656,15 +727,17 @@ def _met(level: LevelFigures) -> bool:
     )
 
 
-def verdict_line(levels: list[LevelFigures], problems: list[str]) -> str:
+def verdict_line(levels: list[LevelFigures], scarce: ScarceFigures, problems: list[str]) -> str:
     base = levels[0]
+    met = _met(base) and scarce.ran_out and scarce.overdrawn == 0
     return (
-        f"ledger verdict: target {'met' if _met(base) else 'NOT met'}: "
+        f"ledger verdict: target {'met' if met else 'NOT met'}: "
         f"{base.median('rate'):,.0f} cycles/s ({base.median('rate') / TARGET_RATE:.2f}x of "
-        f"1,000/s), p99 {ms(base.median('call_p99'))} "
-        f"({base.median('call_p99') / TARGET_P99:.2f}x of 25 ms), "
-        f"overdraw {sum((lv.overdrawn for lv in levels), ZERO)}, "
-        f"{len(problems)} correctness problems"
+        f"1,000/s), call p99 {ms(base.median('call_p99'))} "
+        f"({base.median('call_p99') / TARGET_P99:.2f}x of 25 ms), cycle p99 "
+        f"{ms(base.median('cycle_p99'))}, overdraw "
+        f"{sum((lv.overdrawn for lv in levels), ZERO)} with ample credits and "
+        f"{scarce.overdrawn} when they ran out, {len(problems)} correctness problems"
     )
 
 
@@ -674,6 +747,7 @@ def markdown(
     levels: list[LevelFigures],
     floors: list[FloorFigures],
     layouts: list[LayoutFigures],
+    scarce: ScarceFigures,
     problems: list[str],
 ) -> str:
     base = levels[0]
@@ -753,6 +827,24 @@ def markdown(
                 f"| {lv.median('call_p99') / TARGET_P99:.2f}x "
                 f"| {lv.median('per_transaction'):.1f} | {lv.overdrawn} |"
             )
+    lines += [
+        "",
+        f"Scarcity phase, in which overdraw can happen: the same {args.clients} clients on a "
+        f"fresh account with {_count(base.history)} history and only {scarce.granted:,} "
+        "credits (about 1,000 cycles), so the credits run out early in each run and every "
+        "later hold races the last credits and is denied. A run counts only if it was denied "
+        "with less than one hold's credits left.",
+        "",
+        "| run | cycles | holds denied | credits left | call p99 | cycle p99 | overdraw |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = zip(scarce.runs, scarce.left, scarce.overdraws, strict=True)
+    for index, (figures, left, overdrawn) in enumerate(rows):
+        lines.append(
+            f"| {index + 1} | {figures.rate * args.duration:,.0f} | {figures.denied:,} "
+            f"| {left.normalize():f} | {ms(figures.call_p99)} | {ms(figures.cycle_p99)} "
+            f"| {overdrawn} |"
+        )
     last = levels[-1]
     lines += [
         "",
@@ -760,7 +852,10 @@ def markdown(
         f"{_count(base.history)} history: {base.median('rate'):,.0f} cycles/s = "
         f"{base.median('rate') / TARGET_RATE:.2f}x of 1,000/s, call p99 "
         f"{ms(base.median('call_p99'))} = {base.median('call_p99') / TARGET_P99:.2f}x of "
-        f"25 ms, overdraw {base.overdrawn}. At {_count(last.history)} history the rate is "
+        f"25 ms (cycle p99 {ms(base.median('cycle_p99'))}), overdraw {base.overdrawn}; when "
+        f"the credits ran out ({scarce.runs_out} of "
+        f"{len(scarce.runs)} runs), overdraw {scarce.overdrawn}. "
+        f"At {_count(last.history)} history the rate is "
         f"{last.median('rate') / base.median('rate'):.2f}x the {_count(base.history)} rate.",
         "",
         "Checked after every run: no overage entry, consumed never above granted, no grant "
@@ -837,6 +932,9 @@ def run(args: argparse.Namespace) -> int:
                 print(level_line(level, levels[0]), flush=True)
             for floor in floors:
                 print(floor_line(floor, args.clients), flush=True)
+            with _timed("scarcity phase", args.verbose):
+                scarce = measure_scarce(pool, args)
+            print(scarce_line(scarce), flush=True)
         for processes in args.layouts:
             if processes == args.processes:
                 continue
@@ -846,11 +944,12 @@ def run(args: argparse.Namespace) -> int:
             print(layout_line(item, args.clients), flush=True)
         problems = [p for level in levels for p in level.problems]
         problems += [p for item in layouts for p in item.level.problems]
+        problems += scarce.problems
         problems += [f"{f.check}: {p}" for f in run_checks() for p in f.problems]
     return report.finish(
         "ledger",
-        verdict_line(levels, problems),
+        verdict_line(levels, scarce, problems),
         problems,
-        lambda: markdown(machine, args, levels, floors, layouts, problems),
+        lambda: markdown(machine, args, levels, floors, layouts, scarce, problems),
         write=not args.no_docs,
     )

@@ -108,7 +108,10 @@ class CreditGrant(models.Model):
         max_length=16, choices=GrantStatus.choices, default=GrantStatus.ACTIVE
     )
     reason = models.CharField(max_length=64, blank=True)
+    # For staff only: never shown to the customer (see description).
     memo = models.TextField(blank=True)
+    # What the customer reads about this grant (portal, e-mails, the API's customers).
+    description = models.CharField(max_length=255, blank=True, default="", db_default="")
     actor = models.CharField(max_length=128)
     # Where the grant came from, e.g. ("subscription_period", "42") or ("payment", "pi_...").
     source_type = models.CharField(max_length=32, blank=True)
@@ -224,7 +227,11 @@ class LedgerOperation(models.Model):
     kind = models.CharField(max_length=16, choices=OperationKind.choices)
     actor = models.CharField(max_length=128)
     reason = models.CharField(max_length=64, blank=True)
+    # For staff only: never shown to the customer.
     memo = models.TextField(blank=True)
+    # What the customer reads about this movement; empty: the portal's own words. The
+    # database default serves the hold path, which inserts operations in raw SQL.
+    description = models.CharField(max_length=255, blank=True, default="", db_default="")
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -67,10 +67,23 @@ def _lock_account(account_id: int) -> Account:
 
 
 def _operation(
-    account: Account, kind: str, *, actor: str, reason: str = "", memo: str = "", key: str | None
+    account: Account,
+    kind: str,
+    *,
+    actor: str,
+    reason: str = "",
+    memo: str = "",
+    description: str = "",
+    key: str | None,
 ) -> LedgerOperation:
     return LedgerOperation.objects.create(
-        account=account, kind=kind, actor=actor, reason=reason, memo=memo, idempotency_key=key
+        account=account,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        memo=memo,
+        description=description,
+        idempotency_key=key,
     )
 
 
@@ -106,6 +119,7 @@ def credit_grant_create(
     cost_basis: Money | None = None,
     reason: str = "",
     memo: str = "",
+    description: str = "",
     source_type: str = "",
     source_id: str = "",
     idempotency_key: str | None = None,
@@ -124,7 +138,13 @@ def credit_grant_create(
             if existing is not None:
                 return _same_grant_or_conflict(existing, amount, category)
         operation = _operation(
-            locked, OperationKind.GRANT, actor=actor, reason=reason, memo=memo, key=None
+            locked,
+            OperationKind.GRANT,
+            actor=actor,
+            reason=reason,
+            memo=memo,
+            description=description,
+            key=None,
         )
         grant = CreditGrant.objects.create(
             account=locked,
@@ -141,6 +161,7 @@ def credit_grant_create(
             cost_basis_currency=str(basis.currency),
             reason=reason,
             memo=memo,
+            description=description,
             actor=actor,
             expired_by_source=expired_by_source,
             source_type=source_type,
@@ -196,19 +217,32 @@ def _same_grant_or_conflict(existing: CreditGrant, amount: Decimal, category: st
 
 
 def credit_grant_void(
-    *, grant: CreditGrant, actor: str, reason: str = "", memo: str = ""
+    *, grant: CreditGrant, actor: str, reason: str = "", memo: str = "", description: str = ""
 ) -> CreditGrant:
-    return _grant_close(grant, actor, reason, memo, EntryKind.VOID, GrantStatus.VOIDED)
+    return _grant_close(grant, actor, reason, memo, EntryKind.VOID, GrantStatus.VOIDED, description)
 
 
 def credit_grant_expire(
-    *, grant: CreditGrant, actor: str, reason: str = "expired", memo: str = ""
+    *,
+    grant: CreditGrant,
+    actor: str,
+    reason: str = "expired",
+    memo: str = "",
+    description: str = "",
 ) -> CreditGrant:
-    return _grant_close(grant, actor, reason, memo, EntryKind.EXPIRE, GrantStatus.EXPIRED)
+    return _grant_close(
+        grant, actor, reason, memo, EntryKind.EXPIRE, GrantStatus.EXPIRED, description
+    )
 
 
 def _grant_close(
-    grant: CreditGrant, actor: str, reason: str, memo: str, kind: str, status: str
+    grant: CreditGrant,
+    actor: str,
+    reason: str,
+    memo: str,
+    kind: str,
+    status: str,
+    description: str = "",
 ) -> CreditGrant:
     with transaction.atomic():
         account = _lock_account(grant.account_id)
@@ -221,7 +255,15 @@ def _grant_close(
                 f"{'voided' if kind == EntryKind.VOID else 'expired'}",
                 param="grant",
             )
-        operation = _operation(account, kind, actor=actor, reason=reason, memo=memo, key=None)
+        operation = _operation(
+            account,
+            kind,
+            actor=actor,
+            reason=reason,
+            memo=memo,
+            description=description,
+            key=None,
+        )
         _close_grant(locked, operation, kind, status)
     return locked
 
@@ -352,7 +394,13 @@ def credits_consume_batch(
 
 
 def credits_reverse(
-    *, account: Account, cause: Cause, actor: str, reason: str, memo: str = ""
+    *,
+    account: Account,
+    cause: Cause,
+    actor: str,
+    reason: str,
+    memo: str = "",
+    description: str = "",
 ) -> list[LedgerEntry]:
     """Give back what a cause consumed (a cancelled event); overage is reversed too.
 
@@ -376,7 +424,13 @@ def credits_reverse(
         if not originals:
             return []  # nothing charged yet: keep the key free for when it is
         operation = _operation(
-            locked, OperationKind.REVERSAL, actor=actor, reason=reason, memo=memo, key=key
+            locked,
+            OperationKind.REVERSAL,
+            actor=actor,
+            reason=reason,
+            memo=memo,
+            description=description,
+            key=key,
         )
         return _reverse_entries(locked, operation, originals)
 

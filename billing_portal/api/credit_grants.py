@@ -21,6 +21,7 @@ from billing_portal.api.errors import ApiError
 from billing_portal.api.fields import TimestampField, actor, credits_field, customer_or_404, is_id
 from billing_portal.api.pagination import Listing, PageQuery, page_response, page_schema, paginate
 from billing_portal.api.schema import error_responses
+from billing_portal.staff import descriptions
 from billing_portal.staff.models import AuditAction
 from billing_portal.staff.services import audit_record
 from ledger import services as ledger
@@ -54,6 +55,9 @@ class CreditGrantOut(serializers.Serializer):
     cost_basis = serializers.SerializerMethodField()
     currency = serializers.SerializerMethodField()
     reason = serializers.CharField()
+    description = serializers.CharField(
+        help_text="What the customer reads about the grant (the memo stays internal)."
+    )
     voided_at = serializers.SerializerMethodField()
     expired_at = serializers.SerializerMethodField()
     closed_reason = serializers.SerializerMethodField(
@@ -138,7 +142,16 @@ class CreditGrantsApi(BaseApiView):
             max_digits=19, decimal_places=8, min_value=Decimal(0), required=False
         )
         reason = serializers.CharField(max_length=64, required=False, default="", allow_blank=True)
-        memo = serializers.CharField(required=False, default="", allow_blank=True)
+        memo = serializers.CharField(
+            required=False, default="", allow_blank=True, help_text="Internal: never shown."
+        )
+        description = serializers.CharField(
+            max_length=255,
+            required=False,
+            default="",
+            allow_blank=True,
+            help_text=f'Shown to the customer; empty: "{descriptions.GRANT_DEFAULT}".',
+        )
 
         def validate_applies_to(self, value: list[str]) -> list[str]:
             unknown = set(value) - set(
@@ -189,6 +202,7 @@ class CreditGrantsApi(BaseApiView):
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         basis = values.pop("cost_basis", None)
+        values["description"] = descriptions.grant_description(values["description"])
         with transaction.atomic():
             grant = ledger.credit_grant_create(
                 account=customer.account,
@@ -208,7 +222,17 @@ def _audit(request: Request, action: str, reason: str, grant: CreditGrant) -> No
 
 class ReasonInput(serializers.Serializer):
     reason = serializers.CharField(max_length=64)
-    memo = serializers.CharField(required=False, default="", allow_blank=True)
+    memo = serializers.CharField(
+        required=False, default="", allow_blank=True, help_text="Internal: never shown."
+    )
+    description = serializers.CharField(
+        max_length=255,
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text='Shown to the customer; empty: "Credits removed: <reason>" for a void, '
+        '"Credits expired early: <reason>" for an expiry.',
+    )
 
 
 class _CreditGrantCloseApi(BaseApiView):
@@ -217,6 +241,7 @@ class _CreditGrantCloseApi(BaseApiView):
     required_scope = "write"
     close: ClassVar[Callable[..., CreditGrant]]
     action: ClassVar[str]
+    describe: ClassVar[Callable[[str, str], str]]
 
     @extend_schema(
         request=ReasonInput,
@@ -226,8 +251,10 @@ class _CreditGrantCloseApi(BaseApiView):
         grant = grant_or_404(grant_id)
         data = ReasonInput(data=request.data)
         data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        values["description"] = type(self).describe(values["reason"], values["description"])
         with transaction.atomic():
-            grant = type(self).close(grant=grant, actor=actor(request), **data.validated_data)
+            grant = type(self).close(grant=grant, actor=actor(request), **values)
             _audit(request, self.action, data.validated_data["reason"], grant)
         return Response(CreditGrantOut(grant).data)
 
@@ -235,8 +262,10 @@ class _CreditGrantCloseApi(BaseApiView):
 class CreditGrantVoidApi(_CreditGrantCloseApi):
     close = ledger.credit_grant_void
     action = AuditAction.GRANT_VOID
+    describe = descriptions.void_description
 
 
 class CreditGrantExpireApi(_CreditGrantCloseApi):
     close = ledger.credit_grant_expire
     action = AuditAction.GRANT_EXPIRE
+    describe = descriptions.expire_description

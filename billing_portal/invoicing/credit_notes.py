@@ -131,7 +131,10 @@ def credit_note_issue(
     lines: dict[int, Decimal] | None = None,
     amount: Decimal | None = None,
     memo: str = "",
+    description: str = "",
 ) -> CreditNote:
+    """Issue a credit note. ``memo`` is for staff; ``description`` is what the customer
+    reads (default: "Credit for <invoice number>")."""
     if reason not in CreditNoteReason.values:
         raise CreditNoteError(
             "invalid_request",
@@ -153,6 +156,7 @@ def credit_note_issue(
             reason=reason,
             method=method,
             memo=memo,
+            description=description.strip() or credit_note_description(locked),
             total=sum((c.amount for c in credits), ZERO),
             total_currency=locked.currency,
             actor=actor,
@@ -173,6 +177,23 @@ def credit_note_issue(
     return note
 
 
+def credit_note_description(invoice: Invoice) -> str:
+    return f"Credit for {invoice.number}"
+
+
+def refunded_pack_credits(invoice: Invoice, credited_lines: list[InvoiceLine]) -> Decimal | None:
+    """The unused credits a refund of these lines would void (None: no pack among them)."""
+    purchase = getattr(invoice, "purchase", None)
+    if purchase is None or purchase.grant is None:
+        return None
+    if not any(line.kind == LineKind.CREDIT_PACK for line in credited_lines):
+        return None
+    grant = purchase.grant
+    if grant.status not in (GrantStatus.ACTIVE, GrantStatus.DEPLETED):
+        return None
+    return grant.remaining
+
+
 def _void_refunded_pack(invoice: Invoice, note: CreditNote, actor: str) -> None:
     purchase = getattr(invoice, "purchase", None)
     if purchase is None or purchase.grant is None:
@@ -181,8 +202,13 @@ def _void_refunded_pack(invoice: Invoice, note: CreditNote, actor: str) -> None:
         return
     grant = purchase.grant
     if grant.status in (GrantStatus.ACTIVE, GrantStatus.DEPLETED):
+        # The memo names the credit note: revenue finds the void by it.
         ledger.credit_grant_void(
-            grant=grant, actor=actor, reason="credit_note_refund", memo=note.number
+            grant=grant,
+            actor=actor,
+            reason="credit_note_refund",
+            memo=note.number,
+            description=f"Credits removed: refund of {invoice.number}",
         )
 
 

@@ -219,7 +219,10 @@ class CreditNote(models.Model):
     )
     reason = models.CharField(max_length=32, choices=CreditNoteReason.choices)
     method = models.CharField(max_length=16, choices=CreditNoteMethod.choices)
+    # For staff only: never shown to the customer, nor sent to Stripe.
     memo = models.TextField(blank=True)
+    # What the customer reads on the credit note, e.g. "Credit for INV-0042".
+    description = models.CharField(max_length=255, blank=True, default="", db_default="")
     total = MoneyField(max_digits=14, decimal_places=2, default_currency="USD")
     actor = models.CharField(max_length=128)
     stripe_credit_note_id = models.CharField(max_length=64, blank=True)

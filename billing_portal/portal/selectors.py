@@ -26,6 +26,7 @@ from ledger.models import (
     EntryKind,
     GrantCategory,
     LedgerEntry,
+    LedgerOperation,
 )
 from ledger.selectors import account_balance
 from ledger.units import credits_exact, credits_text, rfc3339
@@ -381,12 +382,18 @@ def activity_for(*, customer: Customer, limit: int = 50, offset: int = 0) -> lis
     )
     events = _events_by_id(groups)
     grants = _grants_by_id(groups)
+    # What staff (or the operator's API calls) wrote for the customer; never the memo.
+    described = dict(
+        LedgerOperation.objects.filter(pk__in=op_times)
+        .exclude(description="")
+        .values_list("pk", "description")
+    )
     # A rating batch is one operation for many events: newest event first within it.
     groups.sort(key=lambda g: (g["operation_id"], _event_time(g, events)), reverse=True)
     return [
         Activity(
             at=op_times[g["operation_id"]],
-            text=_describe(g, events, grants),
+            text=_described(g, described.get(g["operation_id"])) or _describe(g, events, grants),
             credits=g["credits"] or ZERO,
         )
         for g in groups
@@ -412,6 +419,19 @@ def _grants_by_id(groups: Sequence[Group]) -> dict[int, CreditGrant]:
     return {g.pk: g for g in CreditGrant.objects.filter(pk__in=ids)}
 
 
+def _described(group: Group, description: str | None) -> str:
+    """The operation's own sentence with its size: "Credits removed: Service outage
+    (1,500 credits)"."""
+    if not description:
+        return ""
+    return f"{description} ({_size(group)})"
+
+
+def _size(group: Group) -> str:
+    amount = abs(group["credits"] or ZERO)
+    return f"{credits_text(amount)} credit{'' if amount == 1 else 's'}"
+
+
 def _describe(group: Group, events: dict[str, MeterEvent], grants: dict[int, CreditGrant]) -> str:
     amount = group["credits"] or ZERO
     assert isinstance(amount, Decimal)
@@ -434,7 +454,8 @@ def _grant_words(grant: CreditGrant | None) -> str:
         return "credit grant"
     if grant.source_type in SOURCE_WORDS:
         return SOURCE_WORDS[grant.source_type]
-    return CATEGORY_WORDS.get(grant.category, grant.reason or "credit grant")
+    # Never the reason code: it is staff's word, not the customer's.
+    return CATEGORY_WORDS.get(grant.category, "credit grant")
 
 
 def _event_words(event: MeterEvent) -> str:

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from billing_portal.invoicing import credit_notes
 from billing_portal.invoicing.models import CreditNote, Invoice
+from billing_portal.staff import descriptions
 from billing_portal.staff.models import AuditAction, AuditLog
 from billing_portal.stripe import sync
 from ledger import services as ledger
@@ -53,7 +54,8 @@ class StaffError(DomainError):
 class Reason:
     code: str
     token: str  # the submitted form's one-time token; see _audit
-    memo: str = ""
+    memo: str = ""  # for staff only
+    description: str = ""  # for the customer; empty: the action's default sentence
 
 
 RELOAD_FORM_MESSAGE = "this form has no one-time token; reload the page and submit it again"
@@ -207,6 +209,7 @@ def staff_grant_create(
             workspace=workspace or None,
             reason=reason.code,
             memo=reason.memo,
+            description=descriptions.grant_description(reason.description),
             source_type="staff",
         )
         _audit(
@@ -217,6 +220,7 @@ def staff_grant_create(
             customer=customer.external_id,
             amount=amount,
             category=category,
+            description=grant.description,
         )
     return grant
 
@@ -227,15 +231,35 @@ def staff_grant_close(
     """Void (or expire now) a grant; its unused credits are written off by the ledger."""
     require(operator, "void_grant")
     close = ledger.credit_grant_expire if expire else ledger.credit_grant_void
+    describe = descriptions.expire_description if expire else descriptions.void_description
+    description = describe(reason.code, reason.description)
     with transaction.atomic():
         # The ledger's lock order (account, then grant), taken here so the credits
         # reported as written off are the ones the close really writes off.
         Account.objects.select_for_update().get(pk=grant.account_id)
         written_off = CreditGrant.objects.select_for_update().get(pk=grant.pk).remaining
-        closed = close(grant=grant, actor=actor_of(operator), reason=reason.code, memo=reason.memo)
+        closed = close(
+            grant=grant,
+            actor=actor_of(operator),
+            reason=reason.code,
+            memo=reason.memo,
+            description=description,
+        )
         action = AuditAction.GRANT_EXPIRE if expire else AuditAction.GRANT_VOID
-        _audit(operator, action, reason, closed, credits_written_off=written_off)
+        _audit(
+            operator,
+            action,
+            reason,
+            closed,
+            customer=_customer_of(closed),
+            credits_written_off=written_off,
+            description=description,
+        )
     return closed
+
+
+def _customer_of(grant: CreditGrant) -> str:
+    return Customer.objects.only("external_id").get(account_id=grant.account_id).external_id
 
 
 # --- usage corrections --------------------------------------------------------------------
@@ -245,7 +269,15 @@ def staff_event_cancel(*, operator: Operator, event: MeterEvent, reason: Reason)
     require(operator, "correct_usage")
     with transaction.atomic():
         _cancel(operator, event, reason)
-        _audit(operator, AuditAction.EVENT_CANCEL, reason, event, identifier=event.identifier)
+        _audit(
+            operator,
+            AuditAction.EVENT_CANCEL,
+            reason,
+            event,
+            customer=event.customer.external_id,
+            identifier=event.identifier,
+            description=descriptions.correction_description(reason.code, reason.description),
+        )
     return event
 
 
@@ -325,9 +357,11 @@ def staff_event_correct(
             AuditAction.EVENT_CORRECT,
             reason,
             event,
+            customer=event.customer.external_id,
             identifier=event.identifier,
             replacement=identifier,
             value=value,
+            description=descriptions.correction_description(reason.code, reason.description),
         )
     # Rated now so the balance staff look at next already shows the corrected usage.
     events_rate_for_customer(customer_id=event.customer_id)
@@ -357,6 +391,7 @@ def staff_credit_note_issue(
                 lines=lines,
                 amount=amount,
                 memo=reason.memo,
+                description=reason.description,
             )
         except credit_notes.CreditNoteError as exc:
             raise StaffError(exc.message, exc.param) from exc
@@ -365,9 +400,11 @@ def staff_credit_note_issue(
             AuditAction.CREDIT_NOTE_ISSUE,
             reason,
             note,
+            customer=invoice.customer.external_id,
             invoice=invoice.number,
             total=note.total,
             method=method,
+            description=note.description,
         )
     return note
 

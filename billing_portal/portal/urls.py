@@ -1,6 +1,6 @@
 from django.urls import path
 
-from billing_portal.portal import views
+from billing_portal.portal import plan_views, views
 
 app_name = "portal"
 urlpatterns = [
@@ -21,6 +21,9 @@ urlpatterns = [
     path("controls/auto-recharge/", views.auto_recharge_save, name="auto_recharge_save"),
     path("billing/", views.billing, name="billing"),
     path("billing/plan/", views.plan_change, name="plan_change"),
+    path("billing/plans/", plan_views.plans_compare, name="plans"),
+    path("billing/plans/confirm/", plan_views.plan_confirm, name="plan_confirm"),
+    path("billing/cancel/", plan_views.cancel_confirm, name="cancel_confirm"),
     path("billing/packs/", views.pack_buy, name="pack_buy"),
     path("billing/checkout/<int:pk>/", views.checkout, name="checkout"),
     path("billing/invoices/<int:pk>/", views.invoice_detail, name="invoice"),

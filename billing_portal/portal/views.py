@@ -24,7 +24,7 @@ from billing_portal.csv_safe import SafeWriter
 from billing_portal.invoicing.models import CreditNote, PurchaseStatus
 from billing_portal.invoicing.purchases import purchase_create
 from billing_portal.invoicing.selectors import invoices_for
-from billing_portal.portal import forms, selectors, services
+from billing_portal.portal import forms, plan_views, selectors, services
 from billing_portal.portal.access import (
     PortalRequest,
     alert_for,
@@ -44,7 +44,6 @@ from billing_portal.stripe.payments import (
 from ledger.actors import Actor
 from ledger.errors import InvalidRequest
 from plans import selectors as plan_selectors
-from plans.services import SubscriptionError, subscription_change_plan
 
 
 def _actor(request: PortalRequest) -> str:
@@ -209,10 +208,7 @@ def _billing_context(request: PortalRequest, **given: Any) -> dict[str, Any]:
     subscription = plan_selectors.subscription_active(customer=customer)
     return {
         "subscription": subscription,
-        "plan_form": given.get("plan_form")
-        or forms.PlanChangeForm(
-            initial={"plan": subscription.plan_version.plan if subscription else None}
-        ),
+        "plan_price": plan_views.price_text(subscription.plan_version) if subscription else None,
         "pack_form": given.get("pack_form") or forms.PackBuyForm(),
         "invoices": invoices_for(customer=customer)[:50],
         "credit_notes": CreditNote.objects.filter(invoice__customer=customer)
@@ -230,21 +226,9 @@ def billing(request: PortalRequest) -> HttpResponse:
 @require_POST
 @portal_view(manage=True)
 def plan_change(request: PortalRequest) -> HttpResponse:
-    form = forms.PlanChangeForm(request.POST)
-    subscription = plan_selectors.subscription_active(customer=request.membership.customer)
-    if form.is_valid() and subscription is None:
-        form.add_error("plan", "You have no active subscription to change.")
-    if form.is_valid() and subscription is not None:
-        try:
-            subscription_change_plan(
-                subscription=subscription, plan=form.cleaned_data["plan"], actor=_actor(request)
-            )
-        except SubscriptionError as exc:
-            form.add_error("plan", str(exc))
-        else:
-            messages.success(request, "Plan change saved.")
-            return redirect("portal:billing")
-    return render(request, "portal/billing.html", _billing_context(request, plan_form=form))
+    """A plan posted without its confirmation changes nothing: it leads to the page that
+    shows the prorated charge and what changes when (``plan_views.plan_confirm``)."""
+    return plan_views.plan_picked(request)
 
 
 @require_POST

@@ -60,22 +60,16 @@ def test_it_lists_credit_notes(client_owner: Client, acme: Customer) -> None:
     assert "Duplicate" in detail.content.decode()
 
 
-def test_it_upgrades_the_plan(client_owner: Client, acme: Customer) -> None:
+def test_a_plan_change_goes_through_its_confirmation(client_owner: Client, acme: Customer) -> None:
+    """Upgrades, downgrades and cancelling are confirmed first: test_plan_change.py."""
     response = client_owner.post("/portal/billing/plan/", {"plan": "team"})
     assert response.status_code == 302
-    subscription = Subscription.objects.get(customer=acme, status="active")
-    assert subscription.plan_version.plan.code == "team"
-
-
-def test_it_schedules_a_downgrade(client_owner: Client, acme: Customer) -> None:
-    client_owner.post("/portal/billing/plan/", {"plan": "starter"})
+    assert response["Location"] == "/portal/billing/plans/confirm/?plan=team"
     subscription = Subscription.objects.get(customer=acme, status="active")
     assert subscription.plan_version.plan.code == "pro"
-    assert subscription.pending_plan_version is not None
-    assert (
-        "Changing to <strong>Starter</strong>"
-        in client_owner.get("/portal/billing/").content.decode()
-    )
+    html = client_owner.get("/portal/billing/").content.decode()
+    assert 'href="/portal/billing/plans/"' in html
+    assert 'href="/portal/billing/cancel/"' in html
 
 
 def test_it_shows_an_unknown_plan_as_a_field_error(client_owner: Client) -> None:

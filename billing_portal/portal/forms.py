@@ -10,27 +10,97 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.core.validators import validate_email
 from django.utils import timezone
+from djmoney.money import Money
 
 from billing_portal.alerts.models import AlertSettings, AutoRecharge
+from billing_portal.invoicing.margin import money_text
 from billing_portal.portal.models import Role
-from ledger.units import credits_text
+from billing_portal.portal.selectors import credits_value
+from billing_portal.portal.templatetags.portal import money, price_text
+from ledger.units import credits_exact, credits_text
 from plans.models import CreditPack, Plan
 from plans.money import as_money
 from plans.services import plan_version_current
 
 MAX_CREDITS = Decimal("1000000000000")
+MAX_MONEY = Decimal("999999999999.99")
+EXAMPLE_CREDITS = Decimal(10000)
+
+
+class PlainDecimalField(forms.DecimalField):
+    """A number typed as people write it ("25,000", "12.5"), shown the same way, with one
+    plain error instead of Django's storage-format messages ("no more than 19 digits")."""
+
+    widget = forms.TextInput
+
+    def __init__(
+        self, *, unit: str, example: str, places: int, show_places: int | None = None, **kwargs: Any
+    ) -> None:
+        self.show_places = show_places
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        most = f"Enter at most {_number(high)}{unit}." if high is not None else ""
+        kwargs["error_messages"] = {
+            "invalid": f"Enter a number, such as {example}.",
+            "max_value": most,
+            "max_digits": most,
+            "max_whole_digits": most,
+            "max_decimal_places": f"Use at most {places} decimal places.",
+            **({"min_value": f"Enter {_number(low)}{unit} or more."} if low is not None else {}),
+        }
+        super().__init__(decimal_places=places, max_digits=19, **kwargs)
+
+    def widget_attrs(self, widget: forms.Widget) -> dict[str, Any]:
+        attrs: dict[str, Any] = super().widget_attrs(widget)
+        return {**attrs, "inputmode": "decimal", "autocomplete": "off"}
+
+    def to_python(self, value: Any) -> Decimal | None:  # type: ignore[override]
+        if isinstance(value, str):
+            value = value.replace(",", "").replace(" ", "").replace("\u00a0", "")
+        return super().to_python(value)
+
+    def run_validators(self, value: Any) -> None:
+        if value in self.empty_values:
+            return
+        # One message is enough: 1e99 is "at most 1,000,000,000,000", not also "too many
+        # digits".
+        for validator in self.validators:
+            try:
+                validator(value)
+            except forms.ValidationError as exc:
+                message = self.error_messages.get(exc.code or "", exc.message)
+                raise forms.ValidationError(message, code=exc.code, params=exc.params) from None
+
+    def prepare_value(self, value: Any) -> Any:
+        if not isinstance(value, Decimal):
+            return value
+        if self.show_places is not None:
+            return f"{value:,.{self.show_places}f}"
+        # Unrounded, so saving the form again never changes the stored value.
+        return credits_exact(value)
+
+
+def _number(value: Any) -> str:
+    return credits_exact(Decimal(value))
 
 
 def credits_field(*, required: bool = False, label: str = "", help_text: str = "") -> Any:
-    return forms.DecimalField(
+    return PlainDecimalField(
+        unit=" credits",
+        example="25,000 or 12.5",
+        places=6,
         required=required,
         min_value=Decimal(0),
         max_value=MAX_CREDITS,
-        decimal_places=6,
-        max_digits=19,
         label=label,
         help_text=help_text,
     )
+
+
+def expiry_words(days: int | None) -> str:
+    """How long a pack's credits last, as the pack picker and checkout say it."""
+    if days is None:
+        return "never expire"
+    return f"expire {days} day{'' if days == 1 else 's'} after purchase"
 
 
 class PlanChoiceField(forms.ModelChoiceField):
@@ -44,7 +114,10 @@ class PlanChoiceField(forms.ModelChoiceField):
 
 class PackChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Any) -> str:
-        return f"{credits_text(obj.credits)} credits for {obj.price}"
+        price = as_money(obj.price)
+        cost = money_text(price.amount, str(price.currency))
+        lasts = expiry_words(obj.expires_after_days)
+        return f"{credits_text(obj.credits)} credits for {cost} ({lasts})"
 
 
 class AlertSettingsForm(forms.ModelForm):
@@ -105,6 +178,20 @@ class SpendLimitForm(forms.Form):
         "Leave empty for no limit.",
     )
 
+    def __init__(self, *args: Any, price: Money | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if price is None:
+            return
+        field = self.fields["spend_limit_credits"]
+        saved = self.initial.get("spend_limit_credits")
+        each = f"At your plan's {price_text(price)} per credit"
+        if saved is not None:
+            worth = money(credits_value(saved, price))
+            field.help_text += f" {each}, your limit of {credits_text(saved)} credits is {worth}."
+        else:
+            worth = money(credits_value(EXAMPLE_CREDITS, price))
+            field.help_text += f" {each}, {credits_text(EXAMPLE_CREDITS)} credits are {worth}."
+
 
 class AutoRechargeForm(forms.ModelForm):
     threshold_credits = credits_field(
@@ -116,13 +203,23 @@ class AutoRechargeForm(forms.ModelForm):
         label="Pack to buy",
     )
     max_recharges_per_month = forms.IntegerField(
-        min_value=1, max_value=31, label="At most this many recharges a month"
+        min_value=1,
+        max_value=31,
+        label="At most this many recharges a month",
+        error_messages={
+            "invalid": "Enter a whole number from 1 to 31.",
+            "min_value": "Enter a whole number from 1 to 31.",
+            "max_value": "Enter a whole number from 1 to 31.",
+        },
     )
     # An amount only: the service stores it in the customer's currency.
-    max_amount_per_month = forms.DecimalField(
+    max_amount_per_month = PlainDecimalField(
+        unit="",
+        example="250 or 99.50",
+        places=2,
+        show_places=2,
+        max_value=MAX_MONEY,
         required=False,
-        max_digits=14,
-        decimal_places=2,
         label="At most this much spent a month",
         help_text="Auto-recharge buys no pack that would take this calendar month's "
         "auto-recharge spending past this amount. Leave empty for no money cap.",
@@ -177,6 +274,9 @@ class PackBuyForm(forms.Form):
         queryset=CreditPack.objects.filter(active=True).order_by("credits"),
         to_field_name="code",
         empty_label=None,
+        label="Credit pack",
+        help_text="The credits are added once the pack is paid. Credits still unused when the "
+        "pack expires are lost.",
     )
 
 

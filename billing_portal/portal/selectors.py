@@ -15,8 +15,10 @@ from django.utils import timezone
 from djmoney.money import Money
 
 from billing_portal.csv_safe import Cell
+from billing_portal.invoicing.models import CreditPackPurchase, PurchaseStatus
 from billing_portal.invoicing.selectors import upcoming_invoice
 from billing_portal.portal.models import PortalMembership, Role
+from billing_portal.portal.templatetags.portal import price_text
 from ledger.errors import NotFound
 from ledger.models import (
     CREDIT_QUANTUM,
@@ -29,7 +31,7 @@ from ledger.models import (
     LedgerOperation,
 )
 from ledger.selectors import account_balance
-from ledger.units import credits_exact, credits_text, rfc3339
+from ledger.units import credits_exact, credits_text, rfc3339, to_cents
 from metering.models import EventRating, MeterEvent
 from metering.selectors import balance_payload, entitlements_for, usage_rows
 from plans import selectors as plan_selectors
@@ -57,6 +59,12 @@ class Dashboard:
     when_out: str
     spend_limit: Decimal | None
     spend_limit_reached: bool
+    # What a credit costs on the plan (its overage price), and the limit's money worth at
+    # that price; None when the plan sells no credits by the unit.
+    price_per_credit: Money | None = None
+    spend_limit_value: Money | None = None
+    overage_value: Money | None = None
+    daily_burn_value: Money | None = None
 
 
 EXPIRING_SOON_DAYS = 14
@@ -107,6 +115,7 @@ def dashboard_for(*, customer: Customer, now: datetime | None = None) -> Dashboa
     end = datetime.fromisoformat(period["end"]) if period else None
     burn = _daily_burn(used, start, now)
     limit = customer.spend_limit_credits
+    price = price_per_credit(version)
     return Dashboard(
         available=available,
         held=Decimal(payload["held"]),
@@ -122,7 +131,26 @@ def dashboard_for(*, customer: Customer, now: datetime | None = None) -> Dashboa
         when_out=when_credits_run_out(version, limit),
         spend_limit=limit,
         spend_limit_reached=payload["limits"]["spend_limit_reached"],
+        price_per_credit=price,
+        spend_limit_value=credits_value(limit, price),
+        overage_value=credits_value(Decimal(period["overage"]) if period else None, price),
+        daily_burn_value=credits_value(burn, price),
     )
+
+
+def price_per_credit(version: PlanVersion | None) -> Money | None:
+    """The plan's price of one credit (its overage price), the rate at which the portal
+    shows credits as money; None when the plan has none."""
+    raw = version.overage_price_per_credit if version else None
+    return as_money(raw) if raw is not None else None
+
+
+def credits_value(amount: Decimal | None, price: Money | None) -> Money | None:
+    """What ``amount`` credits are worth at ``price``, to the cent (a figure shown to people,
+    not an invoice line)."""
+    if amount is None or price is None:
+        return None
+    return Money(to_cents(amount * price.amount), price.currency)
 
 
 def estimated_bill(*, customer: Customer) -> Money | None:
@@ -132,6 +160,20 @@ def estimated_bill(*, customer: Customer) -> Money | None:
         return upcoming_invoice(customer=customer).total
     except NotFound:
         return None
+
+
+def recharge_card_purchase(*, customer: Customer) -> CreditPackPurchase | None:
+    """The last pack paid at checkout: Stripe saved its card for off-session charges, so
+    auto-recharge charges that card unless the customer set another default in Stripe."""
+    return (
+        CreditPackPurchase.objects.filter(
+            customer=customer, status=PurchaseStatus.PAID, source="portal"
+        )
+        .exclude(stripe_payment_intent_id="")
+        .select_related("pack")
+        .order_by("-paid_at", "-pk")
+        .first()
+    )
 
 
 @dataclass(frozen=True)
@@ -192,10 +234,9 @@ def when_credits_run_out(version: PlanVersion | None, limit: Decimal | None) -> 
             "beyond your credits; after that, requests are refused."
         )
     else:
-        raw = version.overage_price_per_credit
-        price = as_money(raw) if raw is not None else None
+        price = price_per_credit(version)
         # Money's display rounds to cents; an overage price is often a fraction of one.
-        each = f"{price.amount.normalize():f} {price.currency}" if price else "the plan's price"
+        each = price_text(price) if price else "the plan's price"
         text = (
             f"On the {version.name} plan, usage continues when credits run out and is "
             f"billed as overage at {each} per credit on your next invoice."
@@ -223,6 +264,8 @@ class Bar:
     x: Decimal
     segments: list[Segment] = field(default_factory=list)
     show_label: bool = False
+    # Every other date label, hidden where the chart is too narrow for all of them.
+    label_alt: bool = False
 
     @property
     def total(self) -> Decimal:
@@ -248,6 +291,7 @@ class UsageLine:
     token_type: str
     value: Decimal
     credits: Decimal
+    money: Money | None = None  # the credits' worth at the plan's price per credit
 
 
 def _label(row: dict[str, object], group: str, names: dict[str, str]) -> str:
@@ -292,7 +336,12 @@ def _layout(
     bars = []
     for i in range(days):
         day = first + timedelta(days=i)
-        bar = Bar(day=day, x=_px(left + slot * i + slot / 10), show_label=i % every == 0)
+        bar = Bar(
+            day=day,
+            x=_px(left + slot * i + slot / 10),
+            show_label=i % every == 0,
+            label_alt=(i // every) % 2 == 1,
+        )
         y = Decimal(bottom)
         for label in colors:
             amount = per_day.get(day, {}).get(label, ZERO)
@@ -317,7 +366,9 @@ def _px(value: Decimal) -> Decimal:
     return value.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
 
 
-def usage_table(*, customer: Customer, days: int, now: datetime | None = None) -> list[UsageLine]:
+def usage_table(
+    *, customer: Customer, days: int, price: Money | None = None, now: datetime | None = None
+) -> list[UsageLine]:
     now = now or timezone.now()
     start = datetime.combine(now.date() - timedelta(days=days - 1), time(), tzinfo=UTC)
     rows = usage_rows(
@@ -335,7 +386,10 @@ def usage_table(*, customer: Customer, days: int, now: datetime | None = None) -
         key = (names.get(meter, meter), dims.get("model") or "", dims.get("token_type") or "")
         totals[key][0] += Decimal(str(row["value"]))
         totals[key][1] += Decimal(str(row["credits"]))
-    lines = [UsageLine(*key, value=v, credits=c) for key, (v, c) in totals.items()]
+    lines = [
+        UsageLine(*key, value=v, credits=c, money=credits_value(c, price))
+        for key, (v, c) in totals.items()
+    ]
     return sorted(lines, key=lambda line: -line.credits)
 
 

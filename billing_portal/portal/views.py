@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
@@ -12,11 +13,13 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse, reverse_lazy
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 from django_htmx.middleware import HtmxDetails
+from djmoney.money import Money
 
 from billing_portal.alerts import selectors as alert_selectors
 from billing_portal.alerts import services as alert_services
@@ -115,12 +118,15 @@ def dashboard(request: PortalRequest) -> HttpResponse:
         group = "model"
     days = selectors.RANGES[range_key]
     context = {
-        "summary": selectors.dashboard_for(customer=customer),
+    summary = selectors.dashboard_for(customer=customer)
+        "summary": summary,
         "estimated_bill": selectors.estimated_bill(customer=customer),
         "balance_parts": selectors.balance_parts(customer=customer),
         "features": selectors.plan_features_for(customer=customer),
         "chart": selectors.usage_chart(customer=customer, days=days, group=group),
-        "table": selectors.usage_table(customer=customer, days=days),
+        "table": selectors.usage_table(
+            customer=customer, days=days, price=summary.price_per_credit
+        ),
         "range_key": range_key,
         "group": group,
         "ranges": list(selectors.RANGES),
@@ -137,16 +143,43 @@ def _controls_context(request: PortalRequest, **forms_given: Any) -> dict[str, A
     alerts = alert_selectors.alert_settings_for(customer=customer)
     recharge = services.auto_recharge_get(customer=customer)
     return {
+    price = _price_per_credit(request)
         "alert_form": forms_given.get("alert_form") or forms.AlertSettingsForm(instance=alerts),
         "limit_form": forms_given.get("limit_form")
-        or forms.SpendLimitForm(initial={"spend_limit_credits": customer.spend_limit_credits}),
+        or forms.SpendLimitForm(
+            initial={"spend_limit_credits": customer.spend_limit_credits}, price=price
+        ),
         "recharge_form": forms_given.get("recharge_form")
         or forms.AutoRechargeForm(instance=recharge),
         "saved": forms_given.get("saved"),
     }
+        "announce": forms_given.get("announce", ""),
+        "payments": _payments_mode(),
+        "card_purchase": selectors.recharge_card_purchase(customer=customer),
 
 
 @require_GET
+def _price_per_credit(request: PortalRequest) -> Money | None:
+    subscription = plan_selectors.subscription_active(customer=request.membership.customer)
+    return selectors.price_per_credit(subscription.plan_version if subscription else None)
+
+
+def _payments_mode() -> str:
+    """How packs are paid: "stripe" (a saved card), "demo" (no payment) or "none"."""
+    if stripe_adapter.stripe_enabled():
+        return "stripe"
+    return "demo" if stripe_adapter.demo_payments_enabled() else "none"
+
+
+def _not_saved(what: str, form: Any) -> str:
+    """What a screen reader hears after a refused save: each field's first problem."""
+    problems = [
+        f"{form.fields[name].label if name in form.fields else 'Form'}: {errors[0]}"
+        for name, errors in form.errors.items()
+    ]
+    return f"{what} not saved. " + " ".join(problems)
+
+
 @portal_view()
 def controls(request: PortalRequest) -> HttpResponse:
     return render(request, "portal/controls.html", _controls_context(request))
@@ -154,14 +187,15 @@ def controls(request: PortalRequest) -> HttpResponse:
 
 def _controls_saved(request: PortalRequest, partial: str, message: str) -> HttpResponse:
     if request.htmx:
-        context = _controls_context(request, saved=partial)
+        context = _controls_context(request, saved=partial, announce=message)
         return render(request, f"portal/controls.html#{partial}", context)
     messages.success(request, message)
     return redirect("portal:controls")
 
 
-def _controls_invalid(request: PortalRequest, partial: str, **form: Any) -> HttpResponse:
-    context = _controls_context(request, **form)
+def _controls_invalid(request: PortalRequest, partial: str, what: str, **form: Any) -> HttpResponse:
+    (given,) = form.values()
+    context = _controls_context(request, announce=_not_saved(what, given), **form)
     return _page(request, "portal/controls.html", partial, context)
 
 
@@ -172,7 +206,7 @@ def alerts_save(request: PortalRequest) -> HttpResponse:
     alerts = alert_selectors.alert_settings_for(customer=customer)
     form = forms.AlertSettingsForm(request.POST, instance=alerts)
     if not form.is_valid():
-        return _controls_invalid(request, "alerts", alert_form=form)
+        return _controls_invalid(request, "alerts", "Alert settings", alert_form=form)
     services.alert_settings_set(customer=customer, **form.cleaned_data)
     return _controls_saved(request, "alerts", "Alert settings saved.")
 
@@ -180,9 +214,9 @@ def alerts_save(request: PortalRequest) -> HttpResponse:
 @require_POST
 @portal_view(manage=True)
 def spend_limit_save(request: PortalRequest) -> HttpResponse:
-    form = forms.SpendLimitForm(request.POST)
+    form = forms.SpendLimitForm(request.POST, price=_price_per_credit(request))
     if not form.is_valid():
-        return _controls_invalid(request, "limit", limit_form=form)
+        return _controls_invalid(request, "limit", "Spend limit", limit_form=form)
     services.spend_limit_set(
         customer=request.membership.customer, limit=form.cleaned_data["spend_limit_credits"]
     )
@@ -195,7 +229,7 @@ def auto_recharge_save(request: PortalRequest) -> HttpResponse:
     recharge = services.auto_recharge_get(customer=request.membership.customer)
     form = forms.AutoRechargeForm(request.POST, instance=recharge)
     if not form.is_valid():
-        return _controls_invalid(request, "recharge", recharge_form=form)
+        return _controls_invalid(request, "recharge", "Auto-recharge settings", recharge_form=form)
     services.auto_recharge_set(customer=request.membership.customer, **form.cleaned_data)
     return _controls_saved(request, "recharge", "Auto-recharge settings saved.")
 
@@ -272,7 +306,14 @@ def checkout(request: PortalRequest, pk: int) -> HttpResponse:
                 return redirect("portal:checkout", pk=purchase.pk)
             messages.success(request, f"Payment received: {purchase.pack.name} added.")
         return redirect("portal:dashboard")
-    return render(request, "portal/checkout.html", {"purchase": purchase})
+    days = purchase.expires_after_days
+    context = {
+        "purchase": purchase,
+        "expiry": forms.expiry_words(days),
+        # Paid now, the grant starts now: the day it would lapse.
+        "expires_on": timezone.now() + timedelta(days=days) if days is not None else None,
+    }
+    return render(request, "portal/checkout.html", context)
 
 
 @require_GET
@@ -297,6 +338,7 @@ def credit_note_detail(request: PortalRequest, pk: int) -> HttpResponse:
 
 # --- activity and export --------------------------------------------------------------
 
+        "bill_to": request.membership.customer,
 ACTIVITY_PAGE = 50
 
 

@@ -89,7 +89,7 @@ def test_it_answers_an_invalid_htmx_save_with_errors_in_the_partial(client_owner
     )
     html = response.content.decode()
     assert html.lstrip().startswith('<section id="limit"')
-    assert "Enter a number." in html
+    assert "Enter a number, such as 25,000 or 12.5." in html
     assert "Saved." not in html
 
 
@@ -106,7 +106,7 @@ def test_it_sets_and_clears_the_spend_limit(client_owner: Client, acme: Customer
 def test_it_refuses_a_negative_spend_limit(client_owner: Client, acme: Customer) -> None:
     response = client_owner.post("/portal/controls/spend-limit/", {"spend_limit_credits": "-5"})
     assert response.status_code == 200
-    assert b"greater than or equal to 0" in response.content
+    assert b"Enter 0 credits or more." in response.content
     acme.refresh_from_db()
     assert acme.spend_limit_credits is None
 
@@ -165,7 +165,7 @@ def test_it_refuses_a_money_cap_that_is_not_a_positive_amount_in_cents(
     for amount, error in [
         ("-5", "Enter an amount greater than 0, or leave it empty for no money cap."),
         ("0", "Enter an amount greater than 0, or leave it empty for no money cap."),
-        ("10.005", "Ensure that there are no more than 2 decimal places."),
+        ("10.005", "Use at most 2 decimal places."),
     ]:
         response = client_owner.post(url, _recharge_form(max_amount_per_month=amount))
         assert response.status_code == 200
@@ -184,7 +184,7 @@ def test_it_needs_a_pack_and_threshold_to_turn_on_auto_recharge(
     html = response.content.decode()
     assert "Required to turn on auto-recharge." in html
     assert "Choose the pack to buy." in html
-    assert "greater than or equal to 1" in html
+    assert "Enter a whole number from 1 to 31." in html
     assert not AutoRecharge.objects.filter(customer=acme, enabled=True).exists()
 
 

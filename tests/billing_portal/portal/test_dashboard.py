@@ -47,7 +47,7 @@ def test_it_projects_the_run_out_date_from_the_burn_rate(
 def test_it_says_what_happens_when_credits_run_out(client_owner: Client) -> None:
     html = client_owner.get("/portal/").content.decode()
     assert "usage continues when credits run out and is billed as overage" in html
-    assert "at 0.004 USD per credit" in html
+    assert "at $0.004 per credit" in html
 
 
 def test_it_says_a_hard_stop_plan_refuses_requests(db: None) -> None:

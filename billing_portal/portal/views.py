@@ -117,8 +117,8 @@ def dashboard(request: PortalRequest) -> HttpResponse:
     if group not in selectors.GROUPS:
         group = "model"
     days = selectors.RANGES[range_key]
-    context = {
     summary = selectors.dashboard_for(customer=customer)
+    context = {
         "summary": summary,
         "estimated_bill": selectors.estimated_bill(customer=customer),
         "balance_parts": selectors.balance_parts(customer=customer),
@@ -142,8 +142,8 @@ def _controls_context(request: PortalRequest, **forms_given: Any) -> dict[str, A
     customer = request.membership.customer
     alerts = alert_selectors.alert_settings_for(customer=customer)
     recharge = services.auto_recharge_get(customer=customer)
-    return {
     price = _price_per_credit(request)
+    return {
         "alert_form": forms_given.get("alert_form") or forms.AlertSettingsForm(instance=alerts),
         "limit_form": forms_given.get("limit_form")
         or forms.SpendLimitForm(
@@ -152,13 +152,12 @@ def _controls_context(request: PortalRequest, **forms_given: Any) -> dict[str, A
         "recharge_form": forms_given.get("recharge_form")
         or forms.AutoRechargeForm(instance=recharge),
         "saved": forms_given.get("saved"),
-    }
         "announce": forms_given.get("announce", ""),
         "payments": _payments_mode(),
         "card_purchase": selectors.recharge_card_purchase(customer=customer),
+    }
 
 
-@require_GET
 def _price_per_credit(request: PortalRequest) -> Money | None:
     subscription = plan_selectors.subscription_active(customer=request.membership.customer)
     return selectors.price_per_credit(subscription.plan_version if subscription else None)
@@ -180,6 +179,7 @@ def _not_saved(what: str, form: Any) -> str:
     return f"{what} not saved. " + " ".join(problems)
 
 
+@require_GET
 @portal_view()
 def controls(request: PortalRequest) -> HttpResponse:
     return render(request, "portal/controls.html", _controls_context(request))
@@ -322,6 +322,7 @@ def invoice_detail(request: PortalRequest, pk: int) -> HttpResponse:
     invoice = invoice_for(request, pk)
     context = {
         "invoice": invoice,
+        "bill_to": request.membership.customer,
         "lines": invoice.lines.order_by("pk"),
         "credit_notes": invoice.credit_notes.order_by("pk"),
     }
@@ -338,7 +339,6 @@ def credit_note_detail(request: PortalRequest, pk: int) -> HttpResponse:
 
 # --- activity and export --------------------------------------------------------------
 
-        "bill_to": request.membership.customer,
 ACTIVITY_PAGE = 50
 
 

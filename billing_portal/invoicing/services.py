@@ -137,7 +137,9 @@ def period_invoice_create(*, period: SubscriptionPeriod) -> Invoice:
         customer=draft.customer,
         kind=InvoiceKind.PERIOD,
         period=period,
-        number=invoice_number_next(),
+        # Numbered last: the sequence row stays locked from numbering to commit, so it is
+        # taken when everything else is written (concurrent closes queue only for that).
+        number=f"~{period.pk}",
         status=InvoiceStatus.OPEN,
         currency=draft.currency,
         total=draft.total.amount,
@@ -147,6 +149,8 @@ def period_invoice_create(*, period: SubscriptionPeriod) -> Invoice:
         issued_at=timezone.now(),
     )
     _store_lines(invoice, draft.lines)
+    invoice.number = invoice_number_next()
+    Invoice.objects.filter(pk=invoice.pk).update(number=invoice.number)
     return invoice
 
 

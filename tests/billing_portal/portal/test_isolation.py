@@ -38,7 +38,8 @@ def test_another_customers_objects_are_404(client_owner: Client, acme: Customer)
         "portal:checkout": (purchase.pk, ["get", "post"]),
         "portal:invoice": (purchase.invoice_id, ["get"]),
         "portal:credit_note": (note.pk, ["get"]),
-        "portal:member_remove": (other_member.pk, ["post"]),
+        "portal:member_remove": (other_member.pk, ["get", "post"]),
+        "portal:member_resend": (other_member.pk, ["post"]),
         "portal:notification_read": (alert.pk, ["post"]),
     }
     named = {f"portal:{p.name}" for p in portal_urls.urlpatterns if "<" in str(p.pattern)}

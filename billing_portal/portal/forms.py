@@ -8,6 +8,7 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.validators import validate_email
 from django.utils import timezone
 from djmoney.money import Money
@@ -25,6 +26,17 @@ from plans.services import plan_version_current
 MAX_CREDITS = Decimal("1000000000000")
 MAX_MONEY = Decimal("999999999999.99")
 EXAMPLE_CREDITS = Decimal(10000)
+
+
+class SignInForm(AuthenticationForm):
+    """Portal users sign in with the e-mail address they were invited with (their user
+    name), so the field says so."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["username"]
+        field.label = "E-mail"
+        field.widget.attrs.update({"autocomplete": "email", "inputmode": "email"})
 
 
 class PlainDecimalField(forms.DecimalField):

@@ -72,6 +72,7 @@ def _page(
 
 class LoginView(auth_views.LoginView):
     template_name = "portal/auth/login.html"
+    authentication_form = forms.SignInForm
     redirect_authenticated_user = True
 
     def get_default_redirect_url(self) -> str:

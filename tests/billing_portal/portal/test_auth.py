@@ -67,3 +67,10 @@ def test_it_shows_an_invalid_reset_link(db: None) -> None:
     response = Client().get("/portal/reset/MQ/bad-token/")
     assert response.status_code == 200
     assert b"no longer valid" in response.content
+
+
+def test_the_sign_in_form_asks_for_the_e_mail_address(db: None) -> None:
+    html = Client().get("/portal/login/").content.decode()
+    assert '<label for="id_username">E-mail</label>' in html or ">E-mail<" in html
+    assert "Username" not in html
+    assert 'autocomplete="email"' in html

@@ -55,9 +55,6 @@ class CreditGrantOut(serializers.Serializer):
     cost_basis = serializers.SerializerMethodField()
     currency = serializers.SerializerMethodField()
     reason = serializers.CharField()
-    description = serializers.CharField(
-        help_text="What the customer reads about the grant (the memo stays internal)."
-    )
     voided_at = serializers.SerializerMethodField()
     expired_at = serializers.SerializerMethodField()
     closed_reason = serializers.SerializerMethodField(

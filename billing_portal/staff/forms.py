@@ -8,23 +8,19 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.utils import timezone
 
 from billing_portal.invoicing.models import CreditNoteMethod, CreditNoteReason, Invoice
+from billing_portal.staff import display
+from billing_portal.staff.descriptions import STAFF_REASONS
 from billing_portal.staff.services import RELOAD_FORM_MESSAGE
 from ledger.models import CREDIT_PLACES, GrantCategory
 from ledger.units import CREDIT_QUANTUM
 from plans.models import ApiScope, Plan
 
-STAFF_REASONS = [
-    ("goodwill", "Goodwill"),
-    ("service_outage", "Service outage"),
-    ("billing_error", "Billing error"),
-    ("duplicate_usage", "Duplicate usage"),
-    ("wrong_usage", "Wrong usage reported"),
-    ("customer_request", "Customer request"),
-    ("fraud", "Fraud"),
-    ("other", "Other (say why in the memo)"),
-]
+__all__ = ["STAFF_REASONS"]
+
+MEMO_HELP = "For staff only: kept in the audit log, never shown to the customer."
 
 
 def _token() -> str:
@@ -47,9 +43,27 @@ class TokenForm(forms.Form):
         return data
 
 
+def _memo_field() -> forms.CharField:
+    return forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        required=False,
+        label="Internal memo",
+        help_text=MEMO_HELP,
+    )
+
+
+def _description_field(default: str) -> forms.CharField:
+    return forms.CharField(
+        max_length=255,
+        required=False,
+        label="Customer-facing description",
+        help_text=f'What the customer reads in their portal. Empty: "{default}".',
+    )
+
+
 class ReasonForm(TokenForm):
     reason = forms.ChoiceField(choices=STAFF_REASONS)
-    memo = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    memo = _memo_field()
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -64,7 +78,22 @@ def _credits_field(**kwargs: Any) -> forms.DecimalField:
     )
 
 
-class GrantForm(ReasonForm):
+class CustomerReasonForm(ReasonForm):
+    """A reason for an action the customer sees: a sentence for them next to the memo."""
+
+    description = _description_field("a sentence built from the reason")
+
+    def __init__(self, *args: Any, default_description: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if default_description:
+            self.fields[
+                "description"
+            ].help_text = (
+                f'What the customer reads in their portal. Empty: "{default_description}".'
+            )
+
+
+class GrantForm(CustomerReasonForm):
     field_order = ["amount", "category", "priority", "expires_at", "applies_to", "workspace"]
 
     amount = _credits_field()
@@ -78,12 +107,21 @@ class GrantForm(ReasonForm):
     )
     workspace = forms.CharField(required=False, max_length=64, help_text="empty: pooled")
 
+    def clean_expires_at(self) -> Any:
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError(
+                f"the expiry must be in the future (now is {timezone.now():%Y-%m-%d %H:%M} UTC);"
+                " leave it empty for credits that never expire"
+            )
+        return expires_at
+
     def clean_applies_to(self) -> list[str]:
         raw = self.cleaned_data.get("applies_to") or ""
         return [code.strip() for code in raw.split(",") if code.strip()]
 
 
-class CorrectEventForm(ReasonForm):
+class CorrectEventForm(CustomerReasonForm):
     field_order = ["identifier", "value", "dimensions"]
 
     identifier = forms.CharField(max_length=255, help_text="a new identifier for the replacement")
@@ -100,10 +138,17 @@ class CorrectEventForm(ReasonForm):
         return value
 
 
+def _choices(prompt: str, codes: list[str]) -> list[tuple[str, str]]:
+    return [("", prompt), *((code, display.label(code)) for code in codes)]
+
+
 class CreditNoteForm(TokenForm):
-    reason = forms.ChoiceField(choices=CreditNoteReason.choices)
+    reason = forms.ChoiceField(choices=_choices("Choose a reason", CreditNoteReason.values))
+    # No default: a refund moves money, so the operator picks it on purpose.
     method = forms.ChoiceField(
-        choices=CreditNoteMethod.choices, help_text="refund, customer credit, or out of band"
+        choices=_choices("Choose a method", CreditNoteMethod.values),
+        help_text="Refund: Stripe pays the money back. Customer credit: it reduces their next "
+        "invoice. Out of band: settled outside Stripe (e.g. a bank transfer).",
     )
     amount = forms.DecimalField(
         required=False,
@@ -112,10 +157,17 @@ class CreditNoteForm(TokenForm):
         min_value=Decimal("0.01"),
         help_text="either an amount spread over the lines, or choose lines below",
     )
-    memo = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    memo = _memo_field()
+    description = _description_field("Credit for <invoice number>")
 
     def __init__(self, *args: Any, invoice: Invoice, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["amount"].label = f"Amount ({invoice.currency})"
+        self.fields[
+            "description"
+        ].help_text = (
+            f'What the customer reads on the credit note. Empty: "Credit for {invoice.number}".'
+        )
         self.line_fields: list[str] = []
         for line in invoice.lines.order_by("pk"):
             name = f"line_{line.pk}"
@@ -124,7 +176,7 @@ class CreditNoteForm(TokenForm):
                 max_digits=14,
                 decimal_places=2,
                 min_value=Decimal("0.01"),
-                label=f"Line {line.pk}: {line.description} ({line.amount})",
+                label=f"{line.description} ({display.money(line.amount)})",
             )
             self.line_fields.append(name)
 
@@ -179,7 +231,8 @@ class CatalogForm(ReasonForm):
 
 class MonthForm(forms.Form):
     month = forms.DateField(
-        widget=forms.DateInput(attrs={"type": "month"}),
+        # A month input shows only a "YYYY-MM" value; a full date leaves it blank.
+        widget=forms.DateInput(format="%Y-%m", attrs={"type": "month", "aria-label": "Month"}),
         input_formats=["%Y-%m", "%Y-%m-%d"],
         required=False,
     )

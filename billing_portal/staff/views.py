@@ -21,25 +21,38 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
-from billing_portal.invoicing.credit_notes import credit_note_preview
+from billing_portal.invoicing.credit_notes import (
+    credit_note_description,
+    credit_note_preview,
+    refunded_pack_credits,
+)
 from billing_portal.invoicing.margin import margin_report
 from billing_portal.invoicing.models import CreditNote, Invoice, InvoiceLine
 from billing_portal.invoicing.revenue import revenue_report
 from billing_portal.invoicing.selectors import invoice_line_lineage
+from billing_portal.staff import descriptions, display, services
 from billing_portal.staff import forms as staff_forms
-from billing_portal.staff import services
 from billing_portal.staff.services import Reason, StaffError, require
 from ledger.errors import DomainError
-from ledger.models import CreditGrant
+from ledger.models import ZERO, CreditGrant
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
 from metering.models import EventRating, MeterEvent, RatingQueue, RatingStatus, RejectedEvent
 from plans.apikeys import ALL_SCOPES
-from plans.models import ApiKey, Customer, Subscription, SubscriptionStatus
+from plans.models import (
+    ApiKey,
+    Customer,
+    OveragePolicy,
+    Subscription,
+    SubscriptionStatus,
+)
 
 Perform = Callable[[dict[str, Any]], tuple[str, str]]
 Summary = Callable[[dict[str, Any]], list[tuple[str, object]]]
+Warnings = Callable[[dict[str, Any]], list[str]]
 
 
 def _change_url(obj: Any) -> str:
@@ -48,7 +61,44 @@ def _change_url(obj: Any) -> str:
 
 
 def _reason(data: dict[str, Any]) -> Reason:
-    return Reason(code=data["reason"], memo=data.get("memo", ""), token=data["request_token"])
+    return Reason(
+        code=data["reason"],
+        memo=data.get("memo", ""),
+        description=data.get("description", ""),
+        token=data["request_token"],
+    )
+
+
+def _link(obj: Any, text: object = None) -> SafeString:
+    return format_html('<a href="{}">{}</a>', _change_url(obj), obj if text is None else text)
+
+
+def customer_link(customer: Customer) -> SafeString:
+    """A customer as staff recognise them: the name, then the external id."""
+    text = f"{customer.name} ({customer.external_id})" if customer.name else customer.external_id
+    return _link(customer, text)
+
+
+def _credits(value: Decimal) -> str:
+    return f"{display.credits(value)} credits"
+
+
+def _choice_label(form: forms.Form, name: str, code: str) -> str:
+    choices: Any = getattr(form.fields[name], "choices", [])
+    return str(dict(choices).get(code, display.label(code)))
+
+
+def _reason_rows(form: forms.Form, customer_sees: str | None) -> list[tuple[str, object]]:
+    """Reason (its label), what the customer will read, and the memo staff keep."""
+    data = form.cleaned_data
+    rows: list[tuple[str, object]] = []
+    if data.get("reason"):
+        rows.append(("Reason", _choice_label(form, "reason", data["reason"])))
+    if customer_sees is not None:
+        rows.append(("The customer reads", customer_sees))
+    if "memo" in form.fields:
+        rows.append(("Internal memo (staff only)", data.get("memo") or "none"))
+    return rows
 
 
 def _workflow(
@@ -61,10 +111,13 @@ def _workflow(
     summary: Summary,
     perform: Perform,
     extra: dict[str, Any] | None = None,
+    customer_sees: Callable[[dict[str, Any]], str] | None = None,
+    warnings: Warnings | None = None,
 ) -> HttpResponse:
     """Form, then a confirmation page showing what will happen, then the action."""
     stage = "form"
     rows: list[tuple[str, object]] = []
+    notes: list[str] = []
     # "edit" comes back from the confirmation page to change the form.
     if request.method == "POST" and "edit" not in request.POST and form.is_valid():
         try:
@@ -73,6 +126,9 @@ def _workflow(
                 messages.success(request, message)
                 return HttpResponseRedirect(url)
             rows = summary(form.cleaned_data)
+            sees = customer_sees(form.cleaned_data) if customer_sees else None
+            rows += _reason_rows(form, sees)
+            notes = warnings(form.cleaned_data) if warnings else []
             stage = "confirm"
         except DomainError as exc:
             form.add_error(None, exc.message)
@@ -82,6 +138,7 @@ def _workflow(
         "form": form,
         "stage": stage,
         "summary": rows,
+        "warnings": notes,
         "target": target,
         "cancel_url": _change_url(target) if target is not None else reverse("admin:index"),
         **(extra or {}),
@@ -100,21 +157,21 @@ def grant_create(request: HttpRequest, site: AdminSite, customer_id: int) -> Htt
     if not request.user.has_perm("staff.grant_credits"):
         require(request.user, "grant_promotional_credits")
     customer = get_object_or_404(Customer, pk=customer_id)
-    form = staff_forms.GrantForm(_data(request))
+    form = staff_forms.GrantForm(_data(request), default_description=descriptions.GRANT_DEFAULT)
 
     def summary(data: dict[str, Any]) -> list[tuple[str, object]]:
         services.check_grant_allowed(request.user, amount=data["amount"], category=data["category"])
         balance = account_balance(account=customer.account)
         return [
-            ("Customer", customer),
-            ("Credits", data["amount"]),
-            ("Category", data["category"]),
+            ("Customer", customer_link(customer)),
+            ("Credits", _credits(data["amount"])),
+            ("Category", display.label(data["category"])),
             ("Priority", data["priority"]),
-            ("Expires", data["expires_at"] or "never"),
+            ("Expires", display.when(data["expires_at"], "never")),
             ("Meters", ", ".join(data["applies_to"]) or "all"),
             ("Workspace", data["workspace"] or "pooled"),
-            ("Available now", balance.available),
-            ("Available after", balance.available + data["amount"]),
+            ("Available now", _credits(balance.available)),
+            ("Available after", _credits(balance.available + data["amount"])),
         ]
 
     def perform(data: dict[str, Any]) -> tuple[str, str]:
@@ -129,9 +186,11 @@ def grant_create(request: HttpRequest, site: AdminSite, customer_id: int) -> Htt
             workspace=data["workspace"],
             reason=_reason(data),
         )
-        return f"Granted {grant.amount} {grant.category} credits (grant {grant.pk}).", _change_url(
-            customer
+        message = (
+            f"Granted {display.credits(grant.amount)} {display.label(grant.category).lower()} "
+            f"credits to {customer} (grant {grant.pk})."
         )
+        return message, _change_url(customer)
 
     return _workflow(
         request,
@@ -141,6 +200,7 @@ def grant_create(request: HttpRequest, site: AdminSite, customer_id: int) -> Htt
         target=customer,
         summary=summary,
         perform=perform,
+        customer_sees=lambda data: descriptions.grant_description(data["description"]),
         extra={"limit_note": _limit_note(request)},
     )
 
@@ -149,7 +209,9 @@ def _limit_note(request: HttpRequest) -> str:
     notes = []
     if not request.user.has_perm("staff.grant_credits"):
         limit = services.support_grant_limit()
-        notes.append(f"Your role may grant promotional credits up to {limit} at once.")
+        notes.append(
+            f"Your role may grant promotional credits up to {display.credits(limit)} at once."
+        )
     left = services.grant_daily_allowance_left(request.user)
     if left is not None:
         notes.append(f"You may grant {services.credits_exact(left)} more credits today.")
@@ -161,35 +223,83 @@ def grant_close(
 ) -> HttpResponse:
     require(request.user, "void_grant")
     grant = get_object_or_404(CreditGrant, pk=grant_id)
+    customer = Customer.objects.select_related("account").get(account_id=grant.account_id)
     verb, done = ("Expire", "expired") if expire else ("Void", "voided")
-    form = staff_forms.ReasonForm(_data(request))
+    describe = descriptions.expire_description if expire else descriptions.void_description
+    default = describe("", "")  # the sentence without its reason
+    form = staff_forms.CustomerReasonForm(
+        _data(request), default_description=f"{default}: <the reason's label>"
+    )
 
     def summary(data: dict[str, Any]) -> list[tuple[str, object]]:
         grant.refresh_from_db()
+        now, after = _available_now_and_after(customer, grant)
         return [
-            ("Grant", grant),
-            ("Status", grant.status),
-            ("Granted", grant.amount),
-            ("Consumed (stays consumed)", grant.amount - grant.remaining),
-            (f"Credits that will be {done}", grant.remaining),
+            ("Customer", customer_link(customer)),
+            ("Grant", _link(grant, _grant_words(grant))),
+            ("Status", display.label(grant.status)),
+            ("Granted", _credits(grant.amount)),
+            ("Consumed (stays consumed)", _credits(grant.amount - grant.remaining)),
+            (f"Credits that will be {done}", _credits(grant.remaining)),
+            ("Customer's available balance now", _credits(now)),
+            (f"Available balance after ({verb.lower()})", _credits(after)),
         ]
+
+    def warnings(data: dict[str, Any]) -> list[str]:
+        _, after = _available_now_and_after(customer, grant)
+        if after > ZERO:
+            return []
+        return [f"{customer} ends with no credits available. {_what_happens_at_zero(customer)}"]
 
     def perform(data: dict[str, Any]) -> tuple[str, str]:
         closed = services.staff_grant_close(
             operator=request.user, grant=grant, reason=_reason(data), expire=expire
         )
-        return f"Grant {closed.pk} is {closed.status}.", _change_url(closed)
+        return f"Grant {closed.pk} of {customer} is {closed.status}.", _change_url(closed)
 
     return _workflow(
         request,
         site,
-        title=f"{verb} grant {grant.pk}",
+        title=f"{verb} grant {grant.pk} of {customer}",
         form=form,
         target=grant,
         summary=summary,
         perform=perform,
-        extra={"credits_left": grant.remaining},
+        customer_sees=lambda data: describe(data["reason"], data["description"]),
+        warnings=warnings,
+        extra={"credits_left": grant.remaining, "target_label": _grant_words(grant)},
     )
+
+
+def _grant_words(grant: CreditGrant) -> str:
+    return (
+        f"Grant {grant.pk}: {display.credits(grant.amount)} "
+        f"{display.label(grant.category).lower()} credits"
+    )
+
+
+def _available_now_and_after(customer: Customer, grant: CreditGrant) -> tuple[Decimal, Decimal]:
+    """The available balance, and what it is once the grant's credits left are gone."""
+    balance = account_balance(account=customer.account)
+    # Only a grant usable now counts in the balance: closing an unusable one changes nothing.
+    counted = any(g.pk == grant.pk for g in balance.grants)
+    return balance.available, balance.available - (grant.remaining if counted else ZERO)
+
+
+def _what_happens_at_zero(customer: Customer) -> str:
+    subscription = (
+        Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
+        .select_related("plan_version")
+        .first()
+    )
+    if subscription is None:
+        return "They have no active subscription: requests that need credits are refused."
+    policy = subscription.plan_version.overage_policy
+    if policy == OveragePolicy.HARD_STOP:
+        return "Their plan stops at zero: requests that need credits will be refused."
+    if policy == OveragePolicy.SOFT_LIMIT:
+        return "Their plan allows a small overage, then refuses requests."
+    return "Their plan bills usage beyond their credits as overage at period end."
 
 
 # --- meter events -------------------------------------------------------------------------
@@ -197,20 +307,27 @@ def grant_close(
 
 def _event_summary(event: MeterEvent) -> list[tuple[str, object]]:
     rating = getattr(event, "rating", None)
+    charged = _credits(rating.credits) if rating is not None else "not rated yet"
     return [
-        ("Event", event.identifier),
-        ("Customer", event.customer),
-        ("Timestamp", event.timestamp),
-        ("Value", event.value),
-        ("Dimensions", event.dimensions),
-        ("Credits charged (reversed)", rating.credits if rating is not None else "not rated yet"),
+        ("Event", _link(event, event.identifier)),
+        ("Customer", customer_link(event.customer)),
+        ("Timestamp", display.when(event.timestamp)),
+        ("Value", display.credits(event.value)),
+        ("Dimensions", ", ".join(f"{k}: {v}" for k, v in sorted(event.dimensions.items()))),
+        ("Credits charged (given back)", charged),
     ]
+
+
+def _correction_sees(data: dict[str, Any]) -> str:
+    return descriptions.correction_description(data["reason"], data["description"])
 
 
 def event_cancel(request: HttpRequest, site: AdminSite, event_id: int) -> HttpResponse:
     require(request.user, "correct_usage")
     event = get_object_or_404(MeterEvent.objects.select_related("customer"), pk=event_id)
-    form = staff_forms.ReasonForm(_data(request))
+    form = staff_forms.CustomerReasonForm(
+        _data(request), default_description="Usage corrected: <the reason's label>"
+    )
 
     def perform(data: dict[str, Any]) -> tuple[str, str]:
         services.staff_event_cancel(operator=request.user, event=event, reason=_reason(data))
@@ -224,6 +341,7 @@ def event_cancel(request: HttpRequest, site: AdminSite, event_id: int) -> HttpRe
         target=event,
         summary=lambda data: _event_summary(event),
         perform=perform,
+        customer_sees=_correction_sees,
     )
 
 
@@ -235,14 +353,21 @@ def event_correct(request: HttpRequest, site: AdminSite, event_id: int) -> HttpR
         "value": event.value,
         "dimensions": json.dumps(event.dimensions, sort_keys=True),
     }
-    form = staff_forms.CorrectEventForm(_data(request), initial=initial)
+    form = staff_forms.CorrectEventForm(
+        _data(request),
+        initial=initial,
+        default_description="Usage corrected: <the reason's label>",
+    )
 
     def summary(data: dict[str, Any]) -> list[tuple[str, object]]:
         return [
             *_event_summary(event),
             ("Replacement identifier", data["identifier"]),
-            ("Replacement value", data["value"]),
-            ("Replacement dimensions", data["dimensions"]),
+            ("Replacement value", display.credits(data["value"])),
+            (
+                "Replacement dimensions",
+                ", ".join(f"{k}: {v}" for k, v in sorted(data["dimensions"].items())) or "none",
+            ),
         ]
 
     def perform(data: dict[str, Any]) -> tuple[str, str]:
@@ -267,28 +392,48 @@ def event_correct(request: HttpRequest, site: AdminSite, event_id: int) -> HttpR
         target=event,
         summary=summary,
         perform=perform,
+        customer_sees=_correction_sees,
     )
 
 
 # --- invoices and credit notes ------------------------------------------------------------
 
+METHOD_OUTCOMES = {
+    "refund": "Stripe refunds {total} to the customer's payment method.",
+    "customer_credit": "{total} is added to the customer's Stripe balance and reduces "
+    "their next invoice.",
+    "out_of_band": "Nothing is paid back through Stripe: settle {total} with the customer "
+    "yourself (e.g. a bank transfer).",
+}
+
 
 def credit_note_issue(request: HttpRequest, site: AdminSite, invoice_id: int) -> HttpResponse:
     require(request.user, "issue_credit_note")
-    invoice = get_object_or_404(Invoice, pk=invoice_id)
+    invoice = get_object_or_404(Invoice.objects.select_related("customer"), pk=invoice_id)
     form = staff_forms.CreditNoteForm(_data(request), invoice=invoice)
+
+    def money(value: Decimal) -> str:
+        return display.amount(value, invoice.currency)
 
     def summary(data: dict[str, Any]) -> list[tuple[str, object]]:
         credits = credit_note_preview(invoice=invoice, lines=form.lines(), amount=data["amount"])
+        total = sum((c.amount for c in credits), Decimal("0"))
         rows: list[tuple[str, object]] = [
-            ("Invoice", invoice.number),
-            ("Invoice total", invoice.total),
+            ("Customer", customer_link(invoice.customer)),
+            ("Invoice", _link(invoice, invoice.number)),
+            ("Invoice total", display.money(invoice.total)),
         ]
-        rows += [(f"Credit on line {c.line.pk}: {c.line.description}", c.amount) for c in credits]
+        rows += [(f"Credit on {c.line.description}", money(c.amount)) for c in credits]
         rows += [
-            ("Credit note total", sum((c.amount for c in credits), Decimal("0"))),
-            ("Reason", data["reason"]),
-            ("Method", data["method"]),
+            ("Credit note total", money(total)),
+            ("Method", _choice_label(form, "method", data["method"])),
+            ("Money", METHOD_OUTCOMES[data["method"]].format(total=money(total))),
+            ("Credits", _credits_outcome(invoice, credits, data["method"])),
+            ("Stripe", _stripe_outcome(invoice)),
+            (
+                "The customer",
+                "sees the credit note in their portal under Billing, with the sentence below",
+            ),
         ]
         return rows
 
@@ -301,7 +446,10 @@ def credit_note_issue(request: HttpRequest, site: AdminSite, invoice_id: int) ->
             lines=form.lines(),
             amount=data["amount"],
         )
-        return f"Credit note {note.number} issued for {note.total}.", _change_url(note)
+        return (
+            f"Credit note {note.number} issued for {display.money(note.total)}.",
+            _change_url(note),
+        )
 
     return _workflow(
         request,
@@ -311,7 +459,22 @@ def credit_note_issue(request: HttpRequest, site: AdminSite, invoice_id: int) ->
         target=invoice,
         summary=summary,
         perform=perform,
+        customer_sees=lambda data: data["description"].strip() or credit_note_description(invoice),
     )
+
+
+def _credits_outcome(invoice: Invoice, credits: list[Any], method: str) -> str:
+    lines = [c.line for c in credits]
+    left = refunded_pack_credits(invoice, lines) if method == "refund" else None
+    if left is None:
+        return "no credit balance changes"
+    return f"the pack's {_credits(left)} still unused are voided (credits already used stay used)"
+
+
+def _stripe_outcome(invoice: Invoice) -> str:
+    if not invoice.stripe_invoice_id:
+        return "the invoice is not in Stripe: nothing is sent"
+    return "a credit note is created on the Stripe invoice after this is confirmed"
 
 
 def credit_note_void(request: HttpRequest, site: AdminSite, note_id: int) -> HttpResponse:
@@ -331,7 +494,11 @@ def credit_note_void(request: HttpRequest, site: AdminSite, note_id: int) -> Htt
         title=f"Void credit note {note.number}",
         form=form,
         target=note,
-        summary=lambda data: [("Credit note", note.number), ("Total", note.total)],
+        summary=lambda data: [
+            ("Credit note", _link(note, note.number)),
+            ("Invoice", _link(note.invoice, note.invoice.number)),
+            ("Total", display.money(note.total)),
+        ],
         perform=perform,
     )
 
@@ -358,8 +525,8 @@ def sync_retry(
         form=form,
         target=target,
         summary=lambda data: [
-            ("Document", target.number),
-            ("Sync state", target.sync_state),
+            ("Document", _link(target, target.number)),
+            ("Sync state", display.label(target.sync_state)),
             ("Last error", target.sync_error or "none"),
         ],
         perform=perform,
@@ -404,7 +571,7 @@ def plan_change(request: HttpRequest, site: AdminSite, customer_id: int) -> Http
             ("Current plan", subscription.plan_version),
             ("New plan", data["plan"]),
             ("When", data["when"] or "default: upgrades now, downgrades at period end"),
-            ("Current period ends", subscription.current_period_end),
+            ("Current period ends", display.when(subscription.current_period_end)),
         ],
         perform=perform,
     )
@@ -512,7 +679,8 @@ def _month_asked(request: HttpRequest) -> tuple[staff_forms.MonthForm, date]:
     month = timezone.now().date().replace(day=1)
     if form.is_valid() and form.cleaned_data["month"]:
         month = cast(date, form.cleaned_data["month"])
-    return form, month
+    # Shown again with the month in force, so the picker never renders empty.
+    return staff_forms.MonthForm(initial={"month": month}), month
 
 
 def report_revenue(request: HttpRequest, site: AdminSite) -> HttpResponse:

@@ -1,13 +1,15 @@
-"""Figures of the margin report as people read them: thousands separators, money in cents
-with its currency, percentages with one decimal."""
+"""Figures of the staff reports as people read them: thousands separators, money in cents
+with its currency, percentages with one decimal, times to the minute, labels for codes."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from django import template
 
 from billing_portal.invoicing.margin import money_text, percent_text
+from billing_portal.staff import display
 from ledger.units import credits_exact, credits_text
 
 register = template.Library()
@@ -31,3 +33,13 @@ def units(value: Decimal) -> str:
 @register.filter
 def credits(value: Decimal) -> str:
     return credits_text(value)
+
+
+@register.filter
+def label(value: str | None) -> str:
+    return display.label(value)
+
+
+@register.filter
+def when(value: datetime | None) -> str:
+    return display.when(value)

@@ -62,8 +62,9 @@ def test_the_preview_shows_the_totals_before_confirming(
     }
     response = client_as("Finance").post(_url(paid_invoice), data)
     summary = dict(response.context["summary"])
-    assert summary["Credit note total"] == Decimal("10.00")
-    assert summary[f"Credit on line {line.pk}: {line.description}"] == Decimal("10.00")
+    assert summary["Credit note total"] == "$10.00"
+    assert summary[f"Credit on {line.description}"] == "$10.00"
+    assert summary["Method"] == "Customer credit"
     assert not CreditNote.objects.exists()
 
 

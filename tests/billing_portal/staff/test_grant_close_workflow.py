@@ -31,7 +31,7 @@ def test_the_confirmation_shows_the_credits_that_will_be_voided(
     assert client.get(url).status_code == 200
     response = client.post(url, REASON)
     summary = dict(response.context["summary"])
-    assert summary["Credits that will be voided"] == promo_grant.remaining
+    assert summary["Credits that will be voided"] == "500 credits"
     assert LedgerEntry.objects.filter(grant=promo_grant, kind="void").count() == 0
 
 
@@ -70,7 +70,7 @@ def test_expiring_now_keeps_consumed_credits_and_writes_off_the_rest(
     url = reverse("admin:ledger_creditgrant_expire", args=[promo_grant.pk])
     client = client_as("Billing admin")
     review = client.post(url, REASON)
-    assert dict(review.context["summary"])["Credits that will be expired"] == Decimal("380")
+    assert dict(review.context["summary"])["Credits that will be expired"] == "380 credits"
     client.post(url, {**REASON, "confirm": "1"})
     promo_grant.refresh_from_db()
     assert promo_grant.status == "expired"

@@ -63,7 +63,7 @@ def test_review_shows_a_confirmation_and_writes_nothing(
 ) -> None:
     response = client_as("Billing admin").post(_url(acme), FORM)
     assert response.context["stage"] == "confirm"
-    assert ("Credits", Decimal("250.5")) in response.context["summary"]
+    assert ("Credits", "250.5 credits") in response.context["summary"]
     assert b'name="confirm"' in response.content
     assert _staff_grants(acme) == []
 

@@ -64,10 +64,10 @@ def test_the_customer_page_marks_the_subscription_past_due_until_paid(
     client = client_as("Support")
     url = reverse("admin:plans_customer_change", args=[acme.pk])
     page = client.get(url).content.decode()
-    assert "(past_due)" in page and "PAST DUE since" in page
+    assert "Past due, period" in page and "PAST DUE since" in page
     assert f"$65.00 unpaid on {failed.number}" in page
     assert "usage allowed meanwhile (plan)" in page
 
     invoice_paid_record(invoice=failed)
     page = client.get(url).content.decode()
-    assert "(active)" in page and "PAST DUE" not in page
+    assert "Active, period" in page and "PAST DUE" not in page

@@ -95,7 +95,7 @@ def test_the_unmatched_report_counts_unratable_and_failing_events(
     page = client_as("Billing admin").get(reverse("admin:staff_auditlog_report_unmatched"))
     body = page.content.decode()
     assert "Accepted but not charged" in body
-    assert "no_rate_matches" in body
+    assert "No rate matches" in body
     assert "<td>acme</td><td><a href=" in body and ">no-rate</a>" in body  # each one, named
     assert "Failing to rate" in body
     assert "<td>acme</td><td>1</td><td>1</td>" in body  # one failing, one of them parked
@@ -114,6 +114,6 @@ def test_the_event_list_shows_and_filters_what_rating_made_of_each_event(
     url = reverse("admin:metering_meterevent_changelist")
     support = client_as("Support")
     body = support.get(f"{url}?rating=unratable").content.decode()
-    assert "unratable: no_rate_matches (no rate matches model=tiny)" in body
+    assert "Unratable: No rate matches (no rate matches model=tiny)" in body
     assert ">charged<" not in body
     assert charged.identifier in support.get(f"{url}?rating=rated").content.decode()

@@ -271,6 +271,21 @@ class Bar:
     def total(self) -> Decimal:
         return sum((s.credits for s in self.segments), ZERO)
 
+    @property
+    def description(self) -> str:
+        """The bar in words, for keyboards, touch and screen readers."""
+        parts = "; ".join(f"{s.label} {credits_text(s.credits)}" for s in self.segments)
+        text = f"{self.day:%-d %b}: {credits_text(self.total)} credits"
+        return f"{text} ({parts})" if len(self.segments) > 1 else text
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A gridline of the y-axis: its value in credits and where it is drawn."""
+
+    credits: Decimal
+    y: Decimal
+
 
 @dataclass(frozen=True)
 class Chart:
@@ -282,6 +297,32 @@ class Chart:
     bar_width: Decimal
     plot_top: int
     plot_bottom: int
+    ticks: list[Tick] = field(default_factory=list)
+
+    @property
+    def total(self) -> Decimal:
+        return sum((bar.total for bar in self.bars), ZERO)
+
+
+def nice_ceiling(value: Decimal) -> Decimal:
+    """The smallest of 1, 2, 2.5, 5 x 10^k at or above ``value``: a round top for the
+    axis, so its gridlines fall on round numbers."""
+    if value <= 0:
+        return Decimal(1)
+    power = Decimal(10) ** (value.adjusted())
+    for step in (1, 2, Decimal("2.5"), 5, 10):
+        if power * step >= value:
+            return (power * step).normalize()
+    return power * 10
+
+
+def _ticks(top: Decimal, plot_top: int, plot_bottom: int) -> list[Tick]:
+    """Gridlines at 0, 1/4, 1/2, 3/4 and all of the axis's top."""
+    height = Decimal(plot_bottom - plot_top)
+    return [
+        Tick((top * i / 4).normalize(), _px(Decimal(plot_bottom) - height * i / 4))
+        for i in range(5)
+    ]
 
 
 @dataclass(frozen=True)
@@ -328,10 +369,11 @@ def usage_chart(*, customer: Customer, days: int, group: str, now: datetime | No
 def _layout(
     first: date, days: int, per_day: dict[date, dict[str, Decimal]], colors: dict[str, str]
 ) -> Chart:
-    width, height, left, top, bottom = 720, 240, 56, 12, 210
+    width, height, left, top, bottom = 720, 250, 56, 24, 220
     slot = Decimal(width - left - 8) / days
     peak = max((sum(t.values(), ZERO) for t in per_day.values()), default=ZERO)
-    scale = Decimal(bottom - top) / peak if peak > 0 else ZERO
+    axis_top = nice_ceiling(peak)
+    scale = Decimal(bottom - top) / axis_top
     every = max(days // 7, 1)
     bars = []
     for i in range(days):
@@ -359,6 +401,7 @@ def _layout(
         bar_width=_px(slot * Decimal("0.8")),
         plot_top=top,
         plot_bottom=bottom,
+        ticks=_ticks(axis_top, top, bottom) if peak > 0 else [],
     )
 
 
@@ -391,6 +434,12 @@ def usage_table(
         for key, (v, c) in totals.items()
     ]
     return sorted(lines, key=lambda line: -line.credits)
+
+
+def usage_total(lines: list[UsageLine]) -> Decimal:
+    """The table's total credits (units of different meters do not add up; the money a
+    period costs is the estimated bill, which depends on which credits paid)."""
+    return sum((line.credits for line in lines), ZERO)
 
 
 # --- activity -------------------------------------------------------------------------

@@ -119,15 +119,15 @@ def dashboard(request: PortalRequest) -> HttpResponse:
         group = "model"
     days = selectors.RANGES[range_key]
     summary = selectors.dashboard_for(customer=customer)
+    table = selectors.usage_table(customer=customer, days=days, price=summary.price_per_credit)
     context = {
         "summary": summary,
         "estimated_bill": selectors.estimated_bill(customer=customer),
         "balance_parts": selectors.balance_parts(customer=customer),
         "features": selectors.plan_features_for(customer=customer),
         "chart": selectors.usage_chart(customer=customer, days=days, group=group),
-        "table": selectors.usage_table(
-            customer=customer, days=days, price=summary.price_per_credit
-        ),
+        "table": table,
+        "table_total": selectors.usage_total(table),
         "range_key": range_key,
         "group": group,
         "ranges": list(selectors.RANGES),

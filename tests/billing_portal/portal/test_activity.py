@@ -23,7 +23,7 @@ def test_it_describes_ledger_entries_in_plain_words(client_owner: Client, acme: 
     )
     purchase_demo_pay(purchase=purchase, actor="t")
     html = client_owner.get("/portal/activity/").content.decode()
-    assert f"2,400 credits used by large / output on {at:%-d %b}" in html
+    assert f"2,400 credits used by LLM tokens (large / output) on {at:%-d %b}" in html
     assert "10,000 credits added: pack purchase" in html
     assert "20,000 credits added: credits included in your plan" in html
 
@@ -125,7 +125,7 @@ def test_it_lists_a_rating_batch_newest_event_first(client_owner: Client, acme: 
     items = client_owner.get("/portal/activity/").context["items"]
     texts = [item.text for item in items[:3]]
     assert texts == [
-        f"1 credit used by small on {now - timedelta(days=1):%-d %b}",
-        f"1.50 credits used by small on {now - timedelta(days=2):%-d %b}",
-        f"2 credits used by small on {now - timedelta(days=3):%-d %b}",
+        f"1 credit used by LLM tokens (small) on {now - timedelta(days=1):%-d %b}",
+        f"1.50 credits used by LLM tokens (small) on {now - timedelta(days=2):%-d %b}",
+        f"2 credits used by LLM tokens (small) on {now - timedelta(days=3):%-d %b}",
     ]

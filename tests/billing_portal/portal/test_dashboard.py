@@ -3,10 +3,12 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
 from django.test import Client
 from django.utils import timezone
 from djmoney.money import Money
 
+from billing_portal.portal.selectors import nice_ceiling
 from ledger.services import credit_grant_create
 from metering.ingest import events_ingest
 from metering.rating import events_rate_pending
@@ -73,20 +75,41 @@ def test_it_draws_the_usage_chart_and_table(client_owner: Client, acme: Customer
     assert "<svg" in html
     assert html.count("<rect") == 3
     labels = [label for label, _ in response.context["chart"].legend]
-    assert labels == ["doc_summaries", "large", "small"]
+    assert labels == ["Document summaries", "large", "small"]
     rows = [(r.feature, r.model, r.token_type, r.credits) for r in response.context["table"]]
     assert rows == [
-        ("llm_tokens", "large", "output", Decimal(2400)),
-        ("doc_summaries", "", "", Decimal(50)),
-        ("llm_tokens", "small", "input", Decimal(10)),
+        ("LLM tokens", "large", "output", Decimal(2400)),
+        ("Document summaries", "", "", Decimal(50)),
+        ("LLM tokens", "small", "input", Decimal(10)),
     ]
+    assert response.context["table_total"] == Decimal(2460)
+    assert '<th scope="row">Total</th>' in html and ">2,460<" in html
+    chart = response.context["chart"]
+    # The axis tops out at a round number above the tallest day (2,460): 2,500, with
+    # gridlines every 625 credits, each labelled.
+    assert [t.credits for t in chart.ticks] == [0, 625, 1250, 1875, 2500]
+    assert ">credits</text>" in html and ">1,875</text>" in html
+    today = [bar for bar in chart.bars if bar.segments][-1]
+    assert today.description.endswith(
+        ": 2,460 credits (Document summaries 50; large 2,400; small 10)"
+    )
+    assert f'tabindex="0" role="img" aria-label="{today.description}"' in html
+    assert "Daily values (2,460 credits in 7 days)" in html
+
+
+@pytest.mark.parametrize(
+    ("peak", "top"),
+    [("0.4", "0.5"), ("7", "10"), ("2460", "2500"), ("12001", "20000"), ("1", "1")],
+)
+def test_the_axis_tops_out_at_a_round_number(peak: str, top: str) -> None:
+    assert nice_ceiling(Decimal(peak)) == Decimal(top)
 
 
 def test_it_stacks_by_feature(client_owner: Client, acme: Customer) -> None:
     usage(acme, "evt-doc", value="1", event_name="doc.summary")
     response = client_owner.get("/portal/?range=30&group=feature")
     labels = [label for label, _ in response.context["chart"].legend]
-    assert labels == ["doc_summaries", "llm_tokens"]
+    assert labels == ["Document summaries", "LLM tokens"]
     assert len(response.context["chart"].bars) == 30
 
 

@@ -132,7 +132,8 @@ def test_an_htmx_save_keeps_focus_in_the_form_and_announces_the_result(
     page.keyboard.press("Enter")
     page.wait_for_selector("#id_spend_limit_credits-error")
     assert page.evaluate("window.__stay") == 1
-    assert page.evaluate("document.activeElement.id") == "id_spend_limit_credits"
+    # htmx moves focus to the autofocus field once the swapped form has settled.
+    page.wait_for_function("document.activeElement.id === 'id_spend_limit_credits'")
     assert _focus_inside(page, "#limit")
     field = "#id_spend_limit_credits"
     assert page.get_attribute(field, "aria-invalid") == "true"

@@ -19,9 +19,8 @@ from billing_portal.portal.models import Role
 from billing_portal.portal.selectors import credits_value
 from billing_portal.portal.templatetags.portal import money, price_text
 from ledger.units import credits_exact, credits_text
-from plans.models import CreditPack, Plan
+from plans.models import CreditPack
 from plans.money import as_money
-from plans.services import plan_version_current
 
 MAX_CREDITS = Decimal("1000000000000")
 MAX_MONEY = Decimal("999999999999.99")
@@ -113,15 +112,6 @@ def expiry_words(days: int | None) -> str:
     if days is None:
         return "never expire"
     return f"expire {days} day{'' if days == 1 else 's'} after purchase"
-
-
-class PlanChoiceField(forms.ModelChoiceField):
-    def label_from_instance(self, obj: Any) -> str:
-        version = plan_version_current(obj)
-        return (
-            f"{version.name}: {version.base_fee} a {version.interval}, "
-            f"{credits_text(version.included_credits)} credits included"
-        )
 
 
 class PackChoiceField(forms.ModelChoiceField):
@@ -273,12 +263,6 @@ class AutoRechargeForm(forms.ModelForm):
             if data.get("pack") is None:
                 self.add_error("pack", "Choose the pack to buy.")
         return data
-
-
-class PlanChangeForm(forms.Form):
-    plan = PlanChoiceField(
-        queryset=Plan.objects.order_by("code"), to_field_name="code", empty_label=None
-    )
 
 
 class PackBuyForm(forms.Form):

@@ -229,8 +229,9 @@ def when_credits_run_out(version: PlanVersion | None, limit: Decimal | None) -> 
             "out. Buy a credit pack or turn on auto-recharge to keep going."
         )
     elif version.overage_policy == OveragePolicy.SOFT_LIMIT:
+        percent = (version.soft_limit_percent or ZERO).normalize()
         text = (
-            f"On the {version.name} plan, usage may go up to {version.soft_limit_percent:g}% "
+            f"On the {version.name} plan, usage may go up to {percent:f}% "
             "beyond your credits; after that, requests are refused."
         )
     else:

@@ -376,8 +376,10 @@ class StripeGateway:
             "reason": REASONS[credit_note.reason],
             "metadata": _metadata(credit_note_id=credit_note.pk, number=credit_note.number),
         }
-        if credit_note.memo:
-            params["memo"] = credit_note.memo
+        # Stripe prints its memo on the customer's credit note: the customer-facing
+        # description goes there, never staff's internal memo.
+        if credit_note.description:
+            params["memo"] = credit_note.description
         lines = self._credit_note_lines(credit_note)
         if lines:
             params["lines"] = lines

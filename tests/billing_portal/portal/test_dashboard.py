@@ -274,3 +274,13 @@ def test_it_shows_what_the_balance_is_made_of_and_what_expires_soon(
     html = response.content.decode()
     assert "expiring in 5 days" in html
     assert "(workspace research)" in html
+
+
+def test_a_soft_limit_percent_reads_without_storage_zeros(db: None) -> None:
+    load_demo_catalog()
+    team = subscribed_customer("team-co", plan_code="team")
+    client = Client()
+    client.force_login(member(team))
+    html = client.get("/portal/").content.decode()
+    assert "usage may go up to 10% beyond your credits" in html
+    assert "10.00%" not in html

@@ -35,7 +35,8 @@ def credit_note_for(
         number=f"CN-{invoice.pk}",
         reason="product_unsatisfactory",
         method=method,
-        memo="Usage was double counted",
+        memo="Double counted by the EU ingest bug, ticket 4411",
+        description="Usage was double counted",
         total=Decimal(amount),
         total_currency="USD",
         actor="staff:ana",
@@ -345,6 +346,7 @@ def test_a_credit_note_on_an_open_invoice_credits_its_stripe_lines(
     assert create.params == {
         "invoice": invoice.stripe_invoice_id,
         "reason": "product_unsatisfactory",
+        # The customer-facing description, never staff's internal memo.
         "memo": "Usage was double counted",
         "metadata": {"credit_note_id": str(note.pk), "number": note.number},
         "lines": [

@@ -277,6 +277,8 @@ class Customer(models.Model):
     # The customer's own cap on credits used per billing period (portal setting);
     # authorizations deny beyond it whatever the plan's overage policy.
     spend_limit_credits = CreditField(null=True, blank=True)
+    # Where the customer reads days and times in the portal (an IANA zone name).
+    timezone = models.CharField(max_length=64, default="UTC")
     # The operator's own string keys and values (Stripe's metadata), at most 50 keys
     # (plans.services.customer_update); billing never reads them.
     metadata = models.JSONField(default=dict, blank=True)

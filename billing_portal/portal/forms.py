@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import available_timezones
 
 from django import forms
 from django.contrib.auth import get_user_model
@@ -273,6 +274,19 @@ class PackBuyForm(forms.Form):
         label="Credit pack",
         help_text="The credits are added once the pack is paid. Credits still unused when the "
         "pack expires are lost.",
+    )
+
+
+def _zones() -> list[tuple[str, str]]:
+    return [(name, name.replace("_", " ")) for name in sorted(available_timezones())]
+
+
+class TimeZoneForm(forms.Form):
+    timezone = forms.ChoiceField(
+        choices=_zones,
+        label="Time zone",
+        help_text="Where days and times are read on this page.",
+        error_messages={"invalid_choice": "Choose a time zone from the list, e.g. Europe/Paris."},
     )
 
 

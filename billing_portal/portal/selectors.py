@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db.models import Sum
 from django.utils import timezone
@@ -451,6 +452,19 @@ class Activity:
     at: datetime
     text: str
     credits: Decimal
+    kind: str = ""
+    # The account's posted credits after this row's operation, on the operation's first
+    # row (None on the others: one operation may write several rows).
+    balance_after: Decimal | None = None
+
+
+# The activity filter: what people look for, and the ledger entry kinds it means.
+ACTIVITY_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "usage": ("Usage", (EntryKind.CONSUME, EntryKind.OVERAGE)),
+    "added": ("Credits added", (EntryKind.GRANT,)),
+    "removed": ("Expired or removed", (EntryKind.EXPIRE, EntryKind.VOID)),
+    "returned": ("Returned or adjusted", (EntryKind.REVERSAL, EntryKind.ADJUSTMENT)),
+}
 
 
 SOURCE_WORDS = {"credit_pack_purchase": "pack purchase", "staff": "added by our team"}
@@ -469,12 +483,18 @@ KIND_WORDS: dict[str, str] = {
 }
 
 
-def activity_for(*, customer: Customer, limit: int = 50, offset: int = 0) -> list[Activity]:
-    """Ledger movements, one line per operation and kind, newest first."""
+def activity_for(
+    *, customer: Customer, limit: int = 50, offset: int = 0, kind: str | None = None
+) -> list[Activity]:
+    """Ledger movements, one line per operation and kind, newest first; ``kind`` one of
+    ``ACTIVITY_KINDS`` to show only those."""
+    entries = LedgerEntry.objects.filter(account_id=customer.account_id).exclude(
+        kind__in=[EntryKind.HOLD, EntryKind.CAPTURE, EntryKind.RELEASE]
+    )
+    if kind in ACTIVITY_KINDS:
+        entries = entries.filter(kind__in=ACTIVITY_KINDS[kind][1])
     groups = list(
-        LedgerEntry.objects.filter(account_id=customer.account_id)
-        .exclude(kind__in=[EntryKind.HOLD, EntryKind.CAPTURE, EntryKind.RELEASE])
-        .values("operation_id", "kind", "cause_type", "cause_id", "meter")
+        entries.values("operation_id", "kind", "cause_type", "cause_id", "meter")
         .annotate(credits=Sum("credits"), grant=Sum("grant_id"))
         .order_by("-operation_id", "kind")[offset : offset + limit]
     )
@@ -494,14 +514,76 @@ def activity_for(*, customer: Customer, limit: int = 50, offset: int = 0) -> lis
     )
     # A rating batch is one operation for many events: newest event first within it.
     groups.sort(key=lambda g: (g["operation_id"], _event_time(g, events)), reverse=True)
-    return [
-        Activity(
-            at=op_times[g["operation_id"]],
-            text=_described(g, described.get(g["operation_id"])) or _describe(g, events, grants),
-            credits=g["credits"] or ZERO,
+    balances = _balances_after(customer, [g["operation_id"] for g in groups])
+    out = []
+    seen: set[int] = set()
+    for g in groups:
+        first = g["operation_id"] not in seen
+        seen.add(g["operation_id"])
+        out.append(
+            Activity(
+                at=op_times[g["operation_id"]],
+                text=_described(g, described.get(g["operation_id"]))
+                or _describe(g, events, grants),
+                credits=g["credits"] or ZERO,
+                kind=str(g["kind"]),
+                balance_after=balances.get(g["operation_id"]) if first else None,
+            )
         )
-        for g in groups
-    ]
+    return out
+
+
+def _balances_after(customer: Customer, operation_ids: list[int]) -> dict[int, Decimal]:
+    """The posted credits (what grants hold) after each operation: today's, less what the
+    later operations moved. Overage entries move no grant and change nothing."""
+    if not operation_ids:
+        return {}
+    oldest = min(operation_ids)
+    moved = dict(
+        LedgerEntry.objects.filter(
+            account_id=customer.account_id, operation_id__gt=oldest, grant__isnull=False
+        )
+        .values("operation_id")
+        .annotate(total=Sum("credits"))
+        .values_list("operation_id", "total")
+    )
+    now = (
+        CreditGrant.objects.filter(account_id=customer.account_id).aggregate(
+            total=Sum("remaining")
+        )["total"]
+        or ZERO
+    )
+    later = ZERO
+    balances: dict[int, Decimal] = {}
+    for operation in sorted(set(operation_ids) | set(moved), reverse=True):
+        if operation in operation_ids:
+            balances[operation] = now - later
+        later += moved.get(operation, ZERO)
+    return balances
+
+
+@dataclass(frozen=True)
+class ActivityDay:
+    day: date
+    items: list[Activity]
+
+
+def activity_by_day(items: list[Activity], zone: ZoneInfo) -> list[ActivityDay]:
+    """Rows grouped by their day in the customer's time zone, newest first."""
+    days: list[ActivityDay] = []
+    for item in items:
+        day = item.at.astimezone(zone).date()
+        if not days or days[-1].day != day:
+            days.append(ActivityDay(day, []))
+        days[-1].items.append(item)
+    return days
+
+
+def customer_zone(customer: Customer) -> ZoneInfo:
+    try:
+        return ZoneInfo(customer.timezone or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
 
 
 def _event_time(group: Group, events: dict[str, MeterEvent]) -> datetime:

@@ -30,6 +30,7 @@ urlpatterns = [
     path("billing/credit-notes/<int:pk>/", views.credit_note_detail, name="credit_note"),
     path("activity/", views.activity, name="activity"),
     path("activity/export.csv", views.usage_export, name="usage_export"),
+    path("activity/timezone/", views.activity_timezone, name="activity_timezone"),
     path("notifications/", views.notifications, name="notifications"),
     path("notifications/<int:pk>/read/", views.notification_read, name="notification_read"),
     path("team/", views.team, name="team"),

@@ -346,20 +346,48 @@ ACTIVITY_PAGE = 50
 @require_GET
 @portal_view()
 def activity(request: PortalRequest) -> HttpResponse:
+    return _page(request, "portal/activity.html", "entries", _activity_context(request))
+
+
+def _activity_context(request: PortalRequest, **given: Any) -> dict[str, Any]:
+    customer = request.membership.customer
     page = request.GET.get("page", "1")
     number = int(page) if page.isdigit() and 0 < int(page) < 10000 else 1
+    kind = request.GET.get("kind", "")
+    if kind not in selectors.ACTIVITY_KINDS:
+        kind = ""
     items = selectors.activity_for(
-        customer=request.membership.customer,
+        customer=customer,
         limit=ACTIVITY_PAGE + 1,
         offset=(number - 1) * ACTIVITY_PAGE,
+        kind=kind or None,
     )
-    context = {
-        "items": items[:ACTIVITY_PAGE],
+    zone = selectors.customer_zone(customer)
+    return {
+        "days": selectors.activity_by_day(items[:ACTIVITY_PAGE], zone),
+        "zone": zone,
         "page": number,
         "next_page": number + 1 if len(items) > ACTIVITY_PAGE else None,
+        "kind": kind,
+        "kinds": [(key, label) for key, (label, _) in selectors.ACTIVITY_KINDS.items()],
         "export_form": forms.ExportForm(initial=forms.ExportForm.defaults()),
+        "zone_form": forms.TimeZoneForm(initial={"timezone": customer.timezone}),
+        **given,
     }
-    return _page(request, "portal/activity.html", "entries", context)
+
+
+@require_POST
+@portal_view(manage=True)
+def activity_timezone(request: PortalRequest) -> HttpResponse:
+    form = forms.TimeZoneForm(request.POST)
+    if not form.is_valid():
+        context = _activity_context(request, zone_form=form)
+        return render(request, "portal/activity.html", context, status=400)
+    customer = request.membership.customer
+    customer.timezone = form.cleaned_data["timezone"]
+    customer.save(update_fields=["timezone"])
+    messages.success(request, f"Days and times now show in {customer.timezone}.")
+    return redirect("portal:activity")
 
 
 class _Echo:
@@ -372,7 +400,8 @@ class _Echo:
 def usage_export(request: PortalRequest) -> HttpResponseBase:
     form = forms.ExportForm(request.GET)
     if not form.is_valid():
-        context = {"items": [], "page": 1, "next_page": None, "export_form": form}
+        # The whole page for a plain request, the feed kept; htmx swaps only the form.
+        context = _activity_context(request, export_form=form)
         return _page(request, "portal/activity.html", "export", context)
     start, end = form.cleaned_data["start"], form.cleaned_data["end"]
     rows = selectors.usage_export_rows(customer=request.membership.customer, start=start, end=end)

@@ -564,7 +564,7 @@ def authorization_release(*, authorization: Authorization, actor: str) -> Author
 
 
 def event_cancel(
-    *, customer: Customer, identifier: str, reason: str, actor: str
+    *, customer: Customer, identifier: str, reason: str, actor: str, description: str = ""
 ) -> EventCancellation:
     """Reverse an event's debit while its period is open (a meter-event adjustment).
 
@@ -615,6 +615,7 @@ def event_cancel(
                 event.pk in unrated,
                 reason=reason,
                 actor=actor,
+                description=description,
             )
             for event in events
         ]
@@ -629,6 +630,7 @@ def _cancel_one(
     *,
     reason: str,
     actor: str,
+    description: str = "",
 ) -> EventCancellation:
     if unrated:
         return _cancel_unrated(event, reason=reason, actor=actor)
@@ -640,6 +642,8 @@ def _cancel_one(
             cause=ledger.Cause("event", str(event.pk)),
             actor=actor,
             reason=reason,
+            # What the customer reads for the returned credits (staff corrections).
+            description=description,
         )
         _usage_subtract(event, rating)
     return cancellation

@@ -288,6 +288,7 @@ def _cancel(operator: Operator, event: MeterEvent, reason: Reason) -> None:
             identifier=event.identifier,
             reason=reason.code,
             actor=actor_of(operator),
+            description=descriptions.correction_description(reason.code, reason.description),
         )
     except metering.MeteringError as exc:
         raise StaffError(exc.message, exc.param) from exc

@@ -17,6 +17,7 @@ from ledger.selectors import account_balance
 from metering.models import EventCancellation, EventRating, MeterEvent
 from plans.models import Customer, SubscriptionPeriod
 from plans.services import subscriptions_renew_due
+from tests.billing_portal.portal.factories import member
 from tests.billing_portal.staff.conftest import make_event
 
 pytestmark = pytest.mark.django_db
@@ -116,3 +117,21 @@ def test_an_event_in_an_invoiced_period_is_refused_and_nothing_changes(
     assert "credit note" in str(response.context["form"].non_field_errors())
     assert not EventCancellation.objects.exists()
     assert AuditLog.objects.count() == 0
+
+
+def test_a_cancelled_events_returned_credits_read_the_customer_sentence_not_the_memo(
+    acme: Customer, event: MeterEvent, client_as: Callable[[str], Client]
+) -> None:
+    url = reverse("admin:metering_meterevent_cancel", args=[event.pk])
+    memo = "double send from their retry loop, see ticket 88"
+    posted = client_as("Support").post(
+        url,
+        {**REASON, "memo": memo, "description": "Usage sent twice, given back", "confirm": "1"},
+    )
+    assert posted.status_code == 302
+    portal = Client()
+    portal.force_login(member(acme))
+    body = portal.get(reverse("portal:activity")).content.decode()
+    assert "Usage sent twice, given back (30 credits)" in body
+    assert "ticket 88" not in body
+    _clean()

@@ -17,7 +17,7 @@ from djmoney.money import Money
 from billing_portal.alerts.models import AlertSettings, AutoRecharge
 from billing_portal.invoicing.margin import money_text
 from billing_portal.portal.models import Role
-from billing_portal.portal.selectors import credits_value
+from billing_portal.portal.selectors import CUSTOM_RANGE_MAX_DAYS, credits_value
 from billing_portal.portal.templatetags.portal import money, price_text
 from ledger.units import credits_exact, credits_text
 from plans.models import CreditPack
@@ -275,6 +275,25 @@ class PackBuyForm(forms.Form):
         help_text="The credits are added once the pack is paid. Credits still unused when the "
         "pack expires are lost.",
     )
+
+
+class UsageRangeForm(forms.Form):
+    """Days the customer chooses for the usage chart and table (both included)."""
+
+    start = forms.DateField(label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(label="To", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        start, end = data.get("start"), data.get("end")
+        if start and end:
+            if end < start:
+                self.add_error("end", "Choose a day on or after the first one.")
+            elif (end - start).days + 1 > CUSTOM_RANGE_MAX_DAYS:
+                self.add_error("end", f"Choose at most {CUSTOM_RANGE_MAX_DAYS} days.")
+            elif start > timezone.now().date():
+                self.add_error("start", "Choose a day that has begun.")
+        return data
 
 
 def _zones() -> list[tuple[str, str]]:

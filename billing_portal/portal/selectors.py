@@ -39,7 +39,10 @@ from plans import selectors as plan_selectors
 from plans.models import Customer, Meter, OveragePolicy, PlanVersion
 from plans.money import as_money
 
-RANGES = {"7": 7, "30": 30, "90": 90}
+RANGES = {"1": 1, "7": 7, "30": 30, "90": 90}
+# A range of at most this many days is drawn hour by hour.
+HOURLY_UP_TO_DAYS = 2
+CUSTOM_RANGE_MAX_DAYS = 366
 GROUPS = {"model": "model", "feature": "feature"}
 PALETTE = ["#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#0ea5e9", "#64748b"]
 
@@ -268,6 +271,11 @@ class Bar:
     show_label: bool = False
     # Every other date label, hidden where the chart is too narrow for all of them.
     label_alt: bool = False
+    hour: datetime | None = None  # an hourly chart's bar: the hour it starts (UTC)
+
+    @property
+    def label(self) -> str:
+        return f"{self.hour:%H:00}" if self.hour else f"{self.day:%-d %b}"
 
     @property
     def total(self) -> Decimal:
@@ -277,7 +285,8 @@ class Bar:
     def description(self) -> str:
         """The bar in words, for keyboards, touch and screen readers."""
         parts = "; ".join(f"{s.label} {credits_text(s.credits)}" for s in self.segments)
-        text = f"{self.day:%-d %b}: {credits_text(self.total)} credits"
+        when = f"{self.day:%-d %b} {self.hour:%H:00} UTC" if self.hour else f"{self.day:%-d %b}"
+        text = f"{when}: {credits_text(self.total)} credits"
         return f"{text} ({parts})" if len(self.segments) > 1 else text
 
 
@@ -351,44 +360,109 @@ def _meter_names() -> dict[str, str]:
     return {code: name or code for code, name in Meter.objects.values_list("code", "display_name")}
 
 
-def usage_chart(*, customer: Customer, days: int, group: str, now: datetime | None = None) -> Chart:
+@dataclass(frozen=True)
+class UsageRange:
+    """The dashboard's usage window: the last N days, or days the customer chose."""
+
+    start: datetime
+    end: datetime
+    key: str  # "7", "30", ... or "custom"
+    hourly: bool
+
+    @property
+    def days(self) -> int:
+        return max(1, (self.end - self.start + timedelta(seconds=1)).days)
+
+    @property
+    def words(self) -> str:
+        if self.key == "custom":
+            last = (self.end - timedelta(microseconds=1)).date()
+            return f"{self.start:%-d %b %Y} to {last:%-d %b %Y}"
+        return "the last 24 hours" if self.key == "1" else f"the last {self.key} days"
+
+
+def usage_range(
+    *, key: str, start: date | None = None, end: date | None = None, now: datetime | None = None
+) -> UsageRange:
+    """``start``/``end`` (days, inclusive, checked by the caller) win over ``key``."""
     now = now or timezone.now()
+    if start is not None and end is not None:
+        begin = datetime.combine(start, time(), tzinfo=UTC)
+        finish = min(datetime.combine(end + timedelta(days=1), time(), tzinfo=UTC), now)
+        return UsageRange(begin, finish, "custom", (end - start).days + 1 <= HOURLY_UP_TO_DAYS)
+    days = RANGES.get(key, 30)
+    if days <= HOURLY_UP_TO_DAYS:
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        return UsageRange(hour - timedelta(hours=24 * days - 1), now, key, True)
     first = now.date() - timedelta(days=days - 1)
-    start = datetime.combine(first, time(), tzinfo=UTC)
+    return UsageRange(datetime.combine(first, time(), tzinfo=UTC), now, key, False)
+
+
+def usage_chart(
+    *,
+    customer: Customer,
+    days: int | None = None,
+    group: str,
+    window: UsageRange | None = None,
+    now: datetime | None = None,
+) -> Chart:
+    window = window or usage_range(key=str(days or 30), now=now)
     rows = usage_rows(
-        customer=customer, start=start, end=now, group_by=["model"], granularity="day"
+        customer=customer,
+        start=window.start,
+        end=window.end,
+        group_by=["model"],
+        granularity="hour" if window.hourly else "day",
     )
-    per_day: dict[date, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    per_bucket: dict[datetime, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     names = _meter_names()
     for row in rows:
-        day = datetime.fromisoformat(str(row["period_start"])).date()
-        per_day[day][_label(row, group, names)] += Decimal(str(row["credits"]))
-    labels = sorted({label for totals in per_day.values() for label in totals})
+        bucket = datetime.fromisoformat(str(row["period_start"]))
+        per_bucket[bucket][_label(row, group, names)] += Decimal(str(row["credits"]))
+    labels = sorted({label for totals in per_bucket.values() for label in totals})
     colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
-    return _layout(first, days, per_day, colors)
+    return _layout(_buckets(window), window.hourly, per_bucket, colors)
+
+
+def _buckets(window: UsageRange) -> list[datetime]:
+    step = timedelta(hours=1) if window.hourly else timedelta(days=1)
+    moment = (
+        window.start.replace(minute=0, second=0, microsecond=0)
+        if window.hourly
+        else datetime.combine(window.start.date(), time(), tzinfo=UTC)
+    )
+    out = []
+    while moment < window.end:
+        out.append(moment)
+        moment += step
+    return out or [moment]
 
 
 def _layout(
-    first: date, days: int, per_day: dict[date, dict[str, Decimal]], colors: dict[str, str]
+    buckets: list[datetime],
+    hourly: bool,
+    per_bucket: dict[datetime, dict[str, Decimal]],
+    colors: dict[str, str],
 ) -> Chart:
     width, height, left, top, bottom = 720, 250, 56, 24, 220
-    slot = Decimal(width - left - 8) / days
-    peak = max((sum(t.values(), ZERO) for t in per_day.values()), default=ZERO)
+    count = len(buckets)
+    slot = Decimal(width - left - 8) / count
+    peak = max((sum(t.values(), ZERO) for t in per_bucket.values()), default=ZERO)
     axis_top = nice_ceiling(peak)
     scale = Decimal(bottom - top) / axis_top
-    every = max(days // 7, 1)
+    every = max(count // 7, 1)
     bars = []
-    for i in range(days):
-        day = first + timedelta(days=i)
+    for i, moment in enumerate(buckets):
         bar = Bar(
-            day=day,
+            day=moment.date(),
             x=_px(left + slot * i + slot / 10),
             show_label=i % every == 0,
             label_alt=(i // every) % 2 == 1,
+            hour=moment if hourly else None,
         )
         y = Decimal(bottom)
         for label in colors:
-            amount = per_day.get(day, {}).get(label, ZERO)
+            amount = per_bucket.get(moment, {}).get(label, ZERO)
             if amount > 0:
                 h = amount * scale
                 y -= h
@@ -412,14 +486,18 @@ def _px(value: Decimal) -> Decimal:
 
 
 def usage_table(
-    *, customer: Customer, days: int, price: Money | None = None, now: datetime | None = None
+    *,
+    customer: Customer,
+    days: int | None = None,
+    price: Money | None = None,
+    window: UsageRange | None = None,
+    now: datetime | None = None,
 ) -> list[UsageLine]:
-    now = now or timezone.now()
-    start = datetime.combine(now.date() - timedelta(days=days - 1), time(), tzinfo=UTC)
+    window = window or usage_range(key=str(days or 30), now=now)
     rows = usage_rows(
         customer=customer,
-        start=start,
-        end=now,
+        start=window.start,
+        end=window.end,
         group_by=["model", "token_type"],
         granularity="month",
     )

@@ -117,18 +117,22 @@ def dashboard(request: PortalRequest) -> HttpResponse:
         range_key = "30"
     if group not in selectors.GROUPS:
         group = "model"
-    days = selectors.RANGES[range_key]
+    range_form = forms.UsageRangeForm(request.GET if "start" in request.GET else None)
+    chosen = range_form.cleaned_data if range_form.is_bound and range_form.is_valid() else {}
+    window = selectors.usage_range(key=range_key, start=chosen.get("start"), end=chosen.get("end"))
     summary = selectors.dashboard_for(customer=customer)
-    table = selectors.usage_table(customer=customer, days=days, price=summary.price_per_credit)
+    table = selectors.usage_table(customer=customer, window=window, price=summary.price_per_credit)
     context = {
         "summary": summary,
         "estimated_bill": selectors.estimated_bill(customer=customer),
         "balance_parts": selectors.balance_parts(customer=customer),
         "features": selectors.plan_features_for(customer=customer),
-        "chart": selectors.usage_chart(customer=customer, days=days, group=group),
+        "chart": selectors.usage_chart(customer=customer, window=window, group=group),
+        "window": window,
+        "range_form": range_form,
         "table": table,
         "table_total": selectors.usage_total(table),
-        "range_key": range_key,
+        "range_key": window.key,
         "group": group,
         "ranges": list(selectors.RANGES),
         "groups": list(selectors.GROUPS),

@@ -94,7 +94,7 @@ def test_it_draws_the_usage_chart_and_table(client_owner: Client, acme: Customer
         ": 2,460 credits (Document summaries 50; large 2,400; small 10)"
     )
     assert f'tabindex="0" role="img" aria-label="{today.description}"' in html
-    assert "Daily values (2,460 credits in 7 days)" in html
+    assert "Daily values (2,460 credits in the last 7 days)" in html
 
 
 @pytest.mark.parametrize(
@@ -284,3 +284,49 @@ def test_a_soft_limit_percent_reads_without_storage_zeros(db: None) -> None:
     html = client.get("/portal/").content.decode()
     assert "usage may go up to 10% beyond your credits" in html
     assert "10.00%" not in html
+
+
+def test_the_last_24_hours_are_drawn_hour_by_hour(client_owner: Client, acme: Customer) -> None:
+    now = timezone.now()
+    usage(acme, "evt-hour", at=now - timedelta(hours=3), value="20000")
+    response = client_owner.get("/portal/?range=1")
+    chart, window = response.context["chart"], response.context["window"]
+    assert window.hourly and len(chart.bars) == 24
+    hour = (now - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
+    (bar,) = [b for b in chart.bars if b.hour == hour and b.segments]
+    assert bar.total == Decimal(300)  # 20,000 large output tokens at 15 per 1,000
+    assert bar.label == f"{hour:%H:00}"
+    html = response.content.decode()
+    assert "Credits used in the last 24 hours, hour by hour (UTC)." in html
+    assert 'aria-current="true">24 hours</a>' in html
+
+
+def test_customers_choose_the_days_shown(client_owner: Client, acme: Customer) -> None:
+    today = timezone.now().date()
+    # The subscription began 5 days ago (and its fixture event is today).
+    usage(acme, "evt-old", at=timezone.now() - timedelta(days=3), value="20000")
+    first, last = today - timedelta(days=5), today - timedelta(days=1)
+    response = client_owner.get(f"/portal/?start={first:%Y-%m-%d}&end={last:%Y-%m-%d}")
+    window, chart = response.context["window"], response.context["chart"]
+    assert (window.key, window.hourly, len(chart.bars)) == ("custom", False, 5)
+    assert chart.total == Decimal(300)  # evt-old only; today's events are after the range
+    assert [line.credits for line in response.context["table"]] == [Decimal(300)]
+    html = response.content.decode()
+    assert f"Credits used in {first:%-d %b %Y} to {last:%-d %b %Y}." in html
+    two_days = client_owner.get(
+        f"/portal/?start={today - timedelta(days=1):%Y-%m-%d}&end={today:%Y-%m-%d}"
+    )
+    assert two_days.context["window"].hourly  # two days or fewer: hour by hour
+
+
+def test_a_custom_range_that_makes_no_sense_says_what_to_change(client_owner: Client) -> None:
+    today = timezone.now().date()
+    backwards = client_owner.get(
+        f"/portal/?start={today:%Y-%m-%d}&end={today - timedelta(days=3):%Y-%m-%d}"
+    )
+    assert "Choose a day on or after the first one." in backwards.content.decode()
+    assert backwards.context["window"].key == "30"  # the default range is shown meanwhile
+    long = client_owner.get(
+        f"/portal/?start={today - timedelta(days=400):%Y-%m-%d}&end={today:%Y-%m-%d}"
+    )
+    assert "Choose at most 366 days." in long.content.decode()

@@ -167,6 +167,8 @@ class UsageRollup(models.Model):
     hour = models.DateTimeField()
     dimensions = models.JSONField(default=dict)
     dimensions_key = models.CharField(max_length=255)
+    # The events' workspace ("" for none): usage can be read per workspace.
+    workspace = models.CharField(max_length=64, default="", db_default="", blank=True)
     value = models.DecimalField(max_digits=28, decimal_places=6, default=0)
     events = models.BigIntegerField(default=0)
     credits = CreditField(default=0)
@@ -174,7 +176,8 @@ class UsageRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["customer", "meter", "hour", "dimensions_key"], name="metering_rollup_key"
+                fields=["customer", "meter", "hour", "dimensions_key", "workspace"],
+                name="metering_rollup_key",
             ),
         ]
         indexes = [

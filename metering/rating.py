@@ -527,11 +527,12 @@ FROM unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::bigint[]
 
 def _rollups_add(customer_id: int, items: list[_Priced]) -> None:
     """Add rated events to their hourly rollups: cost grows with new events only."""
-    buckets: dict[tuple[int, datetime, str], list[_Priced]] = defaultdict(list)
+    buckets: dict[tuple[int, datetime, str, str], list[_Priced]] = defaultdict(list)
     for item in items:
         assert item.rated is not None
         hour = item.event.timestamp.replace(minute=0, second=0, microsecond=0)
-        buckets[(item.rated.meter.pk, hour, item.dimensions_key)].append(item)
+        key = (item.rated.meter.pk, hour, item.dimensions_key, item.event.workspace or "")
+        buckets[key].append(item)
     if not buckets:
         return
     keys = list(buckets)
@@ -550,6 +551,7 @@ def _rollups_add(customer_id: int, items: list[_Priced]) -> None:
                 [k[1] for k in keys],
                 [json.dumps(buckets[k][0].dimensions, sort_keys=True) for k in keys],
                 [k[2] for k in keys],
+                [k[3] for k in keys],
                 values,
                 [len(buckets[k]) for k in keys],
                 [sum((g.credits for g in buckets[k]), ZERO) for k in keys],
@@ -584,12 +586,12 @@ def _period_usage_add(customer_id: int, items: list[_Priced]) -> None:
 
 _ROLLUP_SQL = """
 INSERT INTO metering_usagerollup
-    (customer_id, meter_id, hour, dimensions, dimensions_key, value, events, credits)
-SELECT %s, meter_id, hour, dimensions::jsonb, dimensions_key, value, events, credits
-FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[], %s::numeric[],
-            %s::bigint[], %s::numeric[])
-    AS t(meter_id, hour, dimensions, dimensions_key, value, events, credits)
-ON CONFLICT (customer_id, meter_id, hour, dimensions_key) DO UPDATE SET
+    (customer_id, meter_id, hour, dimensions, dimensions_key, workspace, value, events, credits)
+SELECT %s, meter_id, hour, dimensions::jsonb, dimensions_key, workspace, value, events, credits
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
+            %s::numeric[], %s::bigint[], %s::numeric[])
+    AS t(meter_id, hour, dimensions, dimensions_key, workspace, value, events, credits)
+ON CONFLICT (customer_id, meter_id, hour, dimensions_key, workspace) DO UPDATE SET
     value = CASE
         WHEN (SELECT aggregation FROM plans_meter WHERE id = EXCLUDED.meter_id) = 'max'
         THEN GREATEST(metering_usagerollup.value, EXCLUDED.value)

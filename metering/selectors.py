@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.db import connection
-from django.db.models import Case, CharField, QuerySet, Sum, Value, When
+from django.db.models import Case, CharField, F, QuerySet, Sum, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Trunc
 from django.utils import timezone
@@ -173,7 +173,11 @@ def usage_rows(
     rollups = UsageRollup.objects.filter(customer=customer, hour__gte=_hour(start), hour__lt=end)
     if meter:
         rollups = rollups.filter(meter__code=meter)
-    dims = {f"dim_{key}": KeyTextTransform(key, "dimensions") for key in group_by}
+    # "workspace" is the events' workspace (a column of its own), any other key a dimension.
+    dims: dict[str, Any] = {
+        f"dim_{key}": F("workspace") if key == "workspace" else KeyTextTransform(key, "dimensions")
+        for key in group_by
+    }
     rows = (
         rollups.annotate(bucket=Trunc("hour", GRANULARITY[granularity], tzinfo=UTC), **dims)
         .values("bucket", "meter__code", *dims)

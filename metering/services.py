@@ -674,6 +674,7 @@ def _usage_subtract(event: MeterEvent, rating: EventRating) -> None:
             UPDATE metering_usagerollup
             SET value = value - %s, events = events - 1, credits = credits - %s
             WHERE customer_id = %s AND meter_id = %s AND hour = %s AND dimensions_key = %s
+              AND workspace = %s
             """,
             [
                 ZERO if is_max else rating.units,
@@ -682,6 +683,7 @@ def _usage_subtract(event: MeterEvent, rating: EventRating) -> None:
                 event.meter_id,
                 hour,
                 dimensions_key(event.dimensions),
+                event.workspace or "",
             ],
         )
     overage = -sum(

@@ -36,14 +36,15 @@ from ledger.units import credits_exact, credits_text, rfc3339, to_cents
 from metering.models import EventRating, MeterEvent
 from metering.selectors import balance_payload, entitlements_for, usage_rows
 from plans import selectors as plan_selectors
-from plans.models import Customer, Meter, OveragePolicy, PlanVersion
+from plans.models import Customer, Meter, OveragePolicy, PlanVersion, Workspace
 from plans.money import as_money
 
 RANGES = {"1": 1, "7": 7, "30": 30, "90": 90}
 # A range of at most this many days is drawn hour by hour.
 HOURLY_UP_TO_DAYS = 2
 CUSTOM_RANGE_MAX_DAYS = 366
-GROUPS = {"model": "model", "feature": "feature"}
+GROUPS = {"model": "model", "feature": "feature", "workspace": "workspace"}
+NO_WORKSPACE = "No workspace"
 PALETTE = ["#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#0ea5e9", "#64748b"]
 
 
@@ -349,6 +350,9 @@ class UsageLine:
 def _label(row: dict[str, object], group: str, names: dict[str, str]) -> str:
     dimensions = row["dimensions"]
     assert isinstance(dimensions, dict)
+    if group == "workspace":
+        key = dimensions.get("workspace") or ""
+        return names.get(f"workspace:{key}", key) if key else NO_WORKSPACE
     if group == "model" and dimensions.get("model"):
         return str(dimensions["model"])
     return names.get(str(row["meter"]), str(row["meter"]))
@@ -411,11 +415,19 @@ def usage_chart(
         customer=customer,
         start=window.start,
         end=window.end,
-        group_by=["model"],
+        group_by=["workspace"] if group == "workspace" else ["model"],
         granularity="hour" if window.hourly else "day",
     )
     per_bucket: dict[datetime, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     names = _meter_names()
+    if group == "workspace":
+        # A workspace's name where the operator gave one (POST /workspaces), else its key.
+        names.update(
+            (f"workspace:{key}", name or key)
+            for key, name in Workspace.objects.filter(customer=customer).values_list(
+                "key", "name"
+            )
+        )
     for row in rows:
         bucket = datetime.fromisoformat(str(row["period_start"]))
         per_bucket[bucket][_label(row, group, names)] += Decimal(str(row["credits"]))

@@ -13,7 +13,8 @@ from ledger.services import credit_grant_create
 from metering.ingest import events_ingest
 from metering.rating import events_rate_pending
 from metering.selectors import balance_payload
-from plans.models import Customer
+from metering.services import event_cancel
+from plans.models import Customer, Workspace
 from tests.billing_portal.portal.conftest import HTMX
 from tests.billing_portal.portal.factories import member, subscribed_customer, usage
 from tests.plans.factories import customer, load_demo_catalog
@@ -330,3 +331,36 @@ def test_a_custom_range_that_makes_no_sense_says_what_to_change(client_owner: Cl
         f"/portal/?start={today - timedelta(days=400):%Y-%m-%d}&end={today:%Y-%m-%d}"
     )
     assert "Choose at most 366 days." in long.content.decode()
+
+
+def test_usage_is_broken_down_by_workspace(client_owner: Client, acme: Customer) -> None:
+    Workspace.objects.create(customer=acme, key="team-a", name="Research")
+    at = (timezone.now() - timedelta(hours=1)).isoformat()
+    events = [
+        {
+            "identifier": f"ws-{n}",
+            "event_name": "llm.tokens",
+            "customer": acme.external_id,
+            "timestamp": at,
+            "value": "20000",  # 300 credits of large output tokens each
+            "dimensions": {"model": "large", "token_type": "output"},
+            "workspace": workspace,
+        }
+        for n, workspace in enumerate(["team-a", "team-a", "team-b"])
+    ]
+    assert events_ingest(events=events).count("accepted") == 3
+    events_rate_pending()
+    event_cancel(customer=acme, identifier="ws-1", reason="duplicate", actor="t")
+    response = client_owner.get("/portal/?range=7&group=workspace")
+    chart = response.context["chart"]
+    totals: dict[str, Decimal] = {}
+    for bar in chart.bars:
+        for segment in bar.segments:
+            totals[segment.label] = totals.get(segment.label, Decimal(0)) + segment.credits
+    # The fixture's event has no workspace; team-a's second event was cancelled.
+    assert totals == {
+        "No workspace": Decimal(2400),
+        "Research": Decimal(300),
+        "team-b": Decimal(300),
+    }
+    assert 'aria-current="true">by workspace</a>' in response.content.decode()

@@ -42,6 +42,12 @@ class InvoiceNumberSequence(models.Model):
         return f"{self.prefix}{self.next_number}"
 
 
+# A period invoice is written first and numbered last, when its transaction is about to
+# commit (the number sequence stays locked from numbering to commit); until then its
+# number is this prefix and its period's id.
+UNNUMBERED_PREFIX = "~"
+
+
 class Invoice(models.Model):
     customer = models.ForeignKey(
         "plans.Customer", on_delete=models.PROTECT, related_name="invoices"

@@ -15,6 +15,7 @@ from django.utils import timezone
 from djmoney.money import Money
 
 from billing_portal.invoicing.models import (
+    UNNUMBERED_PREFIX,
     Invoice,
     InvoiceKind,
     InvoiceLine,
@@ -139,7 +140,7 @@ def period_invoice_create(*, period: SubscriptionPeriod) -> Invoice:
         period=period,
         # Numbered last: the sequence row stays locked from numbering to commit, so it is
         # taken when everything else is written (concurrent closes queue only for that).
-        number=f"~{period.pk}",
+        number=f"{UNNUMBERED_PREFIX}{period.pk}",
         status=InvoiceStatus.OPEN,
         currency=draft.currency,
         total=draft.total.amount,
@@ -150,7 +151,7 @@ def period_invoice_create(*, period: SubscriptionPeriod) -> Invoice:
     )
     _store_lines(invoice, draft.lines)
     invoice.number = invoice_number_next()
-    Invoice.objects.filter(pk=invoice.pk).update(number=invoice.number)
+    invoice.save(update_fields=["number"])  # receivers of a numbered invoice see it now
     return invoice
 
 

@@ -14,7 +14,7 @@ from django.dispatch import receiver
 from djmoney.money import Money
 
 from billing_portal.invoicing import collection
-from billing_portal.invoicing.models import Invoice, InvoiceStatus
+from billing_portal.invoicing.models import UNNUMBERED_PREFIX, Invoice, InvoiceStatus
 from billing_portal.invoicing.signals import invoice_paid, invoice_payment_failed
 from billing_portal.outbound.models import EventType
 from billing_portal.outbound.services import event_publish
@@ -44,12 +44,16 @@ def publish_credit_grant_created(
 
 
 # Invoices are created open (period close and credit pack purchases); no invoice moves
-# from draft to open later, so a new open row is exactly an invoice being finalized.
+# from draft to open later, so a new open row is an invoice being finalized, once it has
+# its number: a period invoice is numbered by a save of its number alone, last.
 @receiver(post_save, sender=Invoice, dispatch_uid="outbound_invoice_finalized")
 def publish_invoice_finalized(
     sender: Any, instance: Invoice, created: bool, raw: bool = False, **kwargs: Any
 ) -> None:
-    if raw or not created or instance.status != InvoiceStatus.OPEN:
+    numbered = not created and set(kwargs.get("update_fields") or ()) == {"number"}
+    if raw or not (created or numbered) or instance.status != InvoiceStatus.OPEN:
+        return
+    if instance.number.startswith(UNNUMBERED_PREFIX):
         return
     total = instance.total
     amount = total.amount if isinstance(total, Money) else total

@@ -103,3 +103,18 @@ def test_it_publishes_a_period_invoice(acme: Customer, clock: time_machine.Trave
     assert event.data["number"] == invoice.number
     assert event.data["total"] == "49.00"
     assert event.data["period"] == {"start": "2026-10-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"}
+
+
+def test_a_period_invoice_is_published_once_with_its_number(
+    acme: Customer, clock: time_machine.Traveller
+) -> None:
+    """A period invoice is numbered last in its close; it is announced once, numbered."""
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+    first = SubscriptionPeriod.objects.order_by("start").get(subscription__customer=acme)
+    clock.move_to(first.end)
+    subscriptions_renew_due()
+    clock.shift(timedelta(hours=1))
+    periods_close_due()
+    numbers = [e.data["number"] for e in _events(EventType.INVOICE_FINALIZED)]
+    assert numbers == [Invoice.objects.get(period=first).number]
+    assert not numbers[0].startswith("~")

@@ -424,9 +424,7 @@ def usage_chart(
         # A workspace's name where the operator gave one (POST /workspaces), else its key.
         names.update(
             (f"workspace:{key}", name or key)
-            for key, name in Workspace.objects.filter(customer=customer).values_list(
-                "key", "name"
-            )
+            for key, name in Workspace.objects.filter(customer=customer).values_list("key", "name")
         )
     for row in rows:
         bucket = datetime.fromisoformat(str(row["period_start"]))

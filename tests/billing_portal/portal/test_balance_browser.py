@@ -5,20 +5,17 @@ phone width."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
 from ledger.services import credit_grant_create
 from tests.accessibility import assert_accessible
 from tests.billing_portal.portal.factories import PASSWORD, member, subscribed_customer
+from tests.browser import screenshot
 from tests.plans.factories import load_demo_catalog
-
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,16 +56,15 @@ def test_the_dashboard_shows_what_the_balance_is_made_of_with_expiries(
     assert texts[2] == "Promotional credits (workspace research) 750 never"
     warning = page.locator("#balance-parts strong.warning")
     assert warning.count() == 1 and warning.is_visible()
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "portal-balance-parts.png"), full_page=True)
+    screenshot(page, "portal-balance-parts.png")
     assert_accessible(page)
 
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
-    page.screenshot(path=str(ARTIFACTS / "portal-balance-parts-390.png"), full_page=True)
+    screenshot(page, "portal-balance-parts-390.png")
     box = page.locator("#balance-parts")
     widths = box.evaluate("b => [b.scrollWidth, b.clientWidth]")
     assert widths[0] <= widths[1] + 1, f"the breakdown fits a phone: {widths}"
     assert page.locator("#balance-parts strong.warning").is_visible()
-    page.screenshot(path=str(ARTIFACTS / "portal-balance-parts-390.png"), full_page=True)
+    screenshot(page, "portal-balance-parts-390.png")
     connections.close_all()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
@@ -21,9 +20,8 @@ from ledger.selectors import account_balance
 from plans.models import Customer
 from tests.accessibility import assert_accessible
 from tests.billing_portal.portal.factories import PASSWORD, member, subscribed_customer, usage
+from tests.browser import ARTIFACTS, screenshot
 from tests.plans.factories import load_demo_catalog
-
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,11 +48,6 @@ def _customer_with_history() -> Customer:
     return acme
 
 
-def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-
-
 def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     acme = _customer_with_history()
     owner = member(acme)
@@ -70,7 +63,7 @@ def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     shown = page.inner_text("#available").replace(",", "")
     assert Decimal(shown) == available.quantize(Decimal("0.01")).normalize()
     assert page.evaluate("typeof window.htmx") == "object", "htmx.min.js is served"
-    _shot(page, "portal-dashboard.png")
+    screenshot(page, "portal-dashboard.png")
     assert_accessible(page)
 
     # The range switch swaps the usage section in place: the page itself is not reloaded.
@@ -82,11 +75,11 @@ def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     page.click("text=by feature")
     page.wait_for_selector('#usage a[aria-current][href*="group=feature"]')
     assert page.evaluate("window.__stay") == 1
-    _shot(page, "portal-dashboard-7-days-by-feature.png")
+    screenshot(page, "portal-dashboard-7-days-by-feature.png")
 
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{base}/portal/")
-    _shot(page, "portal-dashboard-mobile.png")
+    screenshot(page, "portal-dashboard-mobile.png")
     page.set_viewport_size({"width": 1280, "height": 900})
 
     page.goto(f"{base}/portal/controls/")
@@ -97,7 +90,7 @@ def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     page.fill("#id_spend_limit_credits", "-3")
     page.click("#limit button[type=submit]")
     page.wait_for_selector("#id_spend_limit_credits-error")
-    _shot(page, "portal-controls.png")
+    screenshot(page, "portal-controls.png")
     assert_accessible(page)
 
     page.goto(f"{base}/portal/activity/")
@@ -106,22 +99,22 @@ def test_it_works_in_a_browser(page: Any, live_server: Any) -> None:
     path = download_info.value.path()
     rows = list(csv.DictReader(io.StringIO(Path(path).read_text())))
     assert "evt-0-0" in {row["identifier"] for row in rows}
-    _shot(page, "portal-activity.png")
+    screenshot(page, "portal-activity.png")
     assert_accessible(page)
 
     page.goto(f"{base}/portal/billing/")
-    _shot(page, "portal-billing.png")
+    screenshot(page, "portal-billing.png")
     assert_accessible(page)
     page.select_option("#id_pack", "pack_10k")
     page.click("#packs button[type=submit]")
     page.wait_for_url(f"{base}/portal/billing/checkout/*/")
-    _shot(page, "portal-checkout.png")
+    screenshot(page, "portal-checkout.png")
     page.click("text=Pay $35.00")
     page.wait_for_url(f"{base}/portal/")
     grown = Decimal(page.inner_text("#available").replace(",", ""))
     assert grown == (available + 10000).quantize(Decimal("0.01")).normalize()
     assert "Payment received" in page.inner_text(".messages")
-    _shot(page, "portal-dashboard-after-purchase.png")
+    screenshot(page, "portal-dashboard-after-purchase.png")
     assert os.path.getsize(ARTIFACTS / "portal-dashboard.png") > 10_000
     # The ORM calls above ran beside playwright's event loop, in a context of their own:
     # close their connection here, where it can be reached.
@@ -145,7 +138,7 @@ def test_an_alert_shows_as_a_banner_and_is_marked_read_in_place(
     page.click("button[type=submit]")
     page.wait_for_url(f"{base}/portal/")
     assert alert.message in page.inner_text("#alert-banner")
-    _shot(page, "portal-alert-banner.png")
+    screenshot(page, "portal-alert-banner.png")
 
     page.evaluate("window.__stay = 1")
     page.click("#alert-banner button")

@@ -5,12 +5,10 @@ renewal and both ways of cancelling, each through its confirmation page."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import time_machine
-from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
@@ -21,9 +19,8 @@ from plans.models import ChangeKind, Customer, Subscription, SubscriptionChange
 from plans.services import subscription_cancel_preview, subscription_change_plan_preview
 from tests.accessibility import assert_accessible
 from tests.billing_portal.portal.factories import PASSWORD, member, subscribed_customer
+from tests.browser import screenshot
 from tests.plans.factories import load_demo_catalog, plan
-
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,12 +33,11 @@ def stopped_clock() -> Iterator[None]:
         yield
 
 
-def _shot(page: Any, name: str) -> None:
+def _both_widths(page: Any, name: str) -> None:
     """The page at 1280 px, then at 390 px (a phone)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    screenshot(page, f"{name}.png")
     page.set_viewport_size({"width": 390, "height": 844})
-    page.screenshot(path=str(ARTIFACTS / f"{name}-mobile.png"), full_page=True)
+    screenshot(page, f"{name}-mobile.png")
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
@@ -74,7 +70,7 @@ def test_an_upgrade_is_confirmed_with_its_proration(
         assert shown in cards
     assert "Your plan" in page.inner_text("#plan-pro")
     assert_accessible(page)
-    _shot(page, "portal-plans")
+    _both_widths(page, "portal-plans")
 
     preview = subscription_change_plan_preview(subscription=_subscription(acme), plan=plan("team"))
     assert preview.when == "now" and preview.proration is not None
@@ -88,7 +84,7 @@ def test_an_upgrade_is_confirmed_with_its_proration(
     assert "full price, $199 a month" in page.inner_text("#at-renewal")
     assert _subscription(acme).plan_version.plan.code == "pro"
     assert_accessible(page)
-    _shot(page, "portal-plan-confirm-upgrade")
+    _both_widths(page, "portal-plan-confirm-upgrade")
 
     page.click(f"text=Upgrade now and pay {charged}")
     page.wait_for_url(f"{base}/portal/billing/")
@@ -120,7 +116,7 @@ def test_a_downgrade_and_both_ways_of_cancelling_are_confirmed(
     assert "Your plan becomes Starter" in page.inner_text("#at-renewal")
     assert "Not included" in page.inner_text("#feature-changes")
     assert_accessible(page)
-    _shot(page, "portal-plan-confirm-downgrade")
+    _both_widths(page, "portal-plan-confirm-downgrade")
     page.click(f"text=Change to Starter on {renewal}")
     page.wait_for_url(f"{base}/portal/billing/")
     assert "Changing to Starter at the next renewal" in page.inner_text("#plan")
@@ -137,7 +133,7 @@ def test_a_downgrade_and_both_ways_of_cancelling_are_confirmed(
     assert f"{money_text(-now.refund)} of this period's base fee" in given_back
     assert "unused included credits expire now" in given_back
     assert_accessible(page)
-    _shot(page, "portal-cancel-confirm")
+    _both_widths(page, "portal-cancel-confirm")
     page.click(f"text=Cancel on {renewal}")
     page.wait_for_url(f"{base}/portal/billing/")
     assert f"Your subscription ends on {renewal}" in page.inner_text("#plan")

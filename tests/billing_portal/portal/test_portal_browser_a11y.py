@@ -5,11 +5,9 @@ dashboard fits 390 px, and every page passes axe-core (no serious or critical is
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
@@ -19,9 +17,9 @@ from billing_portal.stripe.payments import purchase_demo_pay
 from plans.models import CreditPack, Customer
 from tests.accessibility import assert_accessible
 from tests.billing_portal.portal.factories import PASSWORD, member, subscribed_customer, usage
+from tests.browser import screenshot
 from tests.plans.factories import load_demo_catalog
 
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
 
@@ -32,11 +30,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _demo_mode(settings: Any) -> None:
     settings.STRIPE_API_KEY = ""
     settings.BILLING_DEMO_PAYMENTS = True
-
-
-def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
 def _customer_with_history() -> Customer:
@@ -143,7 +136,7 @@ def test_an_htmx_save_keeps_focus_in_the_form_and_announces_the_result(
     assert error == "Enter at most 1,000,000,000,000 credits."
     page.wait_for_function("document.querySelector('#announcer').innerText.includes('not saved')")
     assert _announced(page) == f"Spend limit not saved. Monthly spend limit (credits): {error}"
-    _shot(page, "portal-a11y-controls-error.png")
+    screenshot(page, "portal-a11y-controls-error.png")
     assert_accessible(page)
 
     # Fixed, it saves: the error and aria-invalid are gone and the result is read out.
@@ -182,7 +175,7 @@ def test_a_phone_width_dashboard_fits_its_chart_labels_and_usage_table(
     base = live_server.url
     page.set_viewport_size(PHONE)
     _sign_in(page, base, acme)
-    _shot(page, "portal-a11y-dashboard-390.png")
+    screenshot(page, "portal-a11y-dashboard-390.png")
     _fits(page, "page")
     _fits(page, "#usage-table-box")
     # The last column (cost) and the credits column are on screen, not cut off.
@@ -216,13 +209,13 @@ def test_a_phone_width_dashboard_fits_its_chart_labels_and_usage_table(
     for days in ("7", "90"):
         page.click(f"text={days} days")
         page.wait_for_selector(f'#usage a[aria-current][href*="range={days}&"]')
-        _shot(page, f"portal-a11y-dashboard-390-{days}-days.png")
+        screenshot(page, f"portal-a11y-dashboard-390-{days}-days.png")
         _fits(page, "page")
         _fits(page, "#usage-table-box")
     assert_accessible(page)
     page.set_viewport_size(DESKTOP)
     page.goto(f"{base}/portal/")
-    _shot(page, "portal-a11y-dashboard-1280.png")
+    screenshot(page, "portal-a11y-dashboard-1280.png")
     connections.close_all()
 
 
@@ -245,7 +238,7 @@ def test_every_page_passes_axe_at_desktop_and_phone_width(page: Any, live_server
         page.set_viewport_size(viewport)
         for name, path in pages.items():
             page.goto(f"{base}{path}")
-            _shot(page, f"portal-a11y-{name}-{size}.png")
+            screenshot(page, f"portal-a11y-{name}-{size}.png")
             assert_accessible(page)
             _fits(page, "page")
     # The invoice names its date and who it is billed to, and prints without the portal.

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connections
 
 from billing_portal.portal.models import PortalMembership
 from tests.accessibility import assert_accessible
 from tests.billing_portal.portal.factories import PASSWORD, member, subscribed_customer
+from tests.browser import screenshot
 from tests.plans.factories import load_demo_catalog
-
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,14 +35,13 @@ def test_an_owner_invites_then_revokes_after_a_confirmation(page: Any, live_serv
     page.wait_for_selector("text=Invitation sent to new@acme.test.")
     row = page.locator("tr", has_text="new@acme.test")
     assert "Invitation pending" in row.inner_text()
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "portal-team.png"), full_page=True)
+    screenshot(page, "portal-team.png")
     assert_accessible(page)
 
     row.get_by_role("link", name="Revoke invitation to new@acme.test").click()
     page.wait_for_selector("h1:has-text('Revoke the invitation to new@acme.test?')")
     assert PortalMembership.objects.filter(user__email="new@acme.test").exists()
-    page.screenshot(path=str(ARTIFACTS / "portal-team-revoke.png"), full_page=True)
+    screenshot(page, "portal-team-revoke.png")
     assert_accessible(page)
     page.click("button:has-text('Revoke invitation')")
     page.wait_for_selector("text=The invitation to new@acme.test is revoked.")

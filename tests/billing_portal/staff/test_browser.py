@@ -5,19 +5,16 @@ from __future__ import annotations
 import importlib
 import re
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from pytest_django.live_server_helper import LiveServer
 
 from billing_portal.staff.models import AuditLog
 from ledger.models import CreditGrant, LedgerEntry
+from tests.browser import screenshot
 from tests.plans.factories import customer, load_demo_catalog
 from tests.real_parts import CHROMIUM_ARGS, chromium_executable
-
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 
 
 def _recreate_roles() -> None:
@@ -47,7 +44,6 @@ def test_support_grants_then_voids_credits(live_server: LiveServer) -> None:
     acme = customer()
     user = User.objects.create_user("sam", password="pw-support", is_staff=True)
     user.groups.add(Group.objects.get(name="Support"))
-    ARTIFACTS.mkdir(exist_ok=True)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -77,10 +73,10 @@ def test_support_grants_then_voids_credits(live_server: LiveServer) -> None:
         page.select_option("#id_reason", "fraud")
         page.click("input[name=review]")
         expect(page.locator(".staff-summary")).to_contain_text("Credits that will be voided")
-        page.screenshot(path=str(ARTIFACTS / "staff-void-confirmation.png"), full_page=True)
+        screenshot(page, "staff-void-confirmation.png")
         page.click("input[name=confirm]")
         expect(page.locator(".messagelist")).to_contain_text("is voided")
-        page.screenshot(path=str(ARTIFACTS / "staff-void-done.png"), full_page=True)
+        screenshot(page, "staff-void-done.png")
         browser.close()
 
     grant = CreditGrant.objects.get(pk=int(grant_id[1]))

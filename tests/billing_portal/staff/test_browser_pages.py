@@ -5,11 +5,9 @@ axe-core; no table is wider than the page. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import Group, User
 
 from ledger import services as ledger
@@ -18,15 +16,10 @@ from plans.models import Customer
 from tests.accessibility import assert_accessible
 from tests.billing_portal.portal.factories import member, subscribed_customer, usage
 from tests.billing_portal.staff.test_browser import _recreate_roles
+from tests.browser import screenshot
 from tests.plans.factories import load_demo_catalog
 
-ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts"
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
 def _fits(page: Any) -> None:
@@ -80,7 +73,7 @@ def test_the_void_confirmation_shows_the_customer_the_balance_after_and_warns_at
     assert "Available balance after (void)\t250.5 credits" in summary.inner_text()
     assert "Credits removed: Service outage" in summary.inner_text()
     assert page.locator(".staff-warning").count() == 0
-    _shot(page, "staff-void-confirmation-balance-after.png")
+    screenshot(page, "staff-void-confirmation-balance-after.png")
     _fits(page)
     page.click("input[name=confirm]")
     page.wait_for_selector(".messagelist")
@@ -91,7 +84,7 @@ def test_the_void_confirmation_shows_the_customer_the_balance_after_and_warns_at
     assert "Available balance after (void)\t0 credits" in summary.inner_text()
     warning = page.locator(".staff-warning").inner_text()
     assert "acme ends with no credits available" in warning
-    _shot(page, "staff-void-confirmation-zero-warning.png")
+    screenshot(page, "staff-void-confirmation-zero-warning.png")
     _fits(page)
     assert_accessible(page)
     assert CreditGrant.objects.get(pk=last.pk).remaining == Decimal("250.5")
@@ -106,12 +99,12 @@ def test_the_customer_page_and_the_grant_form_are_accessible_and_fit(
 
     page.goto(f"{base}/admin/plans/customer/{acme.pk}/change/")
     assert "ops@acme.test" in page.content()
-    _shot(page, "staff-customer-page.png")
+    screenshot(page, "staff-customer-page.png")
     _fits(page)
     assert_accessible(page)
 
     page.goto(f"{base}/admin/plans/customer/{acme.pk}/grant/")
-    _shot(page, "staff-grant-form.png")
+    screenshot(page, "staff-grant-form.png")
     _fits(page)
     assert_accessible(page)
 
@@ -124,5 +117,5 @@ def test_the_customer_page_and_the_grant_form_are_accessible_and_fit(
         ("staff-meter-events.png", "/admin/metering/meterevent/"),
     ]:
         page.goto(f"{base}{path}")
-        _shot(page, name)
+        screenshot(page, name)
         _fits(page)

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from django.apps import apps
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.db.models import OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
@@ -72,6 +73,9 @@ def _links(*links: tuple[str, str]) -> SafeString:
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """No add, change or delete: changes go through the workflows only."""
+
+    # Links stored from Stripe are https; also Django 6's default for a scheme-less URL.
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     class Media:
         css = {"all": ["staff/admin.css"]}

@@ -4,6 +4,11 @@ The hot customer is on the hard-stop plan; 32 concurrent clients authorize, and 
 same rounds the same clients send a trivial ``GET /api/v1/customers/{id}`` to the same
 gunicorn. Target: at least half the GET rate, zero overdraw. A race for the last credits
 of a customer checks that the hard stop holds.
+
+Then the same authorizations against gunicorn laid out differently (the configured
+2 workers x 8 threads, 8 x 4, 32 x 1; restarted for each): the ledger combines the hold
+calls of one account within a process, so the layout decides how many calls share a
+ledger transaction, which PostgreSQL counts (``xmin`` of the run's ledger operations).
 """
 
 from __future__ import annotations
@@ -15,11 +20,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from bench.ledger import _operations_since as operations_since
 from bench.metering.clients import AUTH_VALUE, AUTHORIZATION, Job, LoadResult
 from bench.metering.context import Context, check_load, measured_load
 from bench.metering.cpu import CpuUse
-from bench.metering.data import Setup, hot_customer
-from bench.metering.output import CPU_HEADER, cpu_parts, cpu_row, credits, met
+from bench.metering.data import Setup, hot_customer, run_sql
+from bench.metering.output import (
+    CPU_HEADER,
+    cpu_parts,
+    cpu_row,
+    credits,
+    group_ms,
+    met,
+    server_ms,
+)
 from bench.metering.profiling import (
     PhaseProbe,
     RequestProfile,
@@ -39,6 +53,7 @@ GET_REFERENCE = 1_600.0  # requests/s, gunicorn + DRF trivial GET, 2 workers
 AUTH_RATIO_TARGET = 0.5  # authorizations/s over trivial GETs/s
 EXHAUST_VALUE = 8000  # 4 credits: the starter plan's 2,000 included credits allow 500
 EXHAUST_PER_CLIENT = 25
+LAYOUT_WARM_REQUESTS = 8  # per client, unmeasured, after gunicorn is restarted
 
 
 @dataclass
@@ -82,6 +97,69 @@ class Exhaustion:
         return min(self.requests, int(self.available // self.per))
 
 
+@dataclass
+class LayoutRun:
+    """One round of authorizations against one gunicorn layout."""
+
+    http: HttpRun
+    allowed: int
+    overdraw: Decimal
+    calls: int  # ledger operations the run wrote (one per allowed hold)
+    transactions: int  # distinct transactions that wrote them
+
+    @property
+    def per_transaction(self) -> float:
+        return self.calls / self.transactions if self.transactions else 0.0
+
+
+@dataclass
+class Layout:
+    """Authorizations on a hot customer with gunicorn as ``workers`` x ``threads``."""
+
+    workers: int
+    threads: int
+    runs: list[LayoutRun]
+    exhaustion: Exhaustion
+
+    @property
+    def name(self) -> str:
+        return f"{self.workers} x {self.threads}"
+
+    @property
+    def rates(self) -> list[float]:
+        return [r.http.rate for r in self.runs]
+
+    @property
+    def rate(self) -> float:
+        return median(self.rates)
+
+    def med(self, name: str) -> float:
+        return median([float(getattr(r.http, name)) for r in self.runs])
+
+    @property
+    def per_transaction(self) -> float:
+        return median([r.per_transaction for r in self.runs])
+
+    @property
+    def allowed(self) -> int:
+        return sum(r.allowed for r in self.runs)
+
+    @property
+    def overdraw(self) -> Decimal:
+        return sum((r.overdraw for r in self.runs), self.exhaustion.overdraw)
+
+    @property
+    def server_ms(self) -> float:
+        """Server CPU (web, worker, postgres) per authorization, median of the runs."""
+        cpus = [r.http.cpu for r in self.runs]
+        return server_ms(cpus, [r.http.requests for r in self.runs])
+
+    def group_ms(self, group: str) -> float:
+        """One group's CPU per authorization, median of the runs."""
+        cpus = [r.http.cpu for r in self.runs]
+        return group_ms(cpus, [r.http.requests for r in self.runs], group)
+
+
 # --- measuring -------------------------------------------------------------------------
 
 
@@ -109,8 +187,10 @@ def _http_jobs(
     return [Job(kind=kind, threads=n, **values) for n in threads]
 
 
-def http_run(ctx: Context, kind: str, customer: str) -> tuple[HttpRun, LoadResult]:
-    duration = ctx.args.auth_duration
+def http_run(
+    ctx: Context, kind: str, customer: str, duration: float | None = None
+) -> tuple[HttpRun, LoadResult]:
+    duration = duration or ctx.args.auth_duration
 
     def jobs_at(start_at: float) -> list[Job]:
         return _http_jobs(ctx, kind, customer, start_at, duration)
@@ -207,10 +287,10 @@ def measure_auth(ctx: Context) -> list[AuthRound]:
     return rounds
 
 
-def measure_exhaustion(ctx: Context) -> Exhaustion:
+def measure_exhaustion(ctx: Context, name: str = "hot-exhaust") -> Exhaustion:
     """32 clients race for the last credits of a hard-stop customer: 800 requests of 4
     credits against 2,000 available."""
-    name, pk, available = hot_customer("hot-exhaust", None)
+    name, pk, available = hot_customer(name, None)
     start_at = time.time() + 0.5
     jobs = _http_jobs(
         ctx,
@@ -223,17 +303,86 @@ def measure_exhaustion(ctx: Context) -> Exhaustion:
         value=EXHAUST_VALUE,
     )
     result = ctx.pool.run(jobs)
-    check_load(result, "exhaustion", ctx)
-    allowed, allowed_credits, overdraw = check_authorizations(
-        ctx, pk, available, result, "exhaustion"
-    )
+    check_load(result, name, ctx)
+    allowed, allowed_credits, overdraw = check_authorizations(ctx, pk, available, result, name)
     per = Decimal(EXHAUST_VALUE) / 1000 * Decimal("0.5")
     exhaustion = Exhaustion(available, per, result.sent, allowed, allowed_credits, overdraw)
     if exhaustion.allowed != exhaustion.expected:
         ctx.problems.append(
-            f"exhaustion: {allowed} allowed where {exhaustion.expected} fit in {available}"
+            f"{name}: {allowed} allowed where {exhaustion.expected} fit in {available}"
         )
     return exhaustion
+
+
+def layouts_wanted(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The configured layout (the Procfile's) first, then ``--layouts``, each once."""
+    wanted = [(args.web_workers, args.web_threads), *args.layouts]
+    return list(dict.fromkeys(wanted))
+
+
+def _account_id(pk: int) -> int:
+    return int(run_sql("SELECT account_id FROM plans_customer WHERE id = %s", [pk])[0][0])
+
+
+def _last_operation() -> int:
+    return int(run_sql("SELECT COALESCE(MAX(id), 0) FROM ledger_ledgeroperation")[0][0])
+
+
+def _warm_layout(ctx: Context, label: str) -> None:
+    """A few unmeasured authorizations per client, so every freshly started worker has
+    its connection and its imports before the measured runs."""
+    name, _, _ = hot_customer(f"hot-warm-{label}", Decimal(1_000_000))
+    jobs = _http_jobs(
+        ctx, "auth", name, time.time() + 0.5, 60.0, warmup=0.0, max_requests=LAYOUT_WARM_REQUESTS
+    )
+    check_load(ctx.pool.run(jobs), f"layout {label}, warm-up", ctx)
+
+
+def _layout_run(ctx: Context, label: str, run: int) -> LayoutRun:
+    name, pk, available = hot_customer(f"hot-{label}-{run}", Decimal(1_000_000))
+    account_id = _account_id(pk)
+    before = _last_operation()
+    http, result = http_run(ctx, "auth", name, ctx.args.layout_duration)
+    allowed, _, overdraw = check_authorizations(
+        ctx, pk, available, result, f"layout {label}, round {run + 1}"
+    )
+    calls, transactions = operations_since(account_id, before)
+    return LayoutRun(http, allowed, overdraw, int(calls), int(transactions))
+
+
+def measure_layout(ctx: Context, workers: int, threads: int) -> Layout:
+    """gunicorn restarted as ``workers`` x ``threads``, warmed, then ``--layout-runs``
+    rounds of authorizations on a fresh hot customer each and the hard-stop race."""
+    label = f"{workers}x{threads}"
+    started = time.monotonic()
+    ctx.services.restart_web(workers, threads)
+    _warm_layout(ctx, label)
+    if ctx.args.verbose:
+        print(
+            f"  gunicorn as {_workers_threads(workers, threads)}: started and warmed in "
+            f"{time.monotonic() - started:.0f} s",
+            flush=True,
+        )
+    runs = []
+    for run in range(ctx.args.layout_runs):
+        runs.append(_layout_run(ctx, label, run))
+        if ctx.args.verbose:
+            r = runs[-1]
+            print(
+                f"  layout {workers} x {threads}, round {run + 1}: {rate(r.http.rate)} "
+                f"(p99 {ms(r.http.p99)}), {r.per_transaction:.1f} calls per transaction, "
+                f"load {r.http.load:.1f}",
+                flush=True,
+            )
+    exhaustion = measure_exhaustion(ctx, f"hot-exhaust-{label}")
+    return Layout(workers, threads, runs, exhaustion)
+
+
+def measure_layouts(ctx: Context) -> list[Layout]:
+    """Every layout in turn; gunicorn is left as configured."""
+    layouts = [measure_layout(ctx, w, t) for w, t in layouts_wanted(ctx.args)]
+    ctx.services.restart_web(ctx.args.web_workers, ctx.args.web_threads)
+    return layouts
 
 
 def _patch_authorization(probe: PhaseProbe) -> None:
@@ -285,6 +434,12 @@ def run_figure(ctx: Context, res: Results) -> None:
     for line in auth_cpu_lines(res):
         print(line, flush=True)
     print(exhaustion_line(res.exhaustion), flush=True)
+    if ctx.args.layouts:
+        res.layouts = measure_layouts(ctx)
+        for layout in res.layouts:
+            print(layout_line(layout, res.layouts[0]), flush=True)
+        if ctx.args.verbose:
+            print("\n".join(_layouts_table(res.layouts, ctx.args)), flush=True)
     if ctx.args.profile:
         name, _, _ = hot_customer("hot-profile", Decimal(1_000_000))
         res.auth_profiles = profile_auth(ctx.setup, name, ctx.args.profile_requests * 10)
@@ -329,6 +484,25 @@ def exhaustion_line(ex: Exhaustion) -> str:
         f"for {credits(ex.available)} available: {ex.allowed} allowed "
         f"({credits(ex.allowed_credits)} credits; {ex.expected} fit), overdraw "
         f"{credits(ex.overdraw)}"
+    )
+
+
+def _workers_threads(workers: int, threads: int) -> str:
+    return (
+        f"{workers} worker{'s' if workers != 1 else ''} x "
+        f"{threads} thread{'s' if threads != 1 else ''}"
+    )
+
+
+def layout_line(layout: Layout, base: Layout) -> str:
+    ex = layout.exhaustion
+    return (
+        f"metering authorizations, gunicorn {_workers_threads(layout.workers, layout.threads)}"
+        f", {len(layout.runs)} rounds: {rate(layout.rate)} ({spread(layout.rates)}), "
+        f"{layout.rate / base.rate:.2f}x of {base.name}; p99 {ms(layout.med('p99'))}; "
+        f"{layout.per_transaction:.1f} calls per ledger transaction; server CPU "
+        f"{layout.server_ms:.2f} ms per authorization; {layout.allowed:,} allowed; hard "
+        f"stop {ex.allowed} allowed ({ex.expected} fit); overdraw {credits(layout.overdraw)}"
     )
 
 
@@ -399,10 +573,49 @@ def _overdraw_text(ex: Exhaustion, args: argparse.Namespace) -> list[str]:
     ]
 
 
+def _layouts_table(layouts: list[Layout], args: argparse.Namespace) -> list[str]:
+    base = layouts[0]
+    lines = [
+        "",
+        f"The same `POST /api/v1/authorizations` on one hot customer, {args.auth_clients} "
+        "concurrent clients as above, against gunicorn laid out as each row says, "
+        "restarted for each layout (the first is the Procfile's); a worker with one "
+        "thread is gunicorn's sync worker. Per layout, after a few unmeasured requests "
+        f"per client: {args.layout_runs} rounds of {args.layout_duration:g} s (after "
+        f"{args.warmup:g} s warm-up), each on a fresh customer with 1,000,000 paid credits, "
+        "checked for overdraw as above; then the hard-stop race above. Calls per ledger "
+        "transaction are counted in PostgreSQL (distinct `xmin` of the run's ledger "
+        "operations, one operation per allowed hold): the ledger combines the hold calls "
+        "of one account that arrive together in one process into one transaction "
+        "(`ledger.combiner`), so calls from separate processes never share one.",
+        "",
+        "| gunicorn layout | authorizations/s (median) | spread | vs "
+        f"{base.name} | p50 | p99 | calls per ledger transaction | server CPU per "
+        "authorization | web CPU | postgres CPU | allowed | hard stop: allowed / fit "
+        "| overdraw | load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
+    ]
+    for layout in layouts:
+        ex = layout.exhaustion
+        lines.append(
+            f"| {_workers_threads(layout.workers, layout.threads)} | {layout.rate:,.0f} "
+            f"| {spread(layout.rates)} | {layout.rate / base.rate:.2f}x "
+            f"| {ms(layout.med('p50'))} | {ms(layout.med('p99'))} "
+            f"| {layout.per_transaction:.1f} | {layout.server_ms:.2f} ms "
+            f"| {layout.group_ms('web'):.2f} ms | {layout.group_ms('postgres'):.2f} ms "
+            f"| {layout.allowed:,} | {ex.allowed} / {ex.expected} "
+            f"| {credits(layout.overdraw)} | {layout.med('load'):.1f} |"
+        )
+    return lines
+
+
 def section(res: Results, args: argparse.Namespace) -> list[str]:
-    """Figure 3 in the docs: the rounds, their medians and CPU, the hard stop, and the
-    profiles of both requests."""
+    """Figure 3 in the docs: the rounds, their medians and CPU, the hard stop, the
+    layouts of gunicorn, and the profiles of both requests."""
     lines = _rounds_table(res, args) + _medians(res)
     if res.exhaustion:
         lines += _overdraw_text(res.exhaustion, args)
+    if res.layouts:
+        lines += _layouts_table(res.layouts, args)
     return lines + profile_table(res.auth_profiles)

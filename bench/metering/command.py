@@ -21,8 +21,10 @@ from bench.metering.docs import compat_markdown, markdown, reserve_section
 from bench.metering.results import Results, verdict_line
 from bench.metering.stack import Broker, Services, pick_broker
 
-FIGURES = ("ingest", "compat", "lag", "auth")
-METERING_FIGURES = {"ingest", "lag", "auth"}  # the "metering" section; compat has its own
+FIGURES = ("ingest", "compat", "lag", "auth", "memory")
+# The "metering" section; compat has its own.
+METERING_FIGURES = {"ingest", "lag", "auth", "memory"}
+DEFAULT_LAYOUTS = ((8, 4), (32, 1))  # gunicorn workers x threads, besides the configured one
 DEFAULT_LEVELS = (10_000, 100_000, 1_000_000)
 QUICK_LEVELS = (10_000, 100_000)
 QUICK = {
@@ -32,6 +34,8 @@ QUICK = {
     "lag_duration": 8.0,
     "backlog": 10_000,
     "auth_duration": 3.0,
+    "layout_runs": 1,
+    "memory_events": 200_000,
     "profile_requests": 3,
 }
 FULL = {
@@ -41,6 +45,8 @@ FULL = {
     "lag_duration": 15.0,
     "backlog": 40_000,
     "auth_duration": 5.0,
+    "layout_runs": 2,
+    "memory_events": 1_000_000,
     "profile_requests": 5,
 }
 
@@ -69,6 +75,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth-clients", type=int, default=32, help="concurrent clients (32)")
     parser.add_argument("--auth-duration", type=float, help="measured seconds per phase (5)")
     parser.add_argument(
+        "--layouts",
+        type=_layouts,
+        default=list(DEFAULT_LAYOUTS),
+        help="gunicorn layouts (workers x threads) the authorizations are also measured "
+        "against, after the configured one; comma-separated, 'none' for none (8x4,32x1)",
+    )
+    parser.add_argument("--layout-runs", type=int, help="rounds per gunicorn layout (2)")
+    parser.add_argument(
+        "--layout-duration", type=float, help="measured seconds per layout round (5)"
+    )
+    parser.add_argument(
+        "--memory-events",
+        type=_events,
+        help="events the rating worker rates between its memory samples in the memory "
+        "figure, queued at once (1M; --quick 200k)",
+    )
+    parser.add_argument(
         "--compat-clients",
         type=int,
         default=8,
@@ -83,6 +106,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--profile-requests", type=int)
     options.add_output_arguments(parser)
+
+
+def _events(text: str) -> int:
+    """A count of events: ``1000000``, ``1_000_000``, ``200k`` or ``1M``."""
+    text = text.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"not a count of events: {text!r}")
+    return int(digits) * scale
+
+
+def _layouts(text: str) -> list[tuple[int, int]]:
+    """``8x4,32x1`` -> [(8, 4), (32, 1)]; ``none`` -> []."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    layouts = []
+    for part in text.split(","):
+        workers, sep, threads = part.strip().lower().partition("x")
+        if not sep or not workers.isdigit() or not threads.isdigit():
+            raise argparse.ArgumentTypeError(f"not WORKERSxTHREADS: {part!r}")
+        if int(workers) < 1 or int(threads) < 1:
+            raise argparse.ArgumentTypeError(f"workers and threads start at 1: {part!r}")
+        layouts.append((int(workers), int(threads)))
+    return layouts
 
 
 def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +160,8 @@ def _fill_defaults(args: argparse.Namespace) -> None:
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     args.levels = sorted(args.levels)
+    if args.layout_duration is None:
+        args.layout_duration = args.auth_duration
     args.figures = {f.strip() for f in args.only.split(",") if f.strip()}
     unknown = args.figures - set(FIGURES)
     if unknown or not args.figures:
@@ -180,6 +230,8 @@ def _measure(ctx: Context, res: Results) -> None:
         lag.run_figure(ctx, res)
     if "auth" in figures:
         auth.run_figure(ctx, res)
+    if "memory" in figures:
+        rating.run_memory_figure(ctx, res)
 
 
 def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
@@ -190,6 +242,8 @@ def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
         machine = env.machine()
         ctx = _start(args, broker, stack, database_name, machine)
         res = Results(machine=machine, broker=broker, problems=ctx.problems)
+        ctx.web_memory.between = "after the first ingest run -> after the last (figure 1)"
+        ctx.worker_memory.between = "after the rating backlog -> after the paced runs (figure 2)"
         res.memory = [ctx.web_memory, ctx.worker_memory]
         _measure(ctx, res)
         ctx.services.stop()

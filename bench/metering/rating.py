@@ -1,17 +1,26 @@
 """Rating capacity, measured before figure 2: a backlog queued with the worker stopped,
-then timed while the worker drains it; and a profile of the code the worker runs."""
+then timed while the worker drains it; and a profile of the code the worker runs.
+
+And the memory figure: the rating worker's resident memory before, while and after it
+rates a backlog of ``--memory-events`` events (a million by default), queued at once by
+SQL and swept to the worker as the beat does."""
 
 from __future__ import annotations
 
+import json
 import math
+import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bench.metering.clients import MODELS
 from bench.metering.context import Context, check_load, ingest_jobs
 from bench.metering.cpu import CpuTracker, CpuUse
-from bench.metering.data import Setup, queued
-from bench.metering.output import cpu_parts
+from bench.metering.data import Setup, queued, run_sql
+from bench.metering.memory import Memory
+from bench.metering.memory import section as memory_section
+from bench.metering.output import count, cpu_parts
 from bench.metering.profiling import PhaseProbe, RequestProfile, profile_line
 from bench.stats import ms, rate
 
@@ -136,3 +145,126 @@ def run_figure(ctx: Context, res: Results) -> None:
                 f"{phase.statements:.1f} statements per batch)",
                 flush=True,
             )
+
+
+# --- the memory figure -------------------------------------------------------------------
+
+MEMORY_WARMUP = 50_000  # events rated first when the worker has rated nothing yet
+QUEUE_CHUNK = 100_000  # events per statement (and transaction) when queueing by SQL
+SWEEP_SECONDS = 2.0  # the beat's rating sweep (billing_portal/celery.py)
+SAMPLE_SECONDS = 10.0  # the worker's memory while it drains the backlog
+RATING_TASK = "metering.tasks.events_rate_pending"
+
+# New events of the ingest customers (round robin) with their rating-queue rows, as
+# ingest's own statement writes them: stamped now, the four model/token-type pairs in
+# turn, values 1-4000 and a distinct identifier and content hash each.
+_QUEUE_SQL = """
+WITH inserted AS (
+    INSERT INTO metering_meterevent (
+        customer_id, identifier, event_name, meter_id, timestamp, value, dimensions,
+        content_hash, received_at
+    )
+    SELECT (%(customers)s::bigint[])[1 + mod(i, %(n)s::int)],
+           %(tag)s::text || '-' || i, 'llm.tokens', %(meter)s::bigint, now(),
+           1 + mod(i * 7919, 4000), ((%(dims)s::text[])[1 + mod(i, 4)])::jsonb,
+           md5(%(tag)s::text || i) || md5(i || %(tag)s::text), now()
+    FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
+    RETURNING id, customer_id
+)
+INSERT INTO metering_ratingqueue (event_id, customer_id, enqueued_at)
+SELECT id, customer_id, now() FROM inserted
+"""
+
+
+def queue_by_sql(ctx: Context, events: int) -> float:
+    """``events`` new events queued for rating, by SQL in chunks; returns the seconds."""
+    customers = [pk for _, pk in ctx.setup.tenants]
+    dims = [json.dumps({"model": m, "token_type": t}) for m, t in MODELS]
+    tag = f"mem-{secrets.token_hex(4)}"
+    started = time.monotonic()
+    for first in range(0, events, QUEUE_CHUNK):
+        last = min(events, first + QUEUE_CHUNK) - 1
+        run_sql(
+            _QUEUE_SQL,
+            {
+                "customers": customers,
+                "n": len(customers),
+                "tag": tag,
+                "meter": ctx.setup.meter_id,
+                "dims": dims,
+                "first": first,
+                "last": last,
+            },
+        )
+    run_sql("ANALYZE metering_ratingqueue")
+    return time.monotonic() - started
+
+
+def _sweep() -> None:
+    from billing_portal.celery import app
+
+    app.send_task(RATING_TASK)
+
+
+def _any_queued() -> bool:
+    """Whether an event waits for rating: cheaper than counting a large queue."""
+    return bool(run_sql("SELECT EXISTS (SELECT 1 FROM metering_ratingqueue)")[0][0])
+
+
+def drain_sweeping(ctx: Context, memory: Memory | None = None, total: int = 0) -> CpuUse:
+    """Send the rating task every 2 s, as the beat does, until the queue is empty; with
+    ``memory``, sample the worker every 10 s (events rated: ``total`` less those still
+    queued). A long budget: a million events at a tenth of the usual rate."""
+    tracker = CpuTracker(ctx.meter, interval=0.5)
+    deadline = time.monotonic() + max(600.0, total / 1000)
+    swept = sampled = 0.0
+    while _any_queued() and time.monotonic() < deadline:
+        now = time.monotonic()
+        if now - swept >= SWEEP_SECONDS:
+            _sweep()
+            swept = now
+        if memory is not None and now - sampled >= SAMPLE_SECONDS:
+            if sampled:  # the first sample is the warm one, taken before queueing
+                memory.sample(total - queued(), ctx.services.worker.pids())
+            sampled = now
+        tracker.wait_until(time.time() + 1.0)
+    cpu = tracker.result()
+    if _any_queued():
+        ctx.problems.append(f"rating did not drain a backlog of {total:,} events in time")
+    return cpu
+
+
+def run_memory_figure(ctx: Context, res: Results) -> None:
+    """The rating worker's memory across a backlog of ``--memory-events`` events."""
+    events = ctx.args.memory_events
+    started = not ctx.services.worker.running  # figure 2 stops it when it is done
+    if started:
+        ctx.services.start_worker()
+    drain_sweeping(ctx)  # whatever an earlier figure left
+    warm = f"the worker warm from the {ctx.rated:,} events before"
+    if started:
+        queue_by_sql(ctx, MEMORY_WARMUP)
+        drain_sweeping(ctx, total=MEMORY_WARMUP)
+        ctx.rated += MEMORY_WARMUP
+        warm = f"a fresh worker, warmed by a first backlog of {MEMORY_WARMUP:,} events"
+    memory = Memory(
+        f"celery worker (rating), backlog of {count(events)}",
+        between=f"before the backlog ({warm}) -> once all of it is rated",
+        backlog=True,
+    )
+    memory.sample(0, ctx.services.worker.pids())
+    queue_seconds = queue_by_sql(ctx, events)
+    cpu = drain_sweeping(ctx, memory, events)
+    memory.sample(events, ctx.services.worker.pids())
+    memory.seconds = cpu.wall
+    ctx.rated += events
+    res.memory.append(memory)
+    print(
+        f"metering memory figure: {events:,} events queued by SQL in {queue_seconds:.0f} s, "
+        f"rated in {cpu.wall:.0f} s ({rate(memory.rate)}); "
+        + cpu_parts([cpu], [events / 1000], "1000 events"),
+        flush=True,
+    )
+    print(memory.line(), flush=True)
+    if ctx.args.verbose:
+        print("\n".join(memory_section(res.memory)), flush=True)

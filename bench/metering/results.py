@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from bench import env
-from bench.metering import auth, compat, ingest, lag
-from bench.metering.auth import AuthRound, Exhaustion
+from bench.metering import auth, compat, ingest, lag, memory
+from bench.metering.auth import AuthRound, Exhaustion, Layout
 from bench.metering.compat import Compat
 from bench.metering.db_paths import DbPath
 from bench.metering.ingest import Level
@@ -35,6 +35,7 @@ class Results:
     rounds: list[AuthRound] = field(default_factory=list)
     auth_profiles: list[RequestProfile] = field(default_factory=list)
     exhaustion: Exhaustion | None = None
+    layouts: list[Layout] = field(default_factory=list)  # authorizations per gunicorn layout
     loads: list[float] = field(default_factory=list)
     elapsed: float = 0.0
     memory: list[Memory] = field(default_factory=list)
@@ -50,6 +51,7 @@ class Results:
     @property
     def overdraw(self) -> Decimal:
         total = sum((r.overdraw for r in self.rounds), Decimal(0))
+        total += sum((layout.overdraw for layout in self.layouts), Decimal(0))
         return total + (self.exhaustion.overdraw if self.exhaustion else Decimal(0))
 
 
@@ -63,4 +65,6 @@ def verdict_line(res: Results) -> str:
         parts.append(lag.verdict(res))
     if res.rounds:
         parts.append(auth.verdict(res))
+    if backlog := memory.backlog(res.memory):
+        parts.append(memory.verdict(backlog))
     return "metering verdict: " + "; ".join(parts) + f"; {len(res.problems)} correctness problems"

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlencode
 
 from bench import env
 from bench.metering.clients import HOST, http
-from bench.metering.cpu import descendants
+from bench.metering.cpu import CpuMeter, descendants
 
 REDIS_PORT = 6379
 OWNER_KEY = "bench:metering:owner"
@@ -186,21 +186,18 @@ def shared_cache_url(broker: Broker, logs: Path) -> str:
 
 
 class Services:
-    """gunicorn (the Procfile's command line, 2 workers) and, when asked, a worker."""
+    """gunicorn (the Procfile's command line, 2 workers x 8 threads unless told; the
+    authorization figure restarts it in other layouts) and, when asked, a worker."""
 
     def __init__(self, args: argparse.Namespace, database: dict[str, Any], broker: Broker) -> None:
         self.port = free_port()
         self.logs = Path(tempfile.mkdtemp(prefix="bench-metering-"))
         self.node = f"bench-metering-{os.getpid()}"
         self.environ = self._environ(args, database, broker)
+        self.web_layout = (args.web_workers, args.web_threads)
         self.web = Service(
             "gunicorn",
-            [
-                *[sys.executable, "-m", "gunicorn", "billing_portal.wsgi"],
-                *["--bind", f"{HOST}:{self.port}", "--workers", str(args.web_workers)],
-                *["--threads", str(args.web_threads)],
-                *["--access-logfile", "-", "--no-control-socket"],
-            ],
+            self._web_command(*self.web_layout),
             self.environ,
             self.logs / "gunicorn.log",
         )
@@ -215,6 +212,16 @@ class Services:
             self.environ,
             self.logs / "worker.log",
         )
+
+    def _web_command(self, workers: int, threads: int) -> list[str]:
+        """The Procfile's gunicorn line with ``workers`` processes of ``threads`` threads
+        (one thread: gunicorn's sync worker; more: its threaded worker)."""
+        return [
+            *[sys.executable, "-m", "gunicorn", "billing_portal.wsgi"],
+            *["--bind", f"{HOST}:{self.port}", "--workers", str(workers)],
+            *["--threads", str(threads)],
+            *["--access-logfile", "-", "--no-control-socket"],
+        ]
 
     def _environ(
         self, args: argparse.Namespace, database: dict[str, Any], broker: Broker
@@ -240,10 +247,37 @@ class Services:
         self.web.start()
         self.web.wait_until(lambda: http(self.port, "GET", "/healthz", "-")[0] == 200, 90)
 
+    def restart_web(self, workers: int, threads: int) -> None:
+        """gunicorn stopped and started again as ``workers`` x ``threads`` on the same
+        port; back once every worker has loaded the application."""
+        if (workers, threads) == self.web_layout and self.web.running:
+            return
+        self.web.stop()
+        self.web.command = self._web_command(workers, threads)
+        self.web_layout = (workers, threads)
+        self.start_web()
+        self._web_settled(workers)
+
+    def _web_settled(self, workers: int, timeout: float = 180.0) -> None:
+        """Wait for the master and all its workers, and for their start-up (each worker
+        loads Django itself) to be over: under a tenth of a CPU in half a second."""
+        meter = CpuMeter(lambda: {"web": self.web.pids()})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            before = meter.snapshot()
+            time.sleep(0.5)
+            use = CpuMeter.between(before, meter.snapshot())
+            if len(self.web.pids()) >= workers + 1 and use.groups.get("web", 0.0) < 0.05:
+                return
+        raise RuntimeError(f"gunicorn ({workers} workers) not settled after {timeout:g} s")
+
     def start_worker(self) -> None:
+        """Start the worker; back once it logs that it is ready (this start's line: the
+        log goes on from any earlier start)."""
+        offset = len(self.worker.log_text())
         self.worker.start()
         ready = re.compile(rf"{re.escape(self.node)}@\S+ ready\.")
-        self.worker.wait_until(lambda: ready.search(self.worker.log_text()) is not None, 90)
+        self.worker.wait_until(lambda: ready.search(self.worker.log_text(), offset) is not None, 90)
 
     def stop(self) -> None:
         self.worker.stop()

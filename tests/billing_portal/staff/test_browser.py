@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.models import Group, User
 from pytest_django.live_server_helper import LiveServer
 
 from billing_portal.staff.models import AuditLog
@@ -17,29 +16,13 @@ from tests.plans.factories import customer, load_demo_catalog
 from tests.real_parts import CHROMIUM_ARGS, chromium_executable
 
 
-def _recreate_roles() -> None:
-    """The groups of the roles migration, from its own definitions."""
-    roles = importlib.import_module("billing_portal.staff.migrations.0003_roles")
-    views = Permission.objects.filter(
-        content_type__app_label__in=roles.VIEWED_APPS, codename__startswith="view_"
-    )
-    for name, codenames in roles.ROLES.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        workflow = Permission.objects.filter(
-            content_type__app_label="staff", codename__in=codenames
-        )
-        group.permissions.add(*views, *workflow)
-
-
-# The live server needs committed rows. A transactional test starts from flushed tables,
-# so the role groups the data migration made are created again here (serialized_rollback
-# would restore them, but collides with tests that flush only some apps).
+# The live server needs committed rows: a transactional test (its tables flushed, the
+# roles restored by billing_portal.staff.roles after the flush).
 @pytest.mark.django_db(transaction=True)
 def test_support_grants_then_voids_credits(live_server: LiveServer) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     executable = chromium_executable()
-    _recreate_roles()
     load_demo_catalog()
     acme = customer()
     user = User.objects.create_user("sam", password="pw-support", is_staff=True)

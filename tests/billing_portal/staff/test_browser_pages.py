@@ -15,7 +15,6 @@ from ledger.models import CreditGrant
 from plans.models import Customer
 from tests.accessibility import assert_accessible
 from tests.billing_portal.portal.factories import member, subscribed_customer, usage
-from tests.billing_portal.staff.test_browser import _recreate_roles
 from tests.browser import screenshot
 from tests.plans.factories import load_demo_catalog
 
@@ -31,7 +30,6 @@ def _fits(page: Any) -> None:
 
 
 def _log_in(page: Any, base: str) -> None:
-    _recreate_roles()
     user = User.objects.create_user("billie", password="pw-billing", is_staff=True)
     user.groups.add(Group.objects.get(name="Billing admin"))
     page.goto(f"{base}/admin/login/")

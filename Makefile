@@ -35,6 +35,11 @@ run: install
 lock: install-dev
 	$(PY) bin/lock $(if $(UPGRADE),--upgrade)
 
+# The suite runs on every CPU (pytest-xdist, one test database per worker). A module's tests
+# stay on one worker (loadscope), so a module's stack (the fault tests') starts once.
+# PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= auto
+
 test: install-dev
 	$(PY) bin/lock --check
 	$(PY) -m pip check
@@ -44,7 +49,7 @@ test: install-dev
 	$(VENV)/bin/lint-imports
 	$(PY) manage.py makemigrations --check --dry-run
 	@# pytest exits 5 when it collected nothing: a suite that ran no test has failed.
-	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; fi; exit $$rc
 
 bench: install-dev

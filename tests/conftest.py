@@ -77,9 +77,35 @@ def start_worker(transactional_db: None, broker: Broker, tmp_path: Path) -> Iter
             worker.stop()
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests import summary
     from tests.real_parts import skipped_for_missing_parts
 
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:  # an xdist worker: the controller prints (pytest_testnodedown)
+        output["summary"] = dict(summary.sections)
+        output["missing_parts"] = list(skipped_for_missing_parts)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    from tests import summary
+    from tests.real_parts import skipped_for_missing_parts
+
+    output = getattr(node, "workeroutput", {})
+    for section, lines in output.get("summary", {}).items():
+        summary.sections[section].extend(lines)
+    skipped_for_missing_parts.extend(output.get("missing_parts", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests import summary
+    from tests.real_parts import skipped_for_missing_parts
+
+    for section, lines in sorted(summary.sections.items()):
+        terminalreporter.section(section)
+        for line in lines:
+            terminalreporter.line(line)
     if skipped_for_missing_parts:
         terminalreporter.section("REAL PARTS MISSING: these tests proved nothing", red=True)
         for reason in sorted(set(skipped_for_missing_parts)):

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests import summary
 from tests.faults.stack import Figures, Stack, catalog_prices, stack_running
 
-collected_figures: list[Figures] = []
-stacks_started: list[Stack] = []
+SECTION = "fault scenarios"
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # A fresh folder per session: the test may kill its postmaster and start it again
     # without disturbing the database the test process itself (or anybody else) uses.
     with stack_running(tmp_path_factory.mktemp("faults")) as running:
-        stacks_started.append(running)
+        summary.add(SECTION, f"FAULT stack: started in {running.setup_s:.1f} s")
         yield running
 
 
@@ -30,13 +30,7 @@ def prices() -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
 
 @pytest.fixture
 def record_figures() -> Any:
-    return collected_figures.append
+    def record(figures: Figures) -> None:
+        summary.add(SECTION, figures.line())
 
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if collected_figures:
-        terminalreporter.section("fault scenarios")
-        for started in stacks_started:
-            terminalreporter.line(f"FAULT stack: started in {started.setup_s:.1f} s")
-        for figures in collected_figures:
-            terminalreporter.line(figures.line())
+    return record

@@ -10,13 +10,15 @@ customer, subscription, periods, changes, grants, ledger operations and entries,
 ratings, cancellations, rollups, period usage) are copied in bulk with shifted ids until
 there are N customers, each with one ended period due to be closed.
 
-Close: the periods go to a pool of worker processes (one per CPU, as a Celery worker's
-default concurrency), each calling the ``period_close_task`` task's body for one period
-at a time, as a worker with prefetch 1 does: write off and roll over the period's credits,
-hand it over, build its invoice and queue its Stripe sync
-(``billing_portal/invoicing/period_close.py``). Stripe is configured with a placeholder key and
-the Celery broker is in-process memory, so each invoice queues its Stripe sync as in
-production but no sync runs: the pending syncs are counted separately.
+Close: the due periods are cut into batches as the beat job ``close-periods`` cuts them
+(``period_close.periods_due`` in batches of ``period_close.BATCH_SIZE``), and the batches
+go to a pool of worker processes (one per CPU, as a Celery worker's default concurrency),
+each calling the ``periods_close_task`` task's body for one batch at a time, as a worker
+with prefetch 1 does: per period, write off and roll over its credits and hand it over;
+then build the batch's invoices, number them and queue their Stripe syncs, all in one
+transaction (``billing_portal/invoicing/period_close.py``). Stripe is configured with a
+placeholder key and the Celery broker is in-process memory, so each invoice queues its
+Stripe sync as in production but no sync runs: the pending syncs are counted separately.
 
 Checks after each run: one invoice per period, each total equal to the template's
 expected total computed here from the catalog's prices (base fee plus overage beyond the
@@ -379,21 +381,32 @@ def _worker_start(stripe: bool) -> None:
     connection.ensure_connection()
 
 
-def _invoice_period(period_id: int) -> int:
-    from billing_portal.invoicing.tasks import period_close_task
+def _invoice_batch(period_ids: list[int]) -> int:
+    from billing_portal.invoicing.tasks import periods_close_task
 
-    return int(period_close_task(period_id) or 0)  # the task's body, in this worker process
+    return len(periods_close_task(period_ids))  # the task's body, in this worker process
+
+
+def _batches(ids: list[int]) -> list[list[int]]:
+    """The due periods as the beat job sends them: in its order, in its batches."""
+    from billing_portal.invoicing import period_close
+
+    due = period_close.periods_due()
+    if sorted(due) != sorted(ids):
+        raise RuntimeError(f"{len(due)} periods due, expected {len(ids)}")
+    return list(period_close.batches(due))
 
 
 def _close(ids: list[int], workers: int, stripe: bool) -> float:
     from django.db import connections
 
+    batches = _batches(ids)
     connections.close_all()  # the workers are forked: each opens its own connection
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_worker_start, initargs=(stripe,)) as pool:
         pool.map(time.sleep, [0.2] * workers)  # every worker started and connected
         started = time.perf_counter()
-        for _ in pool.imap_unordered(_invoice_period, ids, chunksize=1):
+        for _ in pool.imap_unordered(_invoice_batch, batches, chunksize=1):
             pass
         return time.perf_counter() - started
 
@@ -466,18 +479,19 @@ class Sample:
 
 
 def _sample(periods: int, profile: bool) -> Sample:
-    """Close ``periods`` periods one after the other in this process, counting statements."""
+    """Close ``periods`` periods batch after batch in this process, counting statements."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     ids, _ = _prepare(periods)
+    batches = _batches(ids)
     profiler = cProfile.Profile() if profile else None
     with CaptureQueriesContext(connection) as captured:
         started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
-        for period_id in ids:
-            _invoice_period(period_id)
+        for batch in batches:
+            _invoice_batch(batch)
         if profiler is not None:
             profiler.disable()
         seconds = time.perf_counter() - started
@@ -511,7 +525,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sample",
         type=int,
         default=400,
-        help="periods closed one by one in one process, for statements per invoice",
+        help="periods closed batch after batch in one process, for statements per invoice",
     )
     parser.add_argument(
         "--demo",
@@ -595,6 +609,8 @@ def _write(
     clean: bool,
     stripe: bool,
 ) -> None:
+    from billing_portal.invoicing.period_close import BATCH_SIZE as batch_size
+
     base, last = sizes[0], sizes[-1]
     table = "\n".join(_row(size, base) for size in sizes)
     header = (
@@ -634,8 +650,10 @@ separately).
   `INSERT ... SELECT` per table, and the database is analyzed. Median time to build it:
   {setup}.
 - Shapes (plan, credits used in the period -> expected invoice total, USD): {shapes}.
-- Close: {args.workers} worker processes, each calling the `period_close_task` task's body
-  for one period at a time (a Celery worker with prefetch 1); {stripe_note}.
+- Close: the due periods in the beat job's batches of {batch_size} (`periods_due`, in its
+  order), {args.workers} worker processes, each calling the `periods_close_task` task's body
+  for one batch at a time (a Celery worker with prefetch 1), one transaction per batch;
+  {stripe_note}.
 - Checks after every run: one invoice per period, every total equal to the expected total
   computed from the catalog's prices, the expected base fee, included usage and overage
   lines, and `ledger.reconcile` clean: **{"all clean" if clean else "PROBLEMS, see the output"}**.
@@ -648,7 +666,7 @@ Columns: "s per 1,000" is the median time per 1,000 periods; "vs {base.periods:,
 per period over the cost at {base.periods:,} periods; "vs target" the median over 60 s per
 10,000 periods; "Stripe syncs" the invoice syncs queued per run and not run.
 
-One process closing {sample.periods:,} periods one after the other:
+One process closing {sample.periods:,} periods one batch after the other:
 {sample.periods / sample.seconds:,.0f} invoices/s, {sample.statements / sample.periods:.1f} SQL
 statements per invoice.
 

@@ -16,6 +16,8 @@ The invoice shows the difference on its own line, linked to these entries.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -23,7 +25,7 @@ from decimal import Decimal
 from django.db.models import F
 
 from ledger import services as ledger
-from ledger.models import ZERO, Account, CauseType, EntryKind, LedgerEntry
+from ledger.models import ZERO, CauseType, EntryKind, LedgerEntry
 from metering.models import EventCancellation, EventRating, PeriodUsage, RateUsage
 from plans.models import SubscriptionPeriod
 from plans.tiers import period_credits
@@ -44,23 +46,43 @@ class TrueUp:
 
 def period_true_ups(period: SubscriptionPeriod) -> list[TrueUp]:
     """Each tiered or package rate of the period whose charges differ from its formula."""
-    rows = RateUsage.objects.filter(period=period).select_related("rate__meter").order_by("pk")
-    found = (TrueUp(row, period_credits(row.rate, row.units)) for row in rows)
-    return [t for t in found if t.credits != 0]
+    return periods_true_ups([period]).get(period.pk, [])
+
+
+def periods_true_ups(periods: Sequence[SubscriptionPeriod]) -> dict[int, list[TrueUp]]:
+    """The true-ups of many periods, by period id, read in one query (period close reads
+    a whole batch's at once)."""
+    rows = (
+        RateUsage.objects.filter(period__in=[period.pk for period in periods])
+        .select_related("rate__meter")
+        .order_by("pk")
+    )
+    found: dict[int, list[TrueUp]] = defaultdict(list)
+    for row in rows:
+        true_up = TrueUp(row, period_credits(row.rate, row.units))
+        if true_up.credits != 0:
+            found[row.period_id].append(true_up)
+    return found
 
 
 def true_up_cause(period_id: int, rate_id: int) -> ledger.Cause:
     return ledger.Cause(CauseType.TIER_TRUE_UP, f"{period_id}:{rate_id}")
 
 
-def period_rates_true_up(*, period: SubscriptionPeriod) -> list[LedgerEntry]:
-    """Post the period's true-ups (the caller closes the period and holds its lock)."""
+def period_rates_true_up(
+    *, period: SubscriptionPeriod, true_ups: list[TrueUp]
+) -> list[LedgerEntry]:
+    """Post the period's true-ups (the caller closes the period and holds its lock).
+
+    Rating counts units under the account lock: the caller takes it before reading the
+    counts (``periods_true_ups``), so no event of the period is counted between the read
+    and the true-up.
+    """
+    if not true_ups:
+        return []
     account = period.subscription.customer.account
-    # Rating counts units under the account lock: taken before reading the counts, no
-    # event of the period is counted between the read and the true-up.
-    Account.objects.select_for_update().get(pk=account.pk)
     entries: list[LedgerEntry] = []
-    for true_up in period_true_ups(period):
+    for true_up in true_ups:
         row = true_up.rate_usage
         cause = true_up_cause(period.pk, row.rate_id)
         key = f"tier-true-up:{period.pk}:{row.rate_id}"

@@ -25,7 +25,6 @@ from ledger import services as ledger
 from ledger.errors import Conflict, DomainError
 from ledger.models import (
     CREDIT_QUANTUM,
-    Account,
     CreditGrant,
     EntryKind,
     GrantCategory,
@@ -661,10 +660,10 @@ def periods_due_for_close(*, now: datetime | None = None) -> list[int]:
 def period_credits_close(*, period: SubscriptionPeriod, now: datetime) -> None:
     """Hand a closed period over to invoicing: write off its credits, roll over what the
     plan allows, and stop charging its late events to it. The caller holds the period's
-    row lock (see billing_portal.invoicing.period_close)."""
-    # Rating reads periods under the account lock: from here on it charges this period's
-    # late events to the open one, never to this one after its invoice.
-    Account.objects.select_for_update().get(pk=period.subscription.customer.account_id)
+    row lock and its customer's account lock (see billing_portal.invoicing.period_close,
+    which takes a batch's account locks in one statement): rating reads periods under the
+    account lock, so from here on it charges this period's late events to the open one,
+    never to this one after its invoice."""
     _rollover(period, _period_credits_write_off(period))
     period.status = PeriodStatus.INVOICING
     period.handed_to_invoicing_at = now

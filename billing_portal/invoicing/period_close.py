@@ -8,33 +8,50 @@
 2. **Due** (``plans.services.periods_due_for_close``; beat job ``close-periods``, every
    60 s, task ``periods_close_due_task``). Once the grace window
    (``BILLING_GRACE_PERIOD_SECONDS``) has passed since the period's end and since its
-   close, no late event can arrive any more. The beat task sends one
-   ``period_close_task`` per due period, so workers close many periods at once.
-3. **Close** (:func:`period_close`, one transaction per period, with the period's row
-   locked and then the customer's account):
+   close, no late event can arrive any more. The beat task sends the due periods in
+   batches of ``BATCH_SIZE``, one ``periods_close_task`` per batch, so workers close many
+   batches at once.
+3. **Close** (:func:`periods_close`, one transaction per batch, with the periods' rows
+   locked, then their customers' accounts, each in one statement):
 
-   a. bring each tiered or package rate to its formula on the period's total units
-      (``metering.true_up``: volume tiers, cancelled events), drawn on the period's
-      own credits;
-   b. write off the period's included and rollover credits (breakage) and roll over
-      what the plan allows into the next period (``plans.services.period_credits_close``);
-   c. mark it ``invoicing``: rating now charges its late events to the open period, as
-      prior-period adjustments on the next invoice;
-   d. build its invoice from the ledger entries of its events
-      (``billing_portal.invoicing.services.period_invoice_create``): base fee,
-      prorations, credits used, postpaid overage, tier quantities and true-ups,
-      prior-period adjustments; every line linked to its entries;
-   e. announce the invoice (signal ``billing_portal.invoicing.signals.invoice_issued``):
+   a. per period, in a savepoint of its own: bring each tiered or package rate to its
+      formula on the period's total units (``metering.true_up``: volume tiers,
+      cancelled events), drawn on the period's own credits; write off the period's
+      included and rollover credits (breakage) and roll over what the plan allows into
+      the next period (``plans.services.period_credits_close``); mark it ``invoicing``:
+      rating now charges its late events to the open period, as prior-period
+      adjustments on the next invoice. A period that raises is rolled back alone,
+      logged and left for the next sweep; the others go on;
+   b. build the batch's invoices from the ledger entries of their events
+      (``billing_portal.invoicing.services.period_invoice_drafts``: a few queries for the
+      whole batch): base fee, prorations, credits used, postpaid overage, tier
+      quantities and true-ups, prior-period adjustments;
+   c. store them (``period_invoices_create``: invoices, lines and the lines' links to
+      their entries, one statement each for the batch) and number them last, in order,
+      with one lock of the number sequence, held until the commit. Each invoice's
+      numbering is announced as a save of its number, on which the outgoing
+      ``invoice.finalized`` is published (``billing_portal.outbound.receivers``);
+   d. announce each invoice (signal ``billing_portal.invoicing.signals.invoice_issued``):
       the Stripe integration's receiver marks it pending and queues its sync (task
       ``invoice_sync_task``), sent once the transaction commits.
 
+   If a step of the batch as a whole fails (b to d), the batch is rolled back and its
+   periods are closed one by one, each in its own transaction, so one bad period never
+   holds the others back.
+
 A period closed twice (a repeated message, two workers) is closed once: the second finds
-it locked or no longer ``closed``. A period handed to invoicing without an invoice (data
-from before this flow) is invoiced by the same sweep.
+it locked (skipped), or no longer ``closed`` and invoiced. A period handed to invoicing
+without an invoice (data from before this flow) is invoiced by the same sweep.
+:func:`period_close` closes one period through the same path (tests, commands).
+
+A batch holds its customers' account locks until it commits (rating and holds of those
+customers wait for it): ``BATCH_SIZE`` bounds that wait.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from django.db import transaction
@@ -42,17 +59,26 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from billing_portal.invoicing.models import Invoice
-from billing_portal.invoicing.services import period_invoice_create
+from billing_portal.invoicing.services import period_invoice_drafts, period_invoices_create
 from billing_portal.invoicing.signals import invoice_issued
-from metering.true_up import period_rates_true_up
+from ledger.models import Account
+from metering.true_up import TrueUp, period_rates_true_up, periods_true_ups
 from plans.models import PeriodStatus, SubscriptionPeriod
 from plans.services import period_credits_close, periods_due_for_close
+
+logger = logging.getLogger(__name__)
+
+# Periods per task and per transaction: large enough that a period costs a few
+# statements of its own, small enough that a batch's account locks are held briefly.
+BATCH_SIZE = 100
 
 
 def periods_close_due(*, now: datetime | None = None) -> int:
     """Close every due period here and now (tests, commands); beat fans out instead."""
     now = now or timezone.now()
-    return sum(period_close(period_id=pk, now=now) is not None for pk in periods_due(now=now))
+    return sum(
+        len(periods_close(period_ids=batch, now=now)) for batch in batches(periods_due(now=now))
+    )
 
 
 def periods_due(*, now: datetime | None = None) -> list[int]:
@@ -63,25 +89,97 @@ def periods_due(*, now: datetime | None = None) -> list[int]:
     return periods_due_for_close(now=now) + list(unbilled.values_list("pk", flat=True)[:500])
 
 
+def batches(period_ids: Sequence[int]) -> Iterator[list[int]]:
+    """The periods in batches of ``BATCH_SIZE``, in their order (the beat job's tasks)."""
+    for start in range(0, len(period_ids), BATCH_SIZE):
+        yield list(period_ids[start : start + BATCH_SIZE])
+
+
 def period_close(*, period_id: int, now: datetime | None = None) -> Invoice | None:
-    """Close one period and invoice it; None when another worker has it or it is done."""
+    """Close one period and invoice it; None when another worker has it or it is done.
+    What fails is raised to the caller."""
+    invoices = _close(period_ids=[period_id], now=now or timezone.now(), isolate=False)
+    return invoices[0] if invoices else None
+
+
+def periods_close(*, period_ids: Sequence[int], now: datetime | None = None) -> list[Invoice]:
+    """Close a batch of periods and invoice them, in one transaction; returns the invoices
+    made (periods another worker has, or already invoiced, are skipped). A period that
+    fails is logged and left as it was, for the next sweep."""
     now = now or timezone.now()
+    try:
+        return _close(period_ids=period_ids, now=now, isolate=True)
+    except Exception:
+        if len(period_ids) == 1:
+            logger.exception("period %s: close failed; left for the next sweep", period_ids[0])
+            return []
+        logger.exception("period close: a batch of %s failed; closing one by one", len(period_ids))
+    invoices = []
+    for period_id in period_ids:
+        invoices.extend(periods_close(period_ids=[period_id], now=now))
+    return invoices
+
+
+def _close(*, period_ids: Sequence[int], now: datetime, isolate: bool) -> list[Invoice]:
     with transaction.atomic():
-        # of=self: without it the row locks of the joined plan and plan version, which
-        # every period shares, would make concurrent closes skip each other's periods.
-        period = (
-            SubscriptionPeriod.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("subscription__customer", "plan_version__plan")
-            .filter(pk=period_id, status__in=[PeriodStatus.CLOSED, PeriodStatus.INVOICING])
-            .first()
+        periods = _periods_lock(period_ids)
+        if not periods:
+            return []
+        closing = [period for period in periods if period.status == PeriodStatus.CLOSED]
+        # Rating reads periods and counts units under the account lock: taken before
+        # the true-ups read the counts, and kept until the periods are handed over.
+        accounts = {period.subscription.customer.account_id for period in closing}
+        if accounts:
+            list(Account.objects.select_for_update().filter(pk__in=accounts).order_by("pk"))
+        true_ups = periods_true_ups(closing)
+        handed = [
+            period
+            for period in periods
+            if _hand_over(period, true_ups.get(period.pk, []), now=now, isolate=isolate)
+        ]
+        invoices = period_invoices_create(drafts=period_invoice_drafts(periods=handed))
+        for invoice in invoices:
+            invoice_issued.send(sender=Invoice, invoice=invoice)
+    return invoices
+
+
+def _periods_lock(period_ids: Sequence[int]) -> list[SubscriptionPeriod]:
+    """The batch's periods still to invoice, locked; the ones another worker holds are
+    skipped."""
+    # of=self: without it the row locks of the joined plan and plan version, which
+    # every period shares, would make concurrent closes skip each other's periods.
+    periods = list(
+        SubscriptionPeriod.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("subscription__customer", "plan_version__plan")
+        .filter(pk__in=period_ids, status__in=[PeriodStatus.CLOSED, PeriodStatus.INVOICING])
+        .order_by("pk")
+    )
+    # Read after the locks, in a snapshot of its own: a close that committed after the
+    # locking read's snapshot was taken left an invoice that read cannot see.
+    invoiced = set(
+        Invoice.objects.filter(period__in=[period.pk for period in periods]).values_list(
+            "period_id", flat=True
         )
-        if period is None or Invoice.objects.filter(period=period).exists():
-            return None
-        if period.status == PeriodStatus.CLOSED:
+    )
+    return [period for period in periods if period.pk not in invoiced]
+
+
+def _hand_over(
+    period: SubscriptionPeriod, true_ups: list[TrueUp], *, now: datetime, isolate: bool
+) -> bool:
+    """True-ups and credits of a closed period, in a savepoint: a period that fails is
+    rolled back alone."""
+    if period.status != PeriodStatus.CLOSED:
+        return True  # handed over already
+    try:
+        with transaction.atomic():
             # Tiered and package rates first: what they still owe draws on the period's
             # own credits, before those are written off.
-            period_rates_true_up(period=period)
+            period_rates_true_up(period=period, true_ups=true_ups)
             period_credits_close(period=period, now=now)
-        invoice = period_invoice_create(period=period)
-        invoice_issued.send(sender=Invoice, invoice=invoice)
-    return invoice
+    except Exception:
+        if not isolate:
+            raise
+        logger.exception("period %s: close failed; left for the next sweep", period.pk)
+        return False
+    return True

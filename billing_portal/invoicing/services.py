@@ -6,11 +6,13 @@ The flow that closes a period and calls these is ``billing_portal.invoicing.peri
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from django.db.models import Exists, OuterRef
+from django.db import connection
+from django.db.models.signals import post_save
 from django.utils import timezone
 from djmoney.money import Money
 
@@ -45,11 +47,16 @@ from plans.tiers import TierQuantity, breakdown
 
 def invoice_number_next(prefix: str = "INV-") -> str:
     """Gap-free sequential numbers: the sequence row is locked until the caller commits."""
+    return invoice_numbers_next(1, prefix)[0]
+
+
+def invoice_numbers_next(count: int, prefix: str = "INV-") -> list[str]:
+    """``count`` consecutive numbers with one lock of the sequence (a batch of invoices)."""
     sequence, _ = InvoiceNumberSequence.objects.select_for_update().get_or_create(prefix=prefix)
-    number = sequence.next_number
-    sequence.next_number = number + 1
+    first = sequence.next_number
+    sequence.next_number = first + count
     sequence.save(update_fields=["next_number"])
-    return f"{prefix}{number:06d}"
+    return [f"{prefix}{number:06d}" for number in range(first, first + count)]
 
 
 # Money is rounded to the minor unit on invoice lines only (ledger.units).
@@ -109,6 +116,18 @@ class InvoiceDraft:
 
 def period_invoice_draft(*, period: SubscriptionPeriod) -> InvoiceDraft:
     """The invoice of the period's ledger entries so far. Reads only: no row, no number."""
+    (draft,) = period_invoice_drafts(periods=[period])
+    return draft
+
+
+def period_invoice_drafts(*, periods: Sequence[SubscriptionPeriod]) -> list[InvoiceDraft]:
+    """The invoices of many periods, in their order, from a few queries whatever their
+    number (period close drafts a whole batch at once). Reads only."""
+    facts = _facts_read(periods)
+    return [_draft(period, facts[period.pk]) for period in periods]
+
+
+def _draft(period: SubscriptionPeriod, facts: _Facts) -> InvoiceDraft:
     currency = str(as_money(period.plan_version.base_fee).currency)
     lines = [
         LineDraft(
@@ -122,7 +141,7 @@ def period_invoice_draft(*, period: SubscriptionPeriod) -> InvoiceDraft:
             service_period_end=spec.end,
             entries=spec.entries,
         )
-        for spec in _period_lines(period)
+        for spec in _period_lines(period, facts)
     ]
     return InvoiceDraft(
         customer=period.subscription.customer, period=period, currency=currency, lines=lines
@@ -130,33 +149,65 @@ def period_invoice_draft(*, period: SubscriptionPeriod) -> InvoiceDraft:
 
 
 def period_invoice_create(*, period: SubscriptionPeriod) -> Invoice:
-    """The period's invoice, built from the ledger entries of its events. The caller
-    holds the period's row lock (see period_close); the unique constraint on the
-    invoice's period refuses a second one anyway."""
-    draft = period_invoice_draft(period=period)
-    invoice = Invoice.objects.create(
-        customer=draft.customer,
-        kind=InvoiceKind.PERIOD,
-        period=period,
-        # Numbered last: the sequence row stays locked from numbering to commit, so it is
-        # taken when everything else is written (concurrent closes queue only for that).
-        number=f"{UNNUMBERED_PREFIX}{period.pk}",
-        status=InvoiceStatus.OPEN,
-        currency=draft.currency,
-        total=draft.total.amount,
-        total_currency=draft.currency,
-        period_start=draft.period_start,
-        period_end=draft.period_end,
-        issued_at=timezone.now(),
-    )
-    _store_lines(invoice, draft.lines)
-    invoice.number = invoice_number_next()
-    invoice.save(update_fields=["number"])  # receivers of a numbered invoice see it now
+    """The period's invoice, built from the ledger entries of its events."""
+    (invoice,) = period_invoices_create(drafts=[period_invoice_draft(period=period)])
     return invoice
 
 
-def _store_lines(invoice: Invoice, lines: list[LineDraft]) -> None:
-    # Two statements per invoice, not two per line: period close writes thousands at once.
+def period_invoices_create(*, drafts: Sequence[InvoiceDraft]) -> list[Invoice]:
+    """Store the drafted invoices of many periods, numbered in their order.
+
+    The caller holds the periods' row locks (see period_close); the unique constraint on
+    an invoice's period refuses a second one anyway. Invoices, lines and line links are
+    each one statement for the whole batch; the numbers are taken last, in one lock of
+    the sequence, which stays locked until the commit: concurrent closes queue only for
+    that.
+    """
+    if not drafts:
+        return []
+    issued_at = timezone.now()
+    invoices = Invoice.objects.bulk_create(
+        Invoice(
+            customer=draft.customer,
+            kind=InvoiceKind.PERIOD,
+            period=draft.period,
+            number=f"{UNNUMBERED_PREFIX}{draft.period.pk}",
+            status=InvoiceStatus.OPEN,
+            currency=draft.currency,
+            total=draft.total.amount,
+            total_currency=draft.currency,
+            period_start=draft.period_start,
+            period_end=draft.period_end,
+            issued_at=issued_at,
+        )
+        for draft in drafts
+    )
+    _store_lines(list(zip(invoices, drafts, strict=True)))
+    _number(invoices)
+    return invoices
+
+
+def _number(invoices: list[Invoice]) -> None:
+    for invoice, number in zip(invoices, invoice_numbers_next(len(invoices)), strict=True):
+        invoice.number = number
+    Invoice.objects.bulk_update(invoices, ["number"])
+    # Receivers of a numbered invoice see it now: the outgoing invoice.finalized is
+    # published on a save of the number alone (billing_portal.outbound.receivers). One
+    # statement numbers the batch, so each invoice's save is announced as its own would be.
+    for invoice in invoices:
+        post_save.send(
+            sender=Invoice,
+            instance=invoice,
+            created=False,
+            update_fields=frozenset({"number"}),
+            raw=False,
+            using=invoice._state.db,
+        )
+
+
+def _store_lines(invoices: list[tuple[Invoice, InvoiceDraft]]) -> None:
+    # Two statements for a batch of invoices, not two per invoice, nor per line.
+    drafts = [(invoice, line) for invoice, draft in invoices for line in draft.lines]
     stored = InvoiceLine.objects.bulk_create(
         InvoiceLine(
             invoice=invoice,
@@ -171,18 +222,119 @@ def _store_lines(invoice: Invoice, lines: list[LineDraft]) -> None:
             service_period_start=draft.service_period_start,
             service_period_end=draft.service_period_end,
         )
-        for draft in lines
+        for invoice, draft in drafts
     )
     InvoiceLineEntry.objects.bulk_create(
-        InvoiceLineEntry(line=line, entry=e)
-        for line, draft in zip(stored, lines, strict=True)
-        for e in draft.entries
+        InvoiceLineEntry(line=line, entry_id=entry.pk)
+        for line, (_, draft) in zip(stored, drafts, strict=True)
+        for entry in draft.entries
     )
 
 
-def _period_lines(period: SubscriptionPeriod) -> list[_Line]:
-    lines = [_base_fee(period), *_prorations(period)]
-    entries = _usage_entries(period)
+@dataclass
+class _Facts:
+    """What a period's invoice is computed from, read for a batch of periods at once."""
+
+    changes: list[SubscriptionChange] = field(default_factory=list)
+    # (entry, late): late entries belong to events of an earlier, already invoiced period
+    # that were charged in this one.
+    usage: list[tuple[LedgerEntry, bool]] = field(default_factory=list)
+    rate_usage: list[RateUsage] = field(default_factory=list)
+    true_up_entries: list[LedgerEntry] = field(default_factory=list)
+
+
+def _facts_read(periods: Sequence[SubscriptionPeriod]) -> dict[int, _Facts]:
+    facts = {period.pk: _Facts() for period in periods}
+    if not facts:
+        return facts
+    changes = SubscriptionChange.objects.filter(
+        period__in=list(facts),
+        kind__in=[ChangeKind.START, ChangeKind.RENEWAL, ChangeKind.PLAN_CHANGE, ChangeKind.CANCEL],
+    ).select_related("from_version", "to_version")
+    for change in changes.order_by("pk"):
+        assert change.period_id is not None
+        facts[change.period_id].changes.append(change)
+    for period_id, entry, late in _usage_entries(periods):
+        facts[period_id].usage.append((entry, late))
+    for row in RateUsage.objects.filter(period__in=list(facts)).select_related("rate__meter"):
+        facts[row.period_id].rate_usage.append(row)
+    _true_up_entries_read(periods, facts)
+    return facts
+
+
+# Consume and overage entries of the periods' events, net of cancelled events, as tuples
+# in one query: the ratings name each event's period, the entries name the event.
+_USAGE_ENTRIES_SQL = f"""
+SELECT p.period_id, r.prior_period_adjustment, e.id, e.kind, e.credits, e.cause_id
+FROM unnest(%s::bigint[], %s::bigint[]) AS p(period_id, account_id)
+JOIN {EventRating._meta.db_table} r ON r.period_id = p.period_id
+JOIN {LedgerEntry._meta.db_table} e
+  ON e.account_id = p.account_id AND e.cause_type = %s AND e.cause_id = r.event_id::text
+WHERE e.kind IN (%s, %s)
+  AND NOT EXISTS (
+    SELECT 1 FROM {EventCancellation._meta.db_table} c WHERE c.event_id = r.event_id
+  )
+ORDER BY e.id
+"""
+
+
+def _usage_entries(
+    periods: Sequence[SubscriptionPeriod],
+) -> list[tuple[int, LedgerEntry, bool]]:
+    """(period id, entry, late) for the consume and overage entries of the periods'
+    events, net of cancelled events; each entry holds what the invoice reads of it."""
+    accounts = {period.pk: period.subscription.customer.account_id for period in periods}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _USAGE_ENTRIES_SQL,
+            [
+                list(accounts),
+                list(accounts.values()),
+                CauseType.EVENT,
+                EntryKind.CONSUME,
+                EntryKind.OVERAGE,
+            ],
+        )
+        rows = cursor.fetchall()
+    return [
+        (
+            period_id,
+            LedgerEntry(
+                pk=pk,
+                account_id=accounts[period_id],
+                kind=kind,
+                credits=credits,
+                cause_type=CauseType.EVENT,
+                cause_id=cause_id,
+            ),
+            late,
+        )
+        for period_id, late, pk, kind, credits, cause_id in rows
+    ]
+
+
+def _true_up_entries_read(periods: Sequence[SubscriptionPeriod], facts: dict[int, _Facts]) -> None:
+    """Credits posted to bring tiered and package rates to their formula, under the cause
+    ``"<period id>:<rate id>"``: only periods with such rates can have any."""
+    causes = {
+        f"{row.period_id}:{row.rate_id}": row.period_id
+        for period_facts in facts.values()
+        for row in period_facts.rate_usage
+    }
+    if not causes:
+        return
+    entries = LedgerEntry.objects.filter(
+        account_id__in={period.subscription.customer.account_id for period in periods},
+        cause_type=CauseType.TIER_TRUE_UP,
+        cause_id__in=list(causes),
+    )
+    for entry in entries.order_by("pk"):
+        facts[causes[entry.cause_id]].true_up_entries.append(entry)
+
+
+def _period_lines(period: SubscriptionPeriod, facts: _Facts) -> list[_Line]:
+    lines = [_base_fee(period, facts), *_prorations(period, facts)]
+    entries = facts.usage
     lines.append(
         _included_usage(
             period, [e for e, late in entries if e.kind == EntryKind.CONSUME and not late]
@@ -195,8 +347,8 @@ def _period_lines(period: SubscriptionPeriod) -> list[_Line]:
             lines.append(
                 _overage(period, version, on_time, LineKind.OVERAGE, period.start, period.end)
             )
-    lines.extend(_tier_lines(period))
-    true_up = _true_up_line(period, version)
+    lines.extend(_tier_lines(period, facts))
+    true_up = _true_up_line(period, version, facts)
     if true_up is not None:
         lines.append(true_up)
     if version.overage_policy == OveragePolicy.POSTPAID:
@@ -204,13 +356,12 @@ def _period_lines(period: SubscriptionPeriod) -> list[_Line]:
     return lines
 
 
-def _tier_lines(period: SubscriptionPeriod) -> list[_Line]:
+def _tier_lines(period: SubscriptionPeriod, facts: _Facts) -> list[_Line]:
     """What each tiered or package rate's period total is made of, tier by tier: units
     and credits, no money (the credits are billed on the usage lines)."""
-    rows = (
-        RateUsage.objects.filter(period=period, units__gt=0)
-        .select_related("rate__meter")
-        .order_by("rate__meter__code", "rate_id")
+    rows = sorted(
+        (row for row in facts.rate_usage if row.units > 0),
+        key=lambda row: (row.rate.meter.code, row.rate_id),
     )
     return [
         _Line(
@@ -257,16 +408,10 @@ def tier_description(rate: Rate, part: TierQuantity) -> str:
     return f"{what}: {_count(part.units)} {unit} in tier {bounds}, {price}"
 
 
-def _true_up_line(period: SubscriptionPeriod, version: PlanVersion) -> _Line | None:
+def _true_up_line(period: SubscriptionPeriod, version: PlanVersion, facts: _Facts) -> _Line | None:
     """Credits that brought tiered and package rates to their formula on the period's
     total (volume tiers, cancelled events). Before the close, what it would post now."""
-    entries = list(
-        LedgerEntry.objects.filter(
-            account_id=period.subscription.customer.account_id,
-            cause_type=CauseType.TIER_TRUE_UP,
-            cause_id__startswith=f"{period.pk}:",
-        ).order_by("pk")
-    )
+    entries = facts.true_up_entries
     if entries:
         credits = -sum((e.credits for e in entries), ZERO)
         billed = -sum(
@@ -315,13 +460,9 @@ def _projected_overage(period: SubscriptionPeriod, credits: Decimal) -> Decimal:
     return -min(-credits, overage)
 
 
-def _base_fee(period: SubscriptionPeriod) -> _Line:
-    first = (
-        SubscriptionChange.objects.filter(
-            period=period, kind__in=[ChangeKind.START, ChangeKind.RENEWAL]
-        )
-        .select_related("to_version__plan")
-        .first()
+def _base_fee(period: SubscriptionPeriod, facts: _Facts) -> _Line:
+    first = next(
+        (c for c in facts.changes if c.kind in (ChangeKind.START, ChangeKind.RENEWAL)), None
     )
     version = first.to_version if first and first.to_version else period.plan_version
     fee = as_money(version.base_fee).amount
@@ -330,14 +471,12 @@ def _base_fee(period: SubscriptionPeriod) -> _Line:
     )
 
 
-def _prorations(period: SubscriptionPeriod) -> list[_Line]:
+def _prorations(period: SubscriptionPeriod, facts: _Facts) -> list[_Line]:
     """Upgrades charge the fee difference for the time left; cancelling now gives back the
     base fee of the time left (over the period as it ended, like the base fee itself)."""
-    changes = SubscriptionChange.objects.filter(
-        period=period, kind__in=[ChangeKind.PLAN_CHANGE, ChangeKind.CANCEL]
-    ).select_related("from_version", "to_version")
+    changes = [c for c in facts.changes if c.kind in (ChangeKind.PLAN_CHANGE, ChangeKind.CANCEL)]
     lines = []
-    for change in changes.order_by("effective_at"):
+    for change in sorted(changes, key=lambda change: change.effective_at):
         if change.proration is None or change.from_version is None:
             continue
         amount = as_money(change.proration).amount
@@ -365,25 +504,6 @@ def _prorations(period: SubscriptionPeriod) -> list[_Line]:
             )
         )
     return lines
-
-
-def _usage_entries(period: SubscriptionPeriod) -> list[tuple[LedgerEntry, bool]]:
-    """Consume and overage entries of the period's events, net of cancelled events.
-
-    Returns (entry, late) pairs; late entries belong to events of an earlier, already
-    invoiced period that were charged in this one.
-    """
-    ratings = EventRating.objects.filter(period=period).exclude(
-        Exists(EventCancellation.objects.filter(event_id=OuterRef("event_id")))
-    )
-    late = dict(ratings.values_list("event_id", "prior_period_adjustment"))
-    entries = LedgerEntry.objects.filter(
-        account_id=period.subscription.customer.account_id,
-        cause_type="event",
-        cause_id__in=[str(pk) for pk in late],
-        kind__in=[EntryKind.CONSUME, EntryKind.OVERAGE],
-    ).order_by("pk")
-    return [(e, late[int(e.cause_id)]) for e in entries]
 
 
 def _included_usage(period: SubscriptionPeriod, entries: list[LedgerEntry]) -> _Line:

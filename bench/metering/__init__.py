@@ -1,6 +1,6 @@
 """Metering over HTTP, against a gunicorn and a Celery worker that the benchmark starts.
 
-Four figures, targets from the performance notes and the issues:
+Five figures, targets from the performance notes and the issues:
 
 1. durable ingest through ``POST /api/v1/events``: 1000 events per request, every
    identifier new (the unique index that deduplicates decides each one), several client
@@ -14,10 +14,14 @@ Four figures, targets from the performance notes and the issues:
    ledger debit and period usage, which ``GET .../balance`` reads). Target: p99 under 2 s.
 3. ``POST /api/v1/authorizations`` on one hot customer (hard-stop plan), 32 concurrent
    clients, next to a trivial ``GET /api/v1/customers/{id}`` served by the same gunicorn
-   in the same rounds. Target: at least half the GET rate, zero overdraw.
+   in the same rounds. Target: at least half the GET rate, zero overdraw. Then the same
+   clients against gunicorn restarted in other layouts (``--layouts``, by default 8
+   workers x 4 threads and 32 x 1), with the ledger's calls per transaction in each.
 4. ``compat`` (``bench.metering.compat``): each vendor-compatible ingest path (Stripe meter
    events, OpenMeter CloudEvents, Lago events) next to the native one at the same batch
    size, taking turns within each run. Target: at least 0.8x of native.
+5. ``memory``: the rating worker's resident memory before and after it rates a backlog
+   of ``--memory-events`` (1,000,000 by default) queued by SQL. Target: no growth.
 
 Load goes only to 127.0.0.1, from client processes that do not load Django; each is
 bounded by a request count and a deadline. The web server and the worker run in

@@ -148,7 +148,7 @@ def measure_db_paths(ctx: Context, watermark: int, copy: DbPath, rounds: int = 2
     Each way runs ``rounds`` times, the order reversed every other round."""
     rows = run_sql(
         "SELECT customer_id, identifier, event_name, meter_id, timestamp, value, "
-        "dimensions::text, workspace, authorization_id, content_hash "
+        "dimensions::text, workspace, authorization_id, content_hash, parent_identifier "
         "FROM metering_meterevent WHERE id > %s ORDER BY customer_id, identifier",
         [watermark],
     )

@@ -1,6 +1,7 @@
 """Invariant 3 for `manage.py reconcile`: every accepted event is rated exactly once, and
 its credits equal the consume and overage entries that name it; every queued row names
-an event (the queue's reference is not a foreign key)."""
+an event, and every event its customer and meter (these references are not foreign
+keys)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,33 @@ def queue_rows_have_events() -> list[str]:
     return [
         f"queued event {pk} (customer {customer_id}): no such event" for pk, customer_id in rows
     ]
+
+
+@register("events_have_customers_and_meters")
+def events_have_customers_and_meters() -> list[str]:
+    # Ingest locks the customers and meters of a batch while it stores it, and the ORM
+    # refuses to delete one that events name; a delete in raw SQL (or one whose check
+    # ran before an ingest committed) is caught here.
+    rows = query_rows(
+        """
+        SELECT e.id, e.identifier, e.customer_id, c.id IS NULL, e.meter_id, m.id IS NULL
+        FROM metering_meterevent e
+        LEFT JOIN plans_customer c ON c.id = e.customer_id
+        LEFT JOIN plans_meter m ON m.id = e.meter_id
+        WHERE c.id IS NULL OR m.id IS NULL
+        ORDER BY e.id
+        """
+    )
+    return [_missing_parents_line(*row) for row in rows]
+
+
+def _missing_parents_line(
+    pk: int, identifier: str, customer_id: int, no_customer: bool, meter_id: int, no_meter: bool
+) -> str:
+    missing = [f"no such customer {customer_id}"] if no_customer else []
+    if no_meter:
+        missing.append(f"no such meter {meter_id}")
+    return f"event {pk} ({identifier}): {', '.join(missing)}"
 
 
 @register("events_rated_in_time")

@@ -37,6 +37,13 @@ def member(customer: Customer, role: str = Role.OWNER, email: str | None = None)
     return user
 
 
+def earlier_today() -> datetime:
+    """An hour ago, or half the time since midnight (UTC) when that is less: still today."""
+    now = timezone.now()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return now - min(timedelta(hours=1), (now - midnight) / 2)
+
+
 def usage(
     customer: Customer,
     identifier: str,
@@ -46,12 +53,12 @@ def usage(
     dimensions: dict[str, str] | None = None,
     event_name: str = "llm.tokens",
 ) -> None:
-    """Ingest and rate one event (160,000 large output tokens = 2,400 credits)."""
+    """Ingest and rate one event (160,000 large output tokens = 2,400 credits), earlier today."""
     event: dict[str, Any] = {
         "identifier": identifier,
         "event_name": event_name,
         "customer": customer.external_id,
-        "timestamp": (at or timezone.now() - timedelta(hours=1)).isoformat(),
+        "timestamp": (at or earlier_today()).isoformat(),
         "value": value,
     }
     if event_name == "llm.tokens":

@@ -22,6 +22,7 @@ from metering.checks import events_have_customers_and_meters
 from metering.ingest import Known, events_ingest
 from metering.models import MeterEvent, RatingQueue, RejectedEvent
 from plans.models import Aggregation, Customer, Meter
+from tests.dburl import database_url_for_subprocess
 from tests.plans.factories import customer, load_demo_catalog
 
 pytestmark = pytest.mark.django_db
@@ -217,15 +218,8 @@ def test_ingest_waits_for_a_delete_in_flight_and_then_refuses_its_customer() -> 
 
 
 def _connect(*, autocommit: bool = False) -> psycopg.Connection[Any]:
-    settings = connection.settings_dict
-    return psycopg.connect(
-        dbname=settings["NAME"],
-        user=settings["USER"],
-        host=settings["HOST"],
-        port=settings["PORT"] or None,
-        password=settings["PASSWORD"] or None,
-        autocommit=autocommit,
-    )
+    # The test database's URL: the embedded server is reached by its socket folder.
+    return psycopg.connect(database_url_for_subprocess(), autocommit=autocommit)
 
 
 def _waits_for_a_row_lock(watcher: psycopg.Connection[Any]) -> bool:

@@ -327,3 +327,34 @@ class TestRetries:
             services.credits_reverse(account=account, cause=_event(1), actor="t", reason="x")
         grant.refresh_from_db()
         assert (grant.status, grant.closed_at) == (GrantStatus.EXPIRED, NOW + timedelta(hours=2))
+
+    def test_a_reversal_inside_the_late_usage_window_stays_on_its_grant_until_the_sweep(
+        self,
+    ) -> None:
+        account = f.account()
+        with time_machine.travel(NOW, tick=False) as clock:
+            grant = services.credit_grant_create(
+                account=account,
+                amount="10",
+                category="paid",
+                actor="t",
+                expires_at=NOW + timedelta(hours=1),
+            )
+            services.credits_consume(account=account, amount="4", cause=_event(1), actor="t")
+            # Past the expiry, inside the grace window: late events may still draw on it.
+            clock.shift(timedelta(hours=1, minutes=30))
+            services.credits_reverse(account=account, cause=_event(1), actor="t", reason="x")
+            grant.refresh_from_db()
+            assert (grant.remaining, grant.status) == (Decimal("10"), GrantStatus.ACTIVE)
+            assert not LedgerEntry.objects.filter(grant=grant, kind="expire").exists()
+            clock.shift(timedelta(hours=1))
+            assert services.credit_grants_expire_due() == 1
+        grant.refresh_from_db()
+        assert (grant.remaining, grant.status) == (Decimal("0"), GrantStatus.EXPIRED)
+        kinds = list(LedgerEntry.objects.filter(grant=grant).values_list("kind", "credits"))
+        assert kinds == [
+            ("grant", Decimal("10")),
+            ("consume", Decimal("-4")),
+            ("reversal", Decimal("4")),
+            ("expire", Decimal("-10")),
+        ]

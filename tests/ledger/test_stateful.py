@@ -271,9 +271,12 @@ class LedgerModel:
         if record.overage > 0:
             returned.append((None, record.overage))
         write_offs: list[tuple[str, int, Decimal]] = []
+        # Inside the late-usage window after its expiry a grant keeps what is given back,
+        # for its late events; after it, what comes back is written off at once.
+        late_usage_until = at - timedelta(seconds=django_settings.BILLING_GRACE_PERIOD_SECONDS)
         for pk in sorted({pk for pk, _ in record.takes}):
             grant = self.grants[pk]
-            expired = grant.expires_at is not None and grant.expires_at <= at
+            expired = grant.expires_at is not None and grant.expires_at <= late_usage_until
             if grant.status in ("active", "depleted") and not expired:
                 continue
             kind = "void" if grant.status == "voided" else "expire"

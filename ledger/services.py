@@ -268,20 +268,66 @@ def _grant_close(
     return locked
 
 
+def credit_grants_expire(
+    *, grant_ids: Sequence[int], actor: str, reason: str = "expired"
+) -> dict[int, Decimal]:
+    """Expire many grants at once (a batch of periods' credits), as ``credit_grant_expire``
+    expires each: one operation and one write-off entry per grant, written with one
+    statement each for the whole set. Grants already closed are left as they are.
+    Returns the credits written off, by grant."""
+    if not grant_ids:
+        return {}
+    now = timezone.now()
+    with transaction.atomic():
+        # Lock order as everywhere: the accounts, then the grants, in primary-key order.
+        owners = CreditGrant.objects.filter(pk__in=grant_ids).values("account_id")
+        list(Account.objects.select_for_update().filter(pk__in=owners).order_by("pk"))
+        grants = list(
+            CreditGrant.objects.select_for_update()
+            .filter(pk__in=grant_ids, status__in=[GrantStatus.ACTIVE, GrantStatus.DEPLETED])
+            .order_by("pk")
+        )
+        if not grants:
+            return {}
+        operations = LedgerOperation.objects.bulk_create(
+            LedgerOperation(
+                account_id=grant.account_id,
+                kind=OperationKind.EXPIRE,
+                actor=actor,
+                reason=reason,
+                idempotency_key=None,
+            )
+            for grant in grants
+        )
+        LedgerEntry.objects.bulk_create(
+            _write_off_entry(grant, operation, EntryKind.EXPIRE)
+            for grant, operation in zip(grants, operations, strict=True)
+            if grant.remaining > 0
+        )
+        CreditGrant.objects.filter(pk__in=[grant.pk for grant in grants]).update(
+            remaining=ZERO, status=GrantStatus.EXPIRED, closed_at=now
+        )
+    return {grant.pk: grant.remaining for grant in grants}
+
+
+def _write_off_entry(grant: CreditGrant, operation: LedgerOperation, kind: str) -> LedgerEntry:
+    return LedgerEntry(
+        operation=operation,
+        account_id=grant.account_id,
+        kind=kind,
+        grant=grant,
+        credits=-grant.remaining,
+        cause_type=CauseType.STAFF_ACTION
+        if Actor.parse(operation.actor).is_staff
+        else CauseType.SYSTEM,
+        cause_id=str(operation.pk),
+    )
+
+
 def _close_grant(grant: CreditGrant, operation: LedgerOperation, kind: str, status: str) -> None:
     """Write off what is left in a locked grant; consumed credits stay consumed."""
     if grant.remaining > 0:
-        LedgerEntry.objects.create(
-            operation=operation,
-            account_id=grant.account_id,
-            kind=kind,
-            grant=grant,
-            credits=-grant.remaining,
-            cause_type=CauseType.STAFF_ACTION
-            if Actor.parse(operation.actor).is_staff
-            else CauseType.SYSTEM,
-            cause_id=str(operation.pk),
-        )
+        _write_off_entry(grant, operation, kind).save()
     grant.remaining = ZERO
     grant.status = status
     grant.closed_at = timezone.now()

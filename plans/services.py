@@ -8,7 +8,7 @@ from the period or change they belong to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,6 +29,7 @@ from ledger.models import (
     EntryKind,
     GrantCategory,
     GrantStatus,
+    LedgerEntry,
 )
 from ledger.units import to_cents
 from plans.models import (
@@ -350,7 +351,7 @@ def _period_close(period: SubscriptionPeriod, *, at: datetime, write_off: bool) 
     """No more usage after ``at``; its late events still draw on its credits unless
     ``write_off`` (a cancellation now), which expires them at once."""
     if write_off:
-        _period_credits_write_off(period)
+        _periods_credits_write_off([period])
     period.status = PeriodStatus.CLOSED
     period.end = _period_end_at(period, at)
     period.closed_at = timezone.now()
@@ -363,44 +364,73 @@ def _period_end_at(period: SubscriptionPeriod, at: datetime) -> datetime:
     return min(period.end, max(at, period.start + timedelta(seconds=1)))
 
 
-def _period_credits_write_off(period: SubscriptionPeriod) -> Decimal:
-    """Expire the period's included and rollover credits; return the included ones left."""
-    grants = CreditGrant.objects.filter(source_type=PERIOD_SOURCE, source_id=str(period.pk))
-    unused = Decimal(0)
-    for grant in grants.order_by("pk"):
-        if grant.status in (GrantStatus.ACTIVE, GrantStatus.DEPLETED):
-            ledger.credit_grant_expire(
-                grant=grant, actor="system:subscriptions", reason="period_end"
-            )
-        if grant.category == GrantCategory.INCLUDED:
-            # What the expiry wrote off, whoever expired it (this or the expiry sweep).
-            expired = grant.entries.filter(kind=EntryKind.EXPIRE)
-            unused -= sum((e.credits for e in expired), Decimal(0))
+def _periods_credits_write_off(periods: Sequence[SubscriptionPeriod]) -> dict[int, Decimal]:
+    """Expire the periods' included and rollover credits, all in one ledger call; return,
+    by period, the included credits left unused."""
+    period_of = {str(period.pk): period.pk for period in periods}
+    grants = list(
+        CreditGrant.objects.filter(
+            source_type=PERIOD_SOURCE, source_id__in=list(period_of)
+        ).values_list("pk", "source_id", "category", "status")
+    )
+    open_statuses = (GrantStatus.ACTIVE, GrantStatus.DEPLETED)
+    ledger.credit_grants_expire(
+        grant_ids=[pk for pk, _, _, status in grants if status in open_statuses],
+        actor="system:subscriptions",
+        reason="period_end",
+    )
+    # What the expiries wrote off, whoever expired the grant (this or the expiry sweep).
+    included = {
+        pk: period_of[source]
+        for pk, source, category, _ in grants
+        if category == GrantCategory.INCLUDED
+    }
+    written_off = (
+        LedgerEntry.objects.filter(grant_id__in=list(included), kind=EntryKind.EXPIRE)
+        .values("grant_id")
+        .annotate(total=Sum("credits"))
+        .values_list("grant_id", "total")
+    )
+    unused = {period.pk: Decimal(0) for period in periods}
+    for grant_id, total in written_off:
+        unused[included[grant_id]] -= total
     return unused
 
 
-def _rollover(ended: SubscriptionPeriod, unused: Decimal) -> None:
-    """Carry unused included credits into the period that followed, if there is one."""
-    limit = ended.plan_version.rollover_max_credits
-    amount = min(unused, limit) if limit is not None else Decimal(0)
-    following = SubscriptionPeriod.objects.filter(
-        subscription=ended.subscription_id, start=ended.end
-    ).first()
-    if amount <= 0 or following is None:
+def _rollovers(ended: Sequence[SubscriptionPeriod], unused: Mapping[int, Decimal]) -> None:
+    """Carry unused included credits into the period that followed each, if there is one."""
+    amounts = {}
+    for period in ended:
+        limit = period.plan_version.rollover_max_credits
+        if limit is not None and min(unused[period.pk], limit) > 0:
+            amounts[period.pk] = min(unused[period.pk], limit)
+    rolling = [period for period in ended if period.pk in amounts]
+    if not rolling:
         return
-    ledger.credit_grant_create(
-        account=ended.subscription.customer.account,
-        amount=amount,
-        category=GrantCategory.ROLLOVER,
-        actor="system:subscriptions",
-        effective_at=following.start,
-        expires_at=following.end,
-        reason="rollover",
-        source_type=PERIOD_SOURCE,
-        source_id=str(following.pk),
-        idempotency_key=f"rollover:{ended.pk}",
-        expired_by_source=True,
-    )
+    following = {
+        (period.subscription_id, period.start): period
+        for period in SubscriptionPeriod.objects.filter(
+            subscription__in={period.subscription_id for period in rolling},
+            start__in={period.end for period in rolling},
+        )
+    }
+    for period in rolling:
+        next_period = following.get((period.subscription_id, period.end))
+        if next_period is None:
+            continue
+        ledger.credit_grant_create(
+            account=period.subscription.customer.account,
+            amount=amounts[period.pk],
+            category=GrantCategory.ROLLOVER,
+            actor="system:subscriptions",
+            effective_at=next_period.start,
+            expires_at=next_period.end,
+            reason="rollover",
+            source_type=PERIOD_SOURCE,
+            source_id=str(next_period.pk),
+            idempotency_key=f"rollover:{period.pk}",
+            expired_by_source=True,
+        )
 
 
 def _finish(
@@ -658,13 +688,24 @@ def periods_due_for_close(*, now: datetime | None = None) -> list[int]:
 
 
 def period_credits_close(*, period: SubscriptionPeriod, now: datetime) -> None:
-    """Hand a closed period over to invoicing: write off its credits, roll over what the
-    plan allows, and stop charging its late events to it. The caller holds the period's
-    row lock and its customer's account lock (see billing_portal.invoicing.period_close,
-    which takes a batch's account locks in one statement): rating reads periods under the
-    account lock, so from here on it charges this period's late events to the open one,
-    never to this one after its invoice."""
-    _rollover(period, _period_credits_write_off(period))
-    period.status = PeriodStatus.INVOICING
-    period.handed_to_invoicing_at = now
-    period.save(update_fields=["status", "handed_to_invoicing_at"])
+    """Hand one closed period over to invoicing (see :func:`periods_credits_close`)."""
+    periods_credits_close(periods=[period], now=now)
+
+
+def periods_credits_close(*, periods: Sequence[SubscriptionPeriod], now: datetime) -> None:
+    """Hand closed periods over to invoicing: write off their credits, roll over what each
+    plan allows, and stop charging their late events to them, in a few statements for
+    the whole batch. The caller holds the periods' row locks and their customers' account
+    locks (see billing_portal.invoicing.period_close, which takes a batch's account locks
+    in one statement): rating reads periods under the account lock, so from here on it
+    charges these periods' late events to the open ones, never to these after their
+    invoices."""
+    if not periods:
+        return
+    _rollovers(periods, _periods_credits_write_off(periods))
+    SubscriptionPeriod.objects.filter(pk__in=[period.pk for period in periods]).update(
+        status=PeriodStatus.INVOICING, handed_to_invoicing_at=now
+    )
+    for period in periods:
+        period.status = PeriodStatus.INVOICING
+        period.handed_to_invoicing_at = now

@@ -64,7 +64,7 @@ from billing_portal.invoicing.signals import invoice_issued
 from ledger.models import Account
 from metering.true_up import TrueUp, period_rates_true_up, periods_true_ups
 from plans.models import PeriodStatus, SubscriptionPeriod
-from plans.services import period_credits_close, periods_due_for_close
+from plans.services import periods_credits_close, periods_due_for_close
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +132,16 @@ def _close(*, period_ids: Sequence[int], now: datetime, isolate: bool) -> list[I
         if accounts:
             list(Account.objects.select_for_update().filter(pk__in=accounts).order_by("pk"))
         true_ups = periods_true_ups(closing)
-        handed = [
+        trued_up = [
             period
-            for period in periods
-            if _hand_over(period, true_ups.get(period.pk, []), now=now, isolate=isolate)
+            for period in closing
+            if _true_up(period, true_ups.get(period.pk, []), isolate=isolate)
+        ]
+        handed_over = {period.pk for period in _hand_over(trued_up, now=now, isolate=isolate)}
+        # Periods handed over already (by a close that failed after it) are invoiced too.
+        closing_ids = {period.pk for period in closing}
+        handed = [
+            period for period in periods if period.pk not in closing_ids or period.pk in handed_over
         ]
         invoices = period_invoices_create(drafts=period_invoice_drafts(periods=handed))
         for invoice in invoices:
@@ -150,7 +156,7 @@ def _periods_lock(period_ids: Sequence[int]) -> list[SubscriptionPeriod]:
     # every period shares, would make concurrent closes skip each other's periods.
     periods = list(
         SubscriptionPeriod.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("subscription__customer", "plan_version__plan")
+        .select_related("subscription__customer__account", "plan_version__plan")
         .filter(pk__in=period_ids, status__in=[PeriodStatus.CLOSED, PeriodStatus.INVOICING])
         .order_by("pk")
     )
@@ -164,22 +170,45 @@ def _periods_lock(period_ids: Sequence[int]) -> list[SubscriptionPeriod]:
     return [period for period in periods if period.pk not in invoiced]
 
 
-def _hand_over(
-    period: SubscriptionPeriod, true_ups: list[TrueUp], *, now: datetime, isolate: bool
-) -> bool:
-    """True-ups and credits of a closed period, in a savepoint: a period that fails is
-    rolled back alone."""
-    if period.status != PeriodStatus.CLOSED:
-        return True  # handed over already
+def _true_up(period: SubscriptionPeriod, true_ups: list[TrueUp], *, isolate: bool) -> bool:
+    """A closed period's tiered and package rates brought to their formulas, in a
+    savepoint: a period that fails is rolled back alone. What they still owe draws on the
+    period's own credits, so this comes before the credits are written off."""
     try:
         with transaction.atomic():
-            # Tiered and package rates first: what they still owe draws on the period's
-            # own credits, before those are written off.
             period_rates_true_up(period=period, true_ups=true_ups)
-            period_credits_close(period=period, now=now)
     except Exception:
         if not isolate:
             raise
+        logger.exception("period %s: close failed; left for the next sweep", period.pk)
+        return False
+    return True
+
+
+def _hand_over(
+    periods: list[SubscriptionPeriod], *, now: datetime, isolate: bool
+) -> list[SubscriptionPeriod]:
+    """The periods' credits written off and rolled over, and the periods handed over to
+    invoicing: for the batch at once, in a savepoint; if that fails, period by period,
+    each in a savepoint of its own, so one that fails is rolled back alone."""
+    if not periods:
+        return []
+    try:
+        with transaction.atomic():
+            periods_credits_close(periods=periods, now=now)
+        return periods
+    except Exception:
+        if not isolate:
+            raise
+        logger.warning("period close: credits of %s periods failed; one by one", len(periods))
+    return [period for period in periods if _hand_over_alone(period, now=now)]
+
+
+def _hand_over_alone(period: SubscriptionPeriod, *, now: datetime) -> bool:
+    try:
+        with transaction.atomic():
+            periods_credits_close(periods=[period], now=now)
+    except Exception:
         logger.exception("period %s: close failed; left for the next sweep", period.pk)
         return False
     return True

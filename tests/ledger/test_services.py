@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from ledger import services
 from ledger.models import Account, CreditGrant, GrantStatus, Hold, HoldStatus, LedgerEntry
+from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
 from tests.ledger import factories as f
 
@@ -275,6 +276,52 @@ class TestVoidAndExpire:
         assert (expiring.status, expiring.remaining) == (GrantStatus.EXPIRED, 0)
         assert lasting.status == GrantStatus.ACTIVE
         assert LedgerEntry.objects.get(grant=expiring, kind="expire").credits == Decimal("-10")
+
+    def test_many_grants_expire_at_once_as_each_would_alone(self) -> None:
+        first, second = f.account(), f.account()
+        partly = f.grant(first, "10")
+        services.credits_consume(account=first, amount="4", cause=_event(1), actor="t")
+        depleted = f.grant(first, "3", priority=1)  # drawn first
+        services.credits_consume(account=first, amount="3", cause=_event(2), actor="t")
+        voided = f.grant(first, "7")
+        services.credit_grant_void(grant=voided, actor="staff:ann")
+        untouched = f.grant(second, "2.5")
+        ids = [partly.pk, depleted.pk, voided.pk, untouched.pk]
+
+        written_off = services.credit_grants_expire(
+            grant_ids=ids, actor="system:test", reason="period_end"
+        )
+
+        assert written_off == {
+            partly.pk: Decimal("6"),
+            depleted.pk: 0,
+            untouched.pk: Decimal("2.5"),
+        }
+        closed = CreditGrant.objects.filter(pk__in=ids).order_by("pk")
+        assert [(g.status, g.remaining) for g in closed] == [
+            (GrantStatus.EXPIRED, 0),
+            (GrantStatus.EXPIRED, 0),
+            (GrantStatus.VOIDED, 0),
+            (GrantStatus.EXPIRED, 0),
+        ]
+        expiries = LedgerEntry.objects.filter(kind="expire").order_by("pk")
+        assert [(e.grant_id, e.account_id, e.credits) for e in expiries] == [
+            (partly.pk, first.pk, Decimal("-6")),
+            (untouched.pk, second.pk, Decimal("-2.5")),
+        ]
+        # One operation per grant closed, as credit_grant_expire writes, named as the cause.
+        operations = {e.grant_id: e.operation for e in expiries}
+        assert {(o.kind, o.actor, o.reason) for o in operations.values()} == {
+            ("expire", "system:test", "period_end")
+        }
+        assert all(e.cause_id == str(e.operation_id) for e in expiries)
+        # Again: nothing left to close, nothing written.
+        assert (
+            services.credit_grants_expire(grant_ids=ids, actor="system:test", reason="period_end")
+            == {}
+        )
+        assert LedgerEntry.objects.filter(kind="expire").count() == 2
+        assert {r.check: r.problems for r in run_checks() if r.problems} == {}
 
 
 class TestRetries:

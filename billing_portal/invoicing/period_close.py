@@ -16,26 +16,30 @@
 
    a. per period, in a savepoint of its own: bring each tiered or package rate to its
       formula on the period's total units (``metering.true_up``: volume tiers,
-      cancelled events), drawn on the period's own credits; write off the period's
-      included and rollover credits (breakage) and roll over what the plan allows into
-      the next period (``plans.services.period_credits_close``); mark it ``invoicing``:
-      rating now charges its late events to the open period, as prior-period
-      adjustments on the next invoice. A period that raises is rolled back alone,
-      logged and left for the next sweep; the others go on;
-   b. build the batch's invoices from the ledger entries of their events
+      cancelled events), drawn on the period's own credits. A period that raises is
+      rolled back alone, logged and left for the next sweep; the others go on;
+   b. for the batch at once, in a savepoint: write off the periods' included and
+      rollover credits (breakage), roll over what each plan allows into the next period
+      and mark them ``invoicing`` (``plans.services.periods_credits_close``, a few
+      statements for the batch): rating now charges their late events to the open
+      periods, as prior-period adjustments on the next invoices. If that fails, the
+      periods are closed one by one, each in a savepoint, and one that raises is left
+      for the next sweep;
+   c. build the batch's invoices from the ledger entries of their events
       (``billing_portal.invoicing.services.period_invoice_drafts``: a few queries for the
       whole batch): base fee, prorations, credits used, postpaid overage, tier
       quantities and true-ups, prior-period adjustments;
-   c. store them (``period_invoices_create``: invoices, lines and the lines' links to
+   d. store them (``period_invoices_create``: invoices, lines and the lines' links to
       their entries, one statement each for the batch) and number them last, in order,
-      with one lock of the number sequence, held until the commit. Each invoice's
-      numbering is announced as a save of its number, on which the outgoing
-      ``invoice.finalized`` is published (``billing_portal.outbound.receivers``);
-   d. announce each invoice (signal ``billing_portal.invoicing.signals.invoice_issued``):
+      with one lock of the number sequence, held until the commit. The numbered batch is
+      announced at once (signal ``invoices_numbered``), on which the outgoing
+      ``invoice.finalized`` events are published, one statement each for the events and
+      their deliveries (``billing_portal.outbound.receivers``);
+   e. announce each invoice (signal ``billing_portal.invoicing.signals.invoice_issued``):
       the Stripe integration's receiver marks it pending and queues its sync (task
       ``invoice_sync_task``), sent once the transaction commits.
 
-   If a step of the batch as a whole fails (b to d), the batch is rolled back and its
+   If a step of the batch as a whole fails (c to e), the batch is rolled back and its
    periods are closed one by one, each in its own transaction, so one bad period never
    holds the others back.
 

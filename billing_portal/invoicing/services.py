@@ -12,7 +12,6 @@ from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models.signals import post_save
 from django.utils import timezone
 from djmoney.money import Money
 
@@ -26,6 +25,7 @@ from billing_portal.invoicing.models import (
     InvoiceStatus,
     LineKind,
 )
+from billing_portal.invoicing.signals import invoices_numbered
 from ledger.models import ZERO, CauseType, EntryKind, LedgerEntry
 from ledger.units import to_cents
 from metering.models import EventCancellation, EventRating, PeriodUsage, RateUsage
@@ -191,18 +191,9 @@ def _number(invoices: list[Invoice]) -> None:
     for invoice, number in zip(invoices, invoice_numbers_next(len(invoices)), strict=True):
         invoice.number = number
     Invoice.objects.bulk_update(invoices, ["number"])
-    # Receivers of a numbered invoice see it now: the outgoing invoice.finalized is
-    # published on a save of the number alone (billing_portal.outbound.receivers). One
-    # statement numbers the batch, so each invoice's save is announced as its own would be.
-    for invoice in invoices:
-        post_save.send(
-            sender=Invoice,
-            instance=invoice,
-            created=False,
-            update_fields=frozenset({"number"}),
-            raw=False,
-            using=invoice._state.db,
-        )
+    # Receivers of numbered invoices see them now, all at once (the outgoing
+    # invoice.finalized events, billing_portal.outbound.receivers).
+    invoices_numbered.send(sender=Invoice, invoices=invoices)
 
 
 def _store_lines(invoices: list[tuple[Invoice, InvoiceDraft]]) -> None:

@@ -13,6 +13,9 @@ from django.dispatch import Signal
 
 # kwargs: invoice (an Invoice just created open: a period's, or a credit pack purchase's).
 invoice_issued = Signal()
+# kwargs: invoices (period Invoices just numbered, in one statement for the batch: each
+# is finalized now, and is not saved again for it).
+invoices_numbered = Signal()
 # kwargs: invoice (an Invoice just voided).
 invoice_voided = Signal()
 # kwargs: credit_note (a CreditNote just issued, its lines written).

@@ -15,9 +15,13 @@ from djmoney.money import Money
 
 from billing_portal.invoicing import collection
 from billing_portal.invoicing.models import UNNUMBERED_PREFIX, Invoice, InvoiceStatus
-from billing_portal.invoicing.signals import invoice_paid, invoice_payment_failed
+from billing_portal.invoicing.signals import (
+    invoice_paid,
+    invoice_payment_failed,
+    invoices_numbered,
+)
 from billing_portal.outbound.models import EventType
-from billing_portal.outbound.services import event_publish
+from billing_portal.outbound.services import EventDraft, event_publish, events_publish
 from ledger.models import Account, CreditGrant
 from ledger.signals import credit_grant_created
 from plans.models import Customer
@@ -44,34 +48,43 @@ def publish_credit_grant_created(
 
 
 # Invoices are created open (period close and credit pack purchases); no invoice moves
-# from draft to open later, so a new open row is an invoice being finalized, once it has
-# its number: a period invoice is numbered by a save of its number alone, last.
+# from draft to open later, so a new open row with a number is an invoice being
+# finalized. Period invoices are created unnumbered and numbered in a batch, last
+# (invoices_numbered).
 @receiver(post_save, sender=Invoice, dispatch_uid="outbound_invoice_finalized")
 def publish_invoice_finalized(
     sender: Any, instance: Invoice, created: bool, raw: bool = False, **kwargs: Any
 ) -> None:
-    numbered = not created and set(kwargs.get("update_fields") or ()) == {"number"}
-    if raw or not (created or numbered) or instance.status != InvoiceStatus.OPEN:
+    if raw or not created or instance.status != InvoiceStatus.OPEN:
         return
     if instance.number.startswith(UNNUMBERED_PREFIX):
         return
-    total = instance.total
+    events_publish([_invoice_finalized(instance)])
+
+
+@receiver(invoices_numbered, dispatch_uid="outbound_invoices_finalized")
+def publish_invoices_finalized(sender: Any, invoices: list[Invoice], **kwargs: Any) -> None:
+    events_publish([_invoice_finalized(invoice) for invoice in invoices])
+
+
+def _invoice_finalized(invoice: Invoice) -> EventDraft:
+    total = invoice.total
     amount = total.amount if isinstance(total, Money) else total
     period = None
-    if instance.period_start is not None and instance.period_end is not None:
-        period = {"start": instance.period_start, "end": instance.period_end}
-    event_publish(
+    if invoice.period_start is not None and invoice.period_end is not None:
+        period = {"start": invoice.period_start, "end": invoice.period_end}
+    return EventDraft(
         type=EventType.INVOICE_FINALIZED,
-        customer=instance.customer,
+        customer=invoice.customer,
         data={
-            "id": instance.pk,
-            "number": instance.number,
-            "kind": instance.kind,
-            "customer": instance.customer.external_id,
+            "id": invoice.pk,
+            "number": invoice.number,
+            "kind": invoice.kind,
+            "customer": invoice.customer.external_id,
             "total": amount,
-            "currency": instance.currency,
+            "currency": invoice.currency,
             "period": period,
-            "issued_at": instance.issued_at,
+            "issued_at": invoice.issued_at,
         },
     )
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -67,26 +68,54 @@ class SignatureError(DomainError):
 # --- publishing -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EventDraft:
+    """An event to publish: its type, its data and the customer it concerns."""
+
+    type: str
+    data: dict[str, Any]
+    customer: Customer | None = None
+
+
 def event_publish(
     *, type: str, data: dict[str, Any], customer: Customer | None = None
 ) -> OutboundEvent:
     """Store an event and one delivery per subscribed endpoint; send them after commit."""
+    (event,) = events_publish([EventDraft(type=type, data=data, customer=customer)])
+    return event
+
+
+def events_publish(drafts: Sequence[EventDraft]) -> list[OutboundEvent]:
+    """Store many events and their deliveries, one statement each for all of them (a
+    batch of invoices finalized); each delivery is sent after commit, as one published
+    alone."""
     from billing_portal.outbound.tasks import delivery_send
 
-    if type not in EventType.values:
-        raise ValueError(f"unknown webhook event type {type!r}")
+    if not drafts:
+        return []
+    for draft in drafts:
+        if draft.type not in EventType.values:
+            raise ValueError(f"unknown webhook event type {draft.type!r}")
     with transaction.atomic():
-        event = OutboundEvent.objects.create(type=type, customer=customer, data=_plain(data))
-        endpoints = WebhookEndpoint.objects.filter(enabled=True).filter(
-            Q(event_types=[]) | Q(event_types__contains=[type])
+        events = OutboundEvent.objects.bulk_create(
+            OutboundEvent(type=draft.type, customer=draft.customer, data=_plain(draft.data))
+            for draft in drafts
+        )
+        types = sorted({draft.type for draft in drafts})
+        endpoints = list(
+            WebhookEndpoint.objects.filter(enabled=True)
+            .filter(Q(event_types=[]) | Q(event_types__overlap=types))
+            .order_by("pk")
         )
         deliveries = WebhookDelivery.objects.bulk_create(
             WebhookDelivery(event=event, endpoint=endpoint, next_attempt_at=event.created_at)
-            for endpoint in endpoints.order_by("pk")
+            for event in events
+            for endpoint in endpoints
+            if endpoint.subscribes_to(event.type)
         )
         for delivery in deliveries:
             delivery_send.delay_on_commit(delivery.pk)
-    return event
+    return events
 
 
 def _plain(value: Any) -> Any:

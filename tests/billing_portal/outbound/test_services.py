@@ -21,8 +21,10 @@ from billing_portal.outbound.models import (
     WebhookEndpoint,
 )
 from billing_portal.outbound.services import (
+    EventDraft,
     SignatureError,
     event_publish,
+    events_publish,
     signature_header,
     signature_verify,
 )
@@ -66,6 +68,55 @@ def test_it_delivers_only_to_enabled_endpoints_subscribed_to_the_type(acme: Cust
     endpoints = set(event.deliveries.values_list("endpoint", flat=True))
     assert endpoints == {everything.pk, alerts.pk}
     assert not invoices.deliveries.exists()
+
+
+def test_many_events_published_at_once_go_each_to_the_endpoints_of_its_type(
+    acme: Customer, django_capture_on_commit_callbacks: Any, django_assert_max_num_queries: Any
+) -> None:
+    everything = WebhookEndpoint.objects.create(url="http://127.0.0.1:9/all")
+    alerts = WebhookEndpoint.objects.create(
+        url="http://127.0.0.1:9/alerts", event_types=[EventType.ALERT_TRIGGERED]
+    )
+    invoices = WebhookEndpoint.objects.create(
+        url="http://127.0.0.1:9/invoices", event_types=[EventType.INVOICE_FINALIZED]
+    )
+    WebhookEndpoint.objects.create(url="http://127.0.0.1:9/off", enabled=False)
+    drafts = [
+        EventDraft(type="alert.triggered", data=ALERT, customer=acme),
+        EventDraft(type="balance.depleted", data={"available": Decimal(0)}),
+        EventDraft(type="invoice.finalized", data={"number": "INV-1"}, customer=acme),
+        EventDraft(type="invoice.finalized", data={"number": "INV-2"}, customer=acme),
+    ]
+
+    # The events, the endpoints and the deliveries: one statement each, in a savepoint.
+    with (
+        django_capture_on_commit_callbacks(execute=False) as callbacks,
+        django_assert_max_num_queries(5),
+    ):
+        events = events_publish(drafts)
+
+    assert [(e.type, e.data) for e in events] == [
+        ("alert.triggered", {"alert": "usage_80", "threshold": "0.8", "used": "16000.5"}),
+        ("balance.depleted", {"available": "0"}),
+        ("invoice.finalized", {"number": "INV-1"}),
+        ("invoice.finalized", {"number": "INV-2"}),
+    ]
+    assert len({e.public_id for e in events}) == 4
+    deliveries = {
+        (e.type, e.data.get("number"), endpoint)
+        for e in events
+        for endpoint in e.deliveries.values_list("endpoint", flat=True)
+    }
+    assert deliveries == {
+        ("alert.triggered", None, everything.pk),
+        ("alert.triggered", None, alerts.pk),
+        ("balance.depleted", None, everything.pk),
+        ("invoice.finalized", "INV-1", everything.pk),
+        ("invoice.finalized", "INV-1", invoices.pk),
+        ("invoice.finalized", "INV-2", everything.pk),
+        ("invoice.finalized", "INV-2", invoices.pk),
+    }
+    assert len(callbacks) == len(deliveries)  # one send per delivery, after commit
 
 
 def test_it_stores_money_and_credits_as_strings(acme: Customer) -> None:

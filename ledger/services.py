@@ -11,6 +11,7 @@ writers on one customer queue there and writers on different customers never mee
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -59,7 +60,7 @@ from ledger.models import (
     LedgerOperation,
     OperationKind,
 )
-from ledger.signals import credit_grant_created
+from ledger.signals import credit_grants_created
 
 
 def _lock_account(account_id: int) -> Account:
@@ -105,6 +106,29 @@ def _replayed_operation(account: Account, kind: str, key: str | None) -> LedgerO
 # --- grants ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class GrantRequest:
+    """One grant to create, as ``credit_grant_create`` takes it (for a batch)."""
+
+    account_id: int
+    amount: Decimal
+    category: str
+    actor: str
+    priority: int = 50
+    effective_at: datetime | None = None
+    expires_at: datetime | None = None
+    applies_to: Sequence[str] = ()
+    workspace: str | None = None
+    cost_basis: Money | None = None
+    reason: str = ""
+    memo: str = ""
+    description: str = ""
+    source_type: str = ""
+    source_id: str = ""
+    idempotency_key: str | None = None
+    expired_by_source: bool = False
+
+
 def credit_grant_create(
     *,
     account: Account,
@@ -125,62 +149,147 @@ def credit_grant_create(
     idempotency_key: str | None = None,
     expired_by_source: bool = False,
 ) -> CreditGrant:
-    amount = credits(amount)
-    _validate_grant(amount, category, priority, effective_at, expires_at, cost_basis)
-    effective_at = effective_at or timezone.now()
-    basis = cost_basis if cost_basis is not None else Money(0, "USD")
-    with transaction.atomic():
-        locked = _lock_account(account.pk)
-        if idempotency_key is not None:
-            existing = CreditGrant.objects.filter(
-                account=locked, idempotency_key=idempotency_key
-            ).first()
-            if existing is not None:
-                return _same_grant_or_conflict(existing, amount, category)
-        operation = _operation(
-            locked,
-            OperationKind.GRANT,
-            actor=actor,
-            reason=reason,
-            memo=memo,
-            description=description,
-            key=None,
-        )
-        grant = CreditGrant.objects.create(
-            account=locked,
-            amount=amount,
-            remaining=amount,
-            category=category,
-            category_rank=CATEGORY_RANK[GrantCategory(category)],
-            priority=priority,
-            effective_at=effective_at,
-            expires_at=expires_at,
-            applies_to=list(applies_to),
-            workspace=workspace,
-            cost_basis=basis.amount,
-            cost_basis_currency=str(basis.currency),
-            reason=reason,
-            memo=memo,
-            description=description,
-            actor=actor,
-            expired_by_source=expired_by_source,
-            source_type=source_type,
-            source_id=source_id,
-            idempotency_key=idempotency_key,
-        )
-        LedgerEntry.objects.create(
-            operation=operation,
-            account=locked,
-            kind=EntryKind.GRANT,
-            grant=grant,
-            credits=amount,
-            cause_type=CauseType.STAFF_ACTION if Actor.parse(actor).is_staff else CauseType.SYSTEM,
-            cause_id=source_id,
-        )
-        if _past_late_usage(grant, timezone.now()):
-            _close_grant(grant, operation, EntryKind.EXPIRE, GrantStatus.EXPIRED)
-        credit_grant_created.send(sender=CreditGrant, grant=grant, account=locked)
+    (grant,) = credit_grants_create(
+        requests=[
+            GrantRequest(
+                account_id=account.pk,
+                amount=credits(amount),
+                category=category,
+                actor=actor,
+                priority=priority,
+                effective_at=effective_at,
+                expires_at=expires_at,
+                applies_to=applies_to,
+                workspace=workspace,
+                cost_basis=cost_basis,
+                reason=reason,
+                memo=memo,
+                description=description,
+                source_type=source_type,
+                source_id=source_id,
+                idempotency_key=idempotency_key,
+                expired_by_source=expired_by_source,
+            )
+        ]
+    )
     return grant
+
+
+def credit_grants_create(*, requests: Sequence[GrantRequest]) -> list[CreditGrant]:
+    """Create grants, each with its operation and its grant entry, one statement each for
+    all of them (a batch of periods' rollovers); returns them in the requests' order.
+
+    A request whose idempotency key its account already used returns that grant, or
+    raises IdempotencyConflict if it differs; a grant created past its late-usage window
+    is written off at once. ``credit_grants_created`` is sent once, with the new grants
+    (not the replayed ones).
+    """
+    for request in requests:
+        _validate_grant(
+            credits(request.amount),
+            request.category,
+            request.priority,
+            request.effective_at,
+            request.expires_at,
+            request.cost_basis,
+        )
+    if not requests:
+        return []
+    keyed = [(r.account_id, r.idempotency_key) for r in requests if r.idempotency_key]
+    if len(set(keyed)) != len(keyed):
+        raise InvalidRequest(
+            "two grants of one batch have the same idempotency key; give each its own",
+            param="idempotency_key",
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        accounts = {
+            account.pk: account
+            for account in Account.objects.select_for_update()
+            .filter(pk__in={request.account_id for request in requests})
+            .order_by("pk")
+        }
+        keys = {request.idempotency_key for request in requests} - {None}
+        existing = {
+            (grant.account_id, grant.idempotency_key): grant
+            for grant in (
+                CreditGrant.objects.filter(account__in=list(accounts), idempotency_key__in=keys)
+                if keys
+                else []
+            )
+        }
+        # Replays first, so that a conflict raises before anything is written.
+        replayed = {
+            index: _same_grant_or_conflict(
+                existing[(request.account_id, request.idempotency_key)],
+                credits(request.amount),
+                request.category,
+            )
+            for index, request in enumerate(requests)
+            if (request.account_id, request.idempotency_key) in existing
+        }
+        new = [request for index, request in enumerate(requests) if index not in replayed]
+        operations = LedgerOperation.objects.bulk_create(
+            LedgerOperation(
+                account_id=request.account_id,
+                kind=OperationKind.GRANT,
+                actor=request.actor,
+                reason=request.reason,
+                memo=request.memo,
+                description=request.description,
+                idempotency_key=None,
+            )
+            for request in new
+        )
+        created = CreditGrant.objects.bulk_create(_grant_row(request, now) for request in new)
+        LedgerEntry.objects.bulk_create(
+            LedgerEntry(
+                operation=operation,
+                account_id=grant.account_id,
+                kind=EntryKind.GRANT,
+                grant=grant,
+                credits=grant.amount,
+                cause_type=CauseType.STAFF_ACTION
+                if Actor.parse(grant.actor).is_staff
+                else CauseType.SYSTEM,
+                cause_id=grant.source_id,
+            )
+            for grant, operation in zip(created, operations, strict=True)
+        )
+        for grant, operation in zip(created, operations, strict=True):
+            if _past_late_usage(grant, now):
+                _close_grant(grant, operation, EntryKind.EXPIRE, GrantStatus.EXPIRED)
+        if created:
+            credit_grants_created.send(sender=CreditGrant, grants=created, accounts=accounts)
+    made = iter(created)
+    return [replayed[index] if index in replayed else next(made) for index in range(len(requests))]
+
+
+def _grant_row(request: GrantRequest, now: datetime) -> CreditGrant:
+    amount = credits(request.amount)
+    basis = request.cost_basis if request.cost_basis is not None else Money(0, "USD")
+    return CreditGrant(
+        account_id=request.account_id,
+        amount=amount,
+        remaining=amount,
+        category=request.category,
+        category_rank=CATEGORY_RANK[GrantCategory(request.category)],
+        priority=request.priority,
+        effective_at=request.effective_at or now,
+        expires_at=request.expires_at,
+        applies_to=list(request.applies_to),
+        workspace=request.workspace,
+        cost_basis=basis.amount,
+        cost_basis_currency=str(basis.currency),
+        reason=request.reason,
+        memo=request.memo,
+        description=request.description,
+        actor=request.actor,
+        expired_by_source=request.expired_by_source,
+        source_type=request.source_type,
+        source_id=request.source_id,
+        idempotency_key=request.idempotency_key,
+    )
 
 
 def _validate_grant(

@@ -8,5 +8,6 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-# kwargs: grant (the new CreditGrant), account. Not sent for an idempotent replay.
-credit_grant_created = Signal()
+# kwargs: grants (the new CreditGrants, one or a batch), accounts (their locked Accounts,
+# by primary key). Not sent for an idempotent replay.
+credit_grants_created = Signal()

@@ -414,23 +414,27 @@ def _rollovers(ended: Sequence[SubscriptionPeriod], unused: Mapping[int, Decimal
             start__in={period.end for period in rolling},
         )
     }
+    requests = []
     for period in rolling:
         next_period = following.get((period.subscription_id, period.end))
         if next_period is None:
             continue
-        ledger.credit_grant_create(
-            account=period.subscription.customer.account,
-            amount=amounts[period.pk],
-            category=GrantCategory.ROLLOVER,
-            actor="system:subscriptions",
-            effective_at=next_period.start,
-            expires_at=next_period.end,
-            reason="rollover",
-            source_type=PERIOD_SOURCE,
-            source_id=str(next_period.pk),
-            idempotency_key=f"rollover:{period.pk}",
-            expired_by_source=True,
+        requests.append(
+            ledger.GrantRequest(
+                account_id=period.subscription.customer.account_id,
+                amount=amounts[period.pk],
+                category=GrantCategory.ROLLOVER,
+                actor="system:subscriptions",
+                effective_at=next_period.start,
+                expires_at=next_period.end,
+                reason="rollover",
+                source_type=PERIOD_SOURCE,
+                source_id=str(next_period.pk),
+                idempotency_key=f"rollover:{period.pk}",
+                expired_by_source=True,
+            )
         )
+    ledger.credit_grants_create(requests=requests)
 
 
 def _finish(

@@ -160,7 +160,7 @@ def _periods_lock(period_ids: Sequence[int]) -> list[SubscriptionPeriod]:
     # every period shares, would make concurrent closes skip each other's periods.
     periods = list(
         SubscriptionPeriod.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("subscription__customer__account", "plan_version__plan")
+        .select_related("subscription__customer", "plan_version__plan")
         .filter(pk__in=period_ids, status__in=[PeriodStatus.CLOSED, PeriodStatus.INVOICING])
         .order_by("pk")
     )

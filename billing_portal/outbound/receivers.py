@@ -23,27 +23,37 @@ from billing_portal.invoicing.signals import (
 from billing_portal.outbound.models import EventType
 from billing_portal.outbound.services import EventDraft, event_publish, events_publish
 from ledger.models import Account, CreditGrant
-from ledger.signals import credit_grant_created
+from ledger.signals import credit_grants_created
 from plans.models import Customer
 
 
-@receiver(credit_grant_created, dispatch_uid="outbound_credit_grant_created")
-def publish_credit_grant_created(
-    sender: Any, grant: CreditGrant, account: Account, **kwargs: Any
+@receiver(credit_grants_created, dispatch_uid="outbound_credit_grants_created")
+def publish_credit_grants_created(
+    sender: Any, grants: list[CreditGrant], accounts: dict[int, Account], **kwargs: Any
 ) -> None:
-    source = {"type": grant.source_type, "id": grant.source_id} if grant.source_type else None
-    event_publish(
-        type=EventType.CREDIT_GRANT_CREATED,
-        customer=Customer.objects.filter(account=account).first(),
-        data={
-            "id": grant.pk,
-            "amount": grant.amount,
-            "remaining": grant.remaining,
-            "category": grant.category,
-            "status": grant.status,
-            "expires_at": grant.expires_at,
-            "source": source,
-        },
+    customers = {
+        customer.account_id: customer
+        for customer in Customer.objects.filter(account__in={grant.account_id for grant in grants})
+    }
+    events_publish(
+        [
+            EventDraft(
+                type=EventType.CREDIT_GRANT_CREATED,
+                customer=customers.get(grant.account_id),
+                data={
+                    "id": grant.pk,
+                    "amount": grant.amount,
+                    "remaining": grant.remaining,
+                    "category": grant.category,
+                    "status": grant.status,
+                    "expires_at": grant.expires_at,
+                    "source": {"type": grant.source_type, "id": grant.source_id}
+                    if grant.source_type
+                    else None,
+                },
+            )
+            for grant in grants
+        ]
     )
 
 

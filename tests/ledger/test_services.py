@@ -12,6 +12,7 @@ from ledger import services
 from ledger.models import Account, CreditGrant, GrantStatus, Hold, HoldStatus, LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
+from ledger.signals import credit_grants_created
 from tests.ledger import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -322,6 +323,68 @@ class TestVoidAndExpire:
         )
         assert LedgerEntry.objects.filter(kind="expire").count() == 2
         assert {r.check: r.problems for r in run_checks() if r.problems} == {}
+
+
+class TestGrantBatches:
+    def _request(self, account: Account, amount: str, key: str) -> services.GrantRequest:
+        return services.GrantRequest(
+            account_id=account.pk,
+            amount=Decimal(amount),
+            category="rollover",
+            actor="system:test",
+            idempotency_key=key,
+            source_type="test",
+            source_id=key,
+        )
+
+    def test_a_batch_creates_each_grant_once_and_announces_only_the_new_ones(self) -> None:
+        first, second = f.account(), f.account()
+        earlier = services.credit_grants_create(requests=[self._request(first, "5", "r1")])[0]
+        announced: list[list[int]] = []
+
+        def receiver(sender: object, grants: list[CreditGrant], **kwargs: object) -> None:
+            announced.append([grant.pk for grant in grants])
+
+        credit_grants_created.connect(receiver)
+        try:
+            made = services.credit_grants_create(
+                requests=[
+                    self._request(second, "7", "r2"),
+                    self._request(first, "5", "r1"),  # a replay
+                    self._request(first, "1.5", "r3"),
+                ]
+            )
+        finally:
+            credit_grants_created.disconnect(receiver)
+
+        assert made[1] == earlier
+        assert [(g.account_id, g.amount, g.remaining, g.idempotency_key) for g in made] == [
+            (second.pk, Decimal(7), Decimal(7), "r2"),
+            (first.pk, Decimal(5), Decimal(5), "r1"),
+            (first.pk, Decimal("1.5"), Decimal("1.5"), "r3"),
+        ]
+        assert announced == [[made[0].pk, made[2].pk]]
+        entries = LedgerEntry.objects.filter(kind="grant").order_by("pk")
+        assert [(e.grant_id, e.credits, e.cause_id) for e in entries] == [
+            (earlier.pk, Decimal(5), "r1"),
+            (made[0].pk, Decimal(7), "r2"),
+            (made[2].pk, Decimal("1.5"), "r3"),
+        ]
+        assert account_balance(account=first).posted == Decimal("6.5")
+        assert {r.check: r.problems for r in run_checks() if r.problems} == {}
+
+    def test_a_conflicting_replay_writes_nothing_of_its_batch(self) -> None:
+        account = f.account()
+        services.credit_grants_create(requests=[self._request(account, "5", "r1")])
+        with pytest.raises(services.IdempotencyConflict, match="r1"):
+            services.credit_grants_create(
+                requests=[self._request(account, "2", "r2"), self._request(account, "6", "r1")]
+            )
+        with pytest.raises(services.InvalidRequest, match="same idempotency key"):
+            services.credit_grants_create(
+                requests=[self._request(account, "2", "r4"), self._request(account, "2", "r4")]
+            )
+        assert list(CreditGrant.objects.values_list("idempotency_key", flat=True)) == ["r1"]
 
 
 class TestRetries:

@@ -35,9 +35,10 @@
       announced at once (signal ``invoices_numbered``), on which the outgoing
       ``invoice.finalized`` events are published, one statement each for the events and
       their deliveries (``billing_portal.outbound.receivers``);
-   e. announce each invoice (signal ``billing_portal.invoicing.signals.invoice_issued``):
-      the Stripe integration's receiver marks it pending and queues its sync (task
-      ``invoice_sync_task``), sent once the transaction commits.
+   e. announce the invoices (signal ``billing_portal.invoicing.signals.invoices_issued``):
+      the Stripe integration's receiver marks the ones Stripe collects pending, in one
+      statement, and queues their syncs (task ``invoice_sync_task``), sent once the
+      transaction commits.
 
    If a step of the batch as a whole fails (c to e), the batch is rolled back and its
    periods are closed one by one, each in its own transaction, so one bad period never
@@ -64,7 +65,7 @@ from django.utils import timezone
 
 from billing_portal.invoicing.models import Invoice
 from billing_portal.invoicing.services import period_invoice_drafts, period_invoices_create
-from billing_portal.invoicing.signals import invoice_issued
+from billing_portal.invoicing.signals import invoices_issued
 from ledger.models import Account
 from metering.true_up import TrueUp, period_rates_true_up, periods_true_ups
 from plans.models import PeriodStatus, SubscriptionPeriod
@@ -148,8 +149,7 @@ def _close(*, period_ids: Sequence[int], now: datetime, isolate: bool) -> list[I
             period for period in periods if period.pk not in closing_ids or period.pk in handed_over
         ]
         invoices = period_invoices_create(drafts=period_invoice_drafts(periods=handed))
-        for invoice in invoices:
-            invoice_issued.send(sender=Invoice, invoice=invoice)
+        invoices_issued.send(sender=Invoice, invoices=invoices)
     return invoices
 
 

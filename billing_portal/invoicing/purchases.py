@@ -34,7 +34,7 @@ from billing_portal.invoicing.models import (
     PurchaseStatus,
 )
 from billing_portal.invoicing.services import invoice_number_next
-from billing_portal.invoicing.signals import invoice_issued, invoice_voided
+from billing_portal.invoicing.signals import invoice_voided, invoices_issued
 from ledger.errors import IdempotencyConflict, InvalidRequest
 from ledger.models import GrantCategory
 from ledger.services import credit_grant_create
@@ -127,7 +127,7 @@ def _purchase_insert(
             source=source,
             idempotency_key=idempotency_key,
         )
-        invoice_issued.send(sender=Invoice, invoice=invoice)
+        invoices_issued.send(sender=Invoice, invoices=[invoice])
     return purchase
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-# kwargs: invoice (an Invoice just created open: a period's, or a credit pack purchase's).
-invoice_issued = Signal()
+# kwargs: invoices (Invoices just created open: a batch of periods', or a credit pack
+# purchase's one).
+invoices_issued = Signal()
 # kwargs: invoices (period Invoices just numbered, in one statement for the batch: each
 # is finalized now, and is not saved again for it).
 invoices_numbered = Signal()

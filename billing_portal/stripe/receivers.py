@@ -17,13 +17,18 @@ from billing_portal.invoicing.models import CreditNote, Invoice
 from billing_portal.invoicing.signals import (
     credit_note_issued,
     credit_note_voided,
-    invoice_issued,
     invoice_voided,
+    invoices_issued,
 )
 from billing_portal.stripe import sync
 
 
-@receiver([invoice_issued, invoice_voided], dispatch_uid="stripe_invoice_sync")
+@receiver(invoices_issued, dispatch_uid="stripe_invoices_sync")
+def invoices_sync_queue(sender: Any, invoices: list[Invoice], **kwargs: Any) -> None:
+    sync.invoices_sync_enqueue(invoices=invoices)
+
+
+@receiver(invoice_voided, dispatch_uid="stripe_invoice_sync")
 def invoice_sync_queue(sender: Any, invoice: Invoice, **kwargs: Any) -> None:
     sync.invoice_sync_enqueue(invoice=invoice)
 

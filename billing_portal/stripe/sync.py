@@ -16,6 +16,7 @@ network call and run in the webhook's transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -135,20 +136,32 @@ def invoice_sync_gave_up(*, invoice_id: int, error: str) -> None:
 
 
 def invoice_sync_enqueue(*, invoice: Invoice) -> None:
-    """Queue the Stripe sync of an invoice once the current transaction commits.
+    """Queue the Stripe sync of an invoice once the current transaction commits."""
+    invoices_sync_enqueue(invoices=[invoice])
 
-    Runs in the transaction that created (or voided) the invoice, called by the receiver
-    of invoicing's signals; nothing is queued in demo mode or when there is nothing to
-    collect.
+
+def invoices_sync_enqueue(*, invoices: Sequence[Invoice]) -> None:
+    """Queue the Stripe syncs of invoices once the current transaction commits, marking
+    them pending in one statement.
+
+    Runs in the transaction that created (or voided) the invoices, called by the
+    receivers of invoicing's signals; nothing is queued in demo mode, nor for an invoice
+    with nothing to collect.
     """
     from billing_portal.stripe.tasks import invoice_sync_task
 
-    if not adapter.stripe_enabled() or not invoice_needs_stripe(invoice):
+    if not adapter.stripe_enabled():
         return
-    Invoice.objects.filter(pk=invoice.pk).update(sync_state=SyncState.PENDING, sync_error="")
-    invoice.sync_state = SyncState.PENDING
-    invoice.sync_error = ""
-    invoice_sync_task.delay_on_commit(invoice.pk)
+    pending = [invoice for invoice in invoices if invoice_needs_stripe(invoice)]
+    if not pending:
+        return
+    Invoice.objects.filter(pk__in=[invoice.pk for invoice in pending]).update(
+        sync_state=SyncState.PENDING, sync_error=""
+    )
+    for invoice in pending:
+        invoice.sync_state = SyncState.PENDING
+        invoice.sync_error = ""
+        invoice_sync_task.delay_on_commit(invoice.pk)
 
 
 # A sync queued this long ago and never started lost its message (the broker was down

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.db import connection
 from django.utils import timezone
@@ -63,6 +64,21 @@ def invoice_numbers_next(count: int, prefix: str = "INV-") -> list[str]:
 cents = to_cents
 
 
+class UsageEntry(NamedTuple):
+    """What an invoice reads of one consume or overage entry of an event (a LedgerEntry's
+    fields by the same names): a period has one or two per event, so they are read as
+    tuples, not built into models (10,000 entries: about 30 ms against 300)."""
+
+    pk: int
+    kind: str
+    credits: Decimal
+    cause_id: str
+
+
+# The entries a line is built from and linked to: usage entries, or true-up entries.
+Entry = UsageEntry | LedgerEntry
+
+
 @dataclass
 class _Line:
     kind: str
@@ -73,7 +89,7 @@ class _Line:
     start: datetime
     end: datetime
     credits: Decimal = ZERO
-    entries: list[LedgerEntry] = field(default_factory=list)
+    entries: Sequence[Entry] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,7 +104,7 @@ class LineDraft:
     credits: Decimal
     service_period_start: datetime
     service_period_end: datetime
-    entries: list[LedgerEntry]
+    entries: Sequence[Entry]
 
 
 @dataclass(frozen=True)
@@ -229,7 +245,7 @@ class _Facts:
     changes: list[SubscriptionChange] = field(default_factory=list)
     # (entry, late): late entries belong to events of an earlier, already invoiced period
     # that were charged in this one.
-    usage: list[tuple[LedgerEntry, bool]] = field(default_factory=list)
+    usage: list[tuple[UsageEntry, bool]] = field(default_factory=list)
     rate_usage: list[RateUsage] = field(default_factory=list)
     true_up_entries: list[LedgerEntry] = field(default_factory=list)
 
@@ -271,7 +287,7 @@ ORDER BY e.id
 
 def _usage_entries(
     periods: Sequence[SubscriptionPeriod],
-) -> list[tuple[int, LedgerEntry, bool]]:
+) -> list[tuple[int, UsageEntry, bool]]:
     """(period id, entry, late) for the consume and overage entries of the periods'
     events, net of cancelled events; each entry holds what the invoice reads of it."""
     accounts = {period.pk: period.subscription.customer.account_id for period in periods}
@@ -288,18 +304,7 @@ def _usage_entries(
         )
         rows = cursor.fetchall()
     return [
-        (
-            period_id,
-            LedgerEntry(
-                pk=pk,
-                account_id=accounts[period_id],
-                kind=kind,
-                credits=credits,
-                cause_type=CauseType.EVENT,
-                cause_id=cause_id,
-            ),
-            late,
-        )
+        (period_id, UsageEntry(pk, kind, credits, cause_id), late)
         for period_id, late, pk, kind, credits, cause_id in rows
     ]
 
@@ -497,7 +502,7 @@ def _prorations(period: SubscriptionPeriod, facts: _Facts) -> list[_Line]:
     return lines
 
 
-def _included_usage(period: SubscriptionPeriod, entries: list[LedgerEntry]) -> _Line:
+def _included_usage(period: SubscriptionPeriod, entries: list[UsageEntry]) -> _Line:
     used = -sum((e.credits for e in entries), ZERO)
     return _Line(
         LineKind.INCLUDED_USAGE,
@@ -515,7 +520,7 @@ def _included_usage(period: SubscriptionPeriod, entries: list[LedgerEntry]) -> _
 def _overage(
     period: SubscriptionPeriod,
     version: PlanVersion,
-    entries: list[LedgerEntry],
+    entries: list[UsageEntry],
     kind: str,
     start: datetime,
     end: datetime,
@@ -537,7 +542,7 @@ def _overage(
 
 
 def _prior_period_adjustments(
-    period: SubscriptionPeriod, version: PlanVersion, entries: list[LedgerEntry]
+    period: SubscriptionPeriod, version: PlanVersion, entries: list[UsageEntry]
 ) -> list[_Line]:
     """Late overage keeps the service period of the period its events belong to."""
     overage = [e for e in entries if e.kind == EntryKind.OVERAGE]
@@ -549,7 +554,7 @@ def _prior_period_adjustments(
         )
     )
     subscription = period.subscription
-    groups: dict[tuple[datetime, datetime], list[LedgerEntry]] = defaultdict(list)
+    groups: dict[tuple[datetime, datetime], list[UsageEntry]] = defaultdict(list)
     for entry in overage:
         moment = timestamps[int(entry.cause_id)]
         _, start, end = period_containing(

@@ -260,7 +260,7 @@ def credit_grants_create(*, requests: Sequence[GrantRequest]) -> list[CreditGran
             if _past_late_usage(grant, now):
                 _close_grant(grant, operation, EntryKind.EXPIRE, GrantStatus.EXPIRED)
         if created:
-            credit_grants_created.send(sender=CreditGrant, grants=created, accounts=accounts)
+            credit_grants_created.send(sender=CreditGrant, grants=created)
     made = iter(created)
     return [replayed[index] if index in replayed else next(made) for index in range(len(requests))]
 

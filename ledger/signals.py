@@ -8,6 +8,5 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-# kwargs: grants (the new CreditGrants, one or a batch), accounts (their locked Accounts,
-# by primary key). Not sent for an idempotent replay.
+# kwargs: grants (the new CreditGrants, one or a batch). Not sent for an idempotent replay.
 credit_grants_created = Signal()

@@ -402,8 +402,9 @@ def _rollovers(ended: Sequence[SubscriptionPeriod], unused: Mapping[int, Decimal
     amounts = {}
     for period in ended:
         limit = period.plan_version.rollover_max_credits
-        if limit is not None and min(unused[period.pk], limit) > 0:
-            amounts[period.pk] = min(unused[period.pk], limit)
+        amount = min(unused[period.pk], limit) if limit is not None else Decimal(0)
+        if amount > 0:
+            amounts[period.pk] = amount
     rolling = [period for period in ended if period.pk in amounts]
     if not rolling:
         return
@@ -689,11 +690,6 @@ def periods_due_for_close(*, now: datetime | None = None) -> list[int]:
         status=PeriodStatus.CLOSED, end__lte=before, closed_at__lte=before
     )
     return list(due.order_by("end", "pk").values_list("pk", flat=True))
-
-
-def period_credits_close(*, period: SubscriptionPeriod, now: datetime) -> None:
-    """Hand one closed period over to invoicing (see :func:`periods_credits_close`)."""
-    periods_credits_close(periods=[period], now=now)
 
 
 def periods_credits_close(*, periods: Sequence[SubscriptionPeriod], now: datetime) -> None:

@@ -22,15 +22,13 @@ from billing_portal.invoicing.signals import (
 )
 from billing_portal.outbound.models import EventType
 from billing_portal.outbound.services import EventDraft, event_publish, events_publish
-from ledger.models import Account, CreditGrant
+from ledger.models import CreditGrant
 from ledger.signals import credit_grants_created
 from plans.models import Customer
 
 
 @receiver(credit_grants_created, dispatch_uid="outbound_credit_grants_created")
-def publish_credit_grants_created(
-    sender: Any, grants: list[CreditGrant], accounts: dict[int, Account], **kwargs: Any
-) -> None:
+def publish_credit_grants_created(sender: Any, grants: list[CreditGrant], **kwargs: Any) -> None:
     customers = {
         customer.account_id: customer
         for customer in Customer.objects.filter(account__in={grant.account_id for grant in grants})

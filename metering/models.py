@@ -150,6 +150,17 @@ class EventRating(models.Model):
     error_message = models.TextField(blank=True)
     rated_at = models.DateTimeField()
 
+    class Meta:
+        indexes = [
+            # A period's late events only (few): an estimate of its invoice reads their
+            # entries and takes the rest from the period's counters (PeriodUsage).
+            models.Index(
+                fields=["period"],
+                condition=Q(prior_period_adjustment=True),
+                name="metering_rating_late",
+            ),
+        ]
+
     def __str__(self) -> str:
         return f"{self.event_id}: {self.credits}"
 

@@ -16,7 +16,7 @@ from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from ledger.models import CreditGrant
-from ledger.selectors import account_balance
+from ledger.selectors import Balance, account_balance
 from ledger.units import rfc3339
 from metering.models import (
     EventCancellation,
@@ -28,7 +28,14 @@ from metering.models import (
     UsageRollup,
 )
 from plans import selectors as plan_selectors
-from plans.models import Aggregation, Customer, Meter, OveragePolicy, SubscriptionPeriod
+from plans.models import (
+    Aggregation,
+    Customer,
+    Meter,
+    OveragePolicy,
+    Subscription,
+    SubscriptionPeriod,
+)
 
 GRANULARITY = {"hour": "hour", "day": "day", "month": "month"}
 
@@ -71,9 +78,19 @@ def _fmt(value: Decimal) -> str:
     return f"{value:.6f}"
 
 
-def balance_payload(customer: Customer) -> dict[str, Any]:
-    """The balance as the API shows it: the one reading the API, the portal and alerts
-    share, so the numbers they show agree. Decimals as strings with six places."""
+@dataclass(frozen=True)
+class BalanceReading:
+    """One reading of a customer's balance and what it is judged against: a page that
+    shows several of these figures reads them once."""
+
+    balance: Balance
+    period: SubscriptionPeriod | None  # the period in force at the balance's moment
+    subscription: Subscription | None  # the active one
+    payload: dict[str, Any]  # as the API shows it (balance_payload)
+
+
+def balance_read(customer: Customer) -> BalanceReading:
+    """The balance as the API shows it, with the rows it was read from."""
     # The period's usage comes from PeriodUsage (one row), not from summing its entries.
     balance = account_balance(account=customer.account)
     period = plan_selectors.period_in_force(customer=customer, at=balance.as_of)
@@ -82,7 +99,7 @@ def balance_payload(customer: Customer) -> dict[str, Any]:
     subscription = plan_selectors.subscription_active(customer=customer)
     policy = subscription.plan_version.overage_policy if subscription else None
     limit = customer.spend_limit_credits
-    return {
+    payload = {
         "customer": customer.external_id,
         # What usage with no workspace may draw: pooled credits (as an authorization
         # without a workspace sees it). Each workspace adds its own: see "workspaces".
@@ -100,6 +117,13 @@ def balance_payload(customer: Customer) -> dict[str, Any]:
         },
         "as_of": rfc3339(balance.as_of),
     }
+    return BalanceReading(balance, period, subscription, payload)
+
+
+def balance_payload(customer: Customer) -> dict[str, Any]:
+    """The balance as the API shows it: the one reading the API, the portal and alerts
+    share, so the numbers they show agree. Decimals as strings with six places."""
+    return balance_read(customer).payload
 
 
 def _pooled(grants: list[CreditGrant]) -> Decimal:
@@ -277,8 +301,11 @@ def entitlements_for(*, customer: Customer, at: datetime | None = None) -> list[
     """The features of the plan of the period in force (none without one), with each
     metered feature's units used in that period."""
     period = plan_selectors.period_in_force(customer=customer, at=at)
-    if period is None:
-        return []
+    return entitlements_of(customer=customer, period=period) if period else []
+
+
+def entitlements_of(*, customer: Customer, period: SubscriptionPeriod) -> list[Entitlement]:
+    """The features of ``period``'s plan, with each metered feature's units used in it."""
     features = period.plan_version.feature_list()
     meters = Meter.objects.in_bulk([f.meter for f in features if f.meter], field_name="code")
     out = []

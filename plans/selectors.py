@@ -54,7 +54,7 @@ def period_in_force(*, customer: Customer, at: datetime | None = None) -> Subscr
             start__lte=at,
             end__gt=at,
         )
-        .select_related("plan_version__plan")
+        .select_related("plan_version__plan", "subscription__customer")
         .order_by("-start")
         .first()
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.db.models import Min, Q, QuerySet, Sum
 
@@ -151,7 +152,11 @@ class SpendControls:
 
 def spend_controls_for(*, customer: Customer) -> SpendControls:
     """What refuses this customer's requests right now, from the balance API's numbers."""
-    payload = balance_payload(customer)
+    return spend_controls_from(balance_payload(customer))
+
+
+def spend_controls_from(payload: Mapping[str, Any]) -> SpendControls:
+    """The same from a balance already read (``balance_payload``)."""
     limits = payload["limits"]
     return SpendControls(
         spend_limit_reached=bool(limits["spend_limit_reached"]),

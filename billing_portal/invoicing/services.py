@@ -143,6 +143,17 @@ def period_invoice_drafts(*, periods: Sequence[SubscriptionPeriod]) -> list[Invo
     return [_draft(period, facts[period.pk]) for period in periods]
 
 
+def period_invoice_total(*, period: SubscriptionPeriod) -> Money:
+    """What :func:`period_invoice_draft`'s invoice of a period would total, from the
+    period's usage counters instead of its events' entries while it is not invoiced: an
+    estimate (the portal's) that reads the same few rows however many events it has."""
+    if period.status not in (PeriodStatus.OPEN, PeriodStatus.CLOSED):
+        return period_invoice_draft(period=period).total  # its counters hold its true-up
+    facts = _facts_read([period], with_usage=False)
+    facts[period.pk].usage = _usage_from_counters(period)
+    return _draft(period, facts[period.pk]).total
+
+
 def _draft(period: SubscriptionPeriod, facts: _Facts) -> InvoiceDraft:
     currency = str(as_money(period.plan_version.base_fee).currency)
     lines = [
@@ -250,7 +261,9 @@ class _Facts:
     true_up_entries: list[LedgerEntry] = field(default_factory=list)
 
 
-def _facts_read(periods: Sequence[SubscriptionPeriod]) -> dict[int, _Facts]:
+def _facts_read(
+    periods: Sequence[SubscriptionPeriod], *, with_usage: bool = True
+) -> dict[int, _Facts]:
     facts = {period.pk: _Facts() for period in periods}
     if not facts:
         return facts
@@ -261,7 +274,7 @@ def _facts_read(periods: Sequence[SubscriptionPeriod]) -> dict[int, _Facts]:
     for change in changes.order_by("pk"):
         assert change.period_id is not None
         facts[change.period_id].changes.append(change)
-    for period_id, entry, late in _usage_entries(periods):
+    for period_id, entry, late in _usage_entries(periods) if with_usage else []:
         facts[period_id].usage.append((entry, late))
     for row in RateUsage.objects.filter(period__in=list(facts)).select_related("rate__meter"):
         facts[row.period_id].rate_usage.append(row)
@@ -271,10 +284,12 @@ def _facts_read(periods: Sequence[SubscriptionPeriod]) -> dict[int, _Facts]:
 
 # Consume and overage entries of the periods' events, net of cancelled events, as tuples
 # in one query: the ratings name each event's period, the entries name the event.
+# {late_only}: only the entries of events charged late, whose ratings an index of their
+# own finds (metering_rating_late), however many events the period has.
 _USAGE_ENTRIES_SQL = f"""
 SELECT p.period_id, r.prior_period_adjustment, e.id, e.kind, e.credits, e.cause_id
 FROM unnest(%s::bigint[], %s::bigint[]) AS p(period_id, account_id)
-JOIN {EventRating._meta.db_table} r ON r.period_id = p.period_id
+JOIN {EventRating._meta.db_table} r ON r.period_id = p.period_id {{late_only}}
 JOIN {LedgerEntry._meta.db_table} e
   ON e.account_id = p.account_id AND e.cause_type = %s AND e.cause_id = r.event_id::text
 WHERE e.kind IN (%s, %s)
@@ -286,14 +301,15 @@ ORDER BY e.id
 
 
 def _usage_entries(
-    periods: Sequence[SubscriptionPeriod],
+    periods: Sequence[SubscriptionPeriod], *, late_only: bool = False
 ) -> list[tuple[int, UsageEntry, bool]]:
     """(period id, entry, late) for the consume and overage entries of the periods'
     events, net of cancelled events; each entry holds what the invoice reads of it."""
     accounts = {period.pk: period.subscription.customer.account_id for period in periods}
+    sql = _USAGE_ENTRIES_SQL.format(late_only="AND r.prior_period_adjustment" if late_only else "")
     with connection.cursor() as cursor:
         cursor.execute(
-            _USAGE_ENTRIES_SQL,
+            sql,
             [
                 list(accounts),
                 list(accounts.values()),
@@ -307,6 +323,29 @@ def _usage_entries(
         (period_id, UsageEntry(pk, kind, credits, cause_id), late)
         for period_id, late, pk, kind, credits, cause_id in rows
     ]
+
+
+def _usage_from_counters(period: SubscriptionPeriod) -> list[tuple[UsageEntry, bool]]:
+    """What :func:`_usage_entries` gives an open period, from its ``PeriodUsage`` and its
+    late events' entries: the on-time consumption and overage as one entry each (pk 0, no
+    cause), which rating and cancellation keep current."""
+    usage = PeriodUsage.objects.filter(period=period).first()
+    late = [(entry, True) for _, entry, _ in _usage_entries([period], late_only=True)]
+    late_overage = sum((e.credits for e, _ in late if e.kind == EntryKind.OVERAGE), ZERO)
+    late_credits = sum((e.credits for e, _ in late), ZERO)
+    credits = usage.credits if usage else ZERO
+    overage = usage.overage if usage else ZERO
+    on_time_overage = -overage - late_overage
+    on_time_consume = -(credits - overage) - (late_credits - late_overage)
+    on_time = [
+        (UsageEntry(0, kind, amount, ""), False)
+        for kind, amount in (
+            (EntryKind.CONSUME, on_time_consume),
+            (EntryKind.OVERAGE, on_time_overage),
+        )
+        if amount
+    ]
+    return on_time + late
 
 
 def _true_up_entries_read(periods: Sequence[SubscriptionPeriod], facts: dict[int, _Facts]) -> None:

@@ -15,12 +15,12 @@ from django.db.models import Sum
 from django.utils import timezone
 from djmoney.money import Money
 
+from billing_portal.alerts.selectors import SpendControls, spend_controls_from
 from billing_portal.csv_safe import Cell
 from billing_portal.invoicing.models import CreditPackPurchase, PurchaseStatus
-from billing_portal.invoicing.selectors import upcoming_invoice
+from billing_portal.invoicing.services import period_invoice_total
 from billing_portal.portal.models import PortalMembership, Role
 from billing_portal.portal.templatetags.portal import price_text
-from ledger.errors import NotFound
 from ledger.models import (
     CREDIT_QUANTUM,
     ZERO,
@@ -31,12 +31,17 @@ from ledger.models import (
     LedgerEntry,
     LedgerOperation,
 )
-from ledger.selectors import account_balance
 from ledger.units import credits_exact, credits_text, rfc3339, to_cents
 from metering.models import EventRating, MeterEvent
-from metering.selectors import balance_payload, entitlements_for, usage_rows
-from plans import selectors as plan_selectors
-from plans.models import Customer, Meter, OveragePolicy, PlanVersion, Workspace
+from metering.selectors import balance_read, entitlements_of, usage_rows
+from plans.models import (
+    Customer,
+    Meter,
+    OveragePolicy,
+    PlanVersion,
+    SubscriptionPeriod,
+    Workspace,
+)
 from plans.money import as_money
 
 RANGES = {"1": 1, "7": 7, "30": 30, "90": 90}
@@ -70,6 +75,10 @@ class Dashboard:
     spend_limit_value: Money | None = None
     overage_value: Money | None = None
     daily_burn_value: Money | None = None
+    # Read with the figures above, so the page reads the balance once.
+    period: SubscriptionPeriod | None = None
+    parts: list[BalancePart] = field(default_factory=list)
+    controls: SpendControls | None = None
 
 
 EXPIRING_SOON_DAYS = 14
@@ -86,11 +95,9 @@ class BalancePart:
     workspace: str | None
 
 
-def balance_parts(*, customer: Customer, now: datetime | None = None) -> list[BalancePart]:
+def balance_parts(*, grants: Sequence[CreditGrant], now: datetime) -> list[BalancePart]:
     """What the balance is made of: each usable grant with credits left, soonest to
     expire first (those without an expiry last)."""
-    now = now or timezone.now()
-    grants = account_balance(account=customer.account, at=now).grants
     parts = [_balance_part(g, now) for g in grants if g.remaining > 0]
     return sorted(parts, key=lambda p: (p.expires_at is None, p.expires_at or now))
 
@@ -109,9 +116,10 @@ def _balance_part(grant: CreditGrant, now: datetime) -> BalancePart:
 
 def dashboard_for(*, customer: Customer, now: datetime | None = None) -> Dashboard:
     now = now or timezone.now()
-    payload = balance_payload(customer)
+    reading = balance_read(customer)
+    payload = reading.payload
     period = payload["period"]
-    subscription = plan_selectors.subscription_active(customer=customer)
+    subscription = reading.subscription
     version = subscription.plan_version if subscription else None
     available = Decimal(payload["available"])
     included_left = Decimal(period["included_left"]) if period else ZERO
@@ -140,6 +148,9 @@ def dashboard_for(*, customer: Customer, now: datetime | None = None) -> Dashboa
         spend_limit_value=credits_value(limit, price),
         overage_value=credits_value(Decimal(period["overage"]) if period else None, price),
         daily_burn_value=credits_value(burn, price),
+        period=reading.period,
+        parts=balance_parts(grants=reading.balance.grants, now=reading.balance.as_of),
+        controls=spend_controls_from(payload),
     )
 
 
@@ -158,13 +169,10 @@ def credits_value(amount: Decimal | None, price: Money | None) -> Money | None:
     return Money(to_cents(amount * price.amount), price.currency)
 
 
-def estimated_bill(*, customer: Customer) -> Money | None:
-    """The total of the upcoming invoice (the API's ``upcoming_invoice``, period close's own
-    calculation); None without an open period."""
-    try:
-        return upcoming_invoice(customer=customer).total
-    except NotFound:
-        return None
+def estimated_bill(*, period: SubscriptionPeriod | None) -> Money | None:
+    """The total of the upcoming invoice of the period in force (the API's
+    ``upcoming_invoice``, period close's own calculation); None without one."""
+    return period_invoice_total(period=period) if period is not None else None
 
 
 def recharge_card_purchase(*, customer: Customer) -> CreditPackPurchase | None:
@@ -190,11 +198,14 @@ class FeatureLine:
     usage: str | None  # for a limited feature: "3 of 500 summaries used this period, 497 left"
 
 
-def plan_features_for(*, customer: Customer) -> list[FeatureLine]:
-    """The entitlements the API answers, worded for people (the catalog gives a feature a
-    code only: its words are read from it)."""
+def plan_features_for(
+    *, customer: Customer, period: SubscriptionPeriod | None
+) -> list[FeatureLine]:
+    """The entitlements the API answers for the period in force, worded for people (the
+    catalog gives a feature a code only: its words are read from it)."""
     lines = []
-    for feature in entitlements_for(customer=customer):
+    features = entitlements_of(customer=customer, period=period) if period is not None else []
+    for feature in features:
         usage = None
         if feature.limit is not None and feature.used is not None:
             left = feature.remaining if feature.remaining is not None else ZERO

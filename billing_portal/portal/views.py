@@ -124,9 +124,9 @@ def dashboard(request: PortalRequest) -> HttpResponse:
     table = selectors.usage_table(customer=customer, window=window, price=summary.price_per_credit)
     context = {
         "summary": summary,
-        "estimated_bill": selectors.estimated_bill(customer=customer),
-        "balance_parts": selectors.balance_parts(customer=customer),
-        "features": selectors.plan_features_for(customer=customer),
+        "estimated_bill": selectors.estimated_bill(period=summary.period),
+        "balance_parts": summary.parts,
+        "features": selectors.plan_features_for(customer=customer, period=summary.period),
         "chart": selectors.usage_chart(customer=customer, window=window, group=group),
         "window": window,
         "range_form": range_form,

@@ -24,7 +24,13 @@ def alert_banner(context: template.Context) -> dict[str, Any]:
 
 
 @register.inclusion_tag("portal/_limits_notice.html", takes_context=True)
-def limits_notice(context: template.Context, with_spend_limit: bool = True) -> dict[str, Any]:
+def limits_notice(
+    context: template.Context,
+    with_spend_limit: bool = True,
+    controls: selectors.SpendControls | None = None,
+) -> dict[str, Any]:
+    """``controls``: a page that read the balance already passes what it found."""
     customer = _customer(context)
-    controls = selectors.spend_controls_for(customer=customer) if customer else None
+    if controls is None and customer is not None:
+        controls = selectors.spend_controls_for(customer=customer)
     return {"controls": controls, "with_spend_limit": with_spend_limit}

@@ -18,19 +18,21 @@ import time_machine
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from hypothesis import HealthCheck, given, note
+from djmoney.money import Money
+from hypothesis import HealthCheck, example, given, note
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from billing_portal.invoicing.models import Invoice, InvoiceLine, LineKind
 from billing_portal.invoicing.period_close import periods_close_due
+from billing_portal.invoicing.services import period_invoice_total
 from ledger import services as ledger
 from ledger.models import CreditGrant, GrantCategory, LedgerEntry
 from ledger.reconcile import run_checks
 from metering.ingest import events_ingest
 from metering.models import EventRating
 from metering.rating import events_rate_pending
-from plans.models import Customer, SubscriptionPeriod
+from plans.models import Customer, PeriodStatus, SubscriptionPeriod
 from plans.money import as_money
 from plans.services import subscription_start, subscriptions_renew_due
 from tests.plans.factories import customer, load_catalog_with_basic, plan
@@ -215,8 +217,9 @@ def _expected(events: list[Usage]) -> Expected:
     return Expected(drawn, overage, late_overage)
 
 
-def _run(events: list[Usage]) -> tuple[Customer, list[Invoice]]:
+def _run(events: list[Usage]) -> tuple[Customer, list[Invoice], dict[int, Money]]:
     acme = customer()
+    estimates: dict[int, Money] = {}
     with time_machine.travel(T0, tick=False) as clock:
         subscription_start(customer=acme, plan=plan("basic"), actor="t")
         steps: list[tuple[datetime, int, Any]] = [(u.arrives, 1, u) for u in events]
@@ -227,6 +230,10 @@ def _run(events: list[Usage]) -> tuple[Customer, list[Invoice]]:
             if step == "renew":
                 subscriptions_renew_due()
             elif step == "close":
+                for due in SubscriptionPeriod.objects.filter(
+                    subscription__customer=acme, status=PeriodStatus.CLOSED
+                ).select_related("subscription__customer", "plan_version"):
+                    estimates[due.pk] = period_invoice_total(period=due)
                 periods_close_due()
             else:
                 accepted = events_ingest(events=[_event(f"u{index}", step.stamped, step.credits)])
@@ -234,7 +241,7 @@ def _run(events: list[Usage]) -> tuple[Customer, list[Invoice]]:
                 events_rate_pending()
         periods = SubscriptionPeriod.objects.filter(subscription__customer=acme).order_by("start")
         invoices = [Invoice.objects.get(period=p) for p in periods[:2]]
-    return acme, invoices
+    return acme, invoices, estimates
 
 
 @hypothesis_settings(
@@ -243,11 +250,20 @@ def _run(events: list[Usage]) -> tuple[Customer, list[Invoice]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(events=st.lists(usages, min_size=1, max_size=8))
+# Always tried: period 1's usage arriving after its close, beyond period 2's credits, so
+# period 2 bills late overage of its own and of period 1 (a prior-period adjustment).
+@example(
+    events=[
+        Usage(T1 - timedelta(minutes=10), T1 + timedelta(minutes=90), Decimal(600)),
+        Usage(T1 - timedelta(minutes=5), T1 + timedelta(minutes=90), Decimal(600)),
+        Usage(T1 + timedelta(minutes=5), T1 + timedelta(minutes=20), Decimal(300)),
+    ]
+)
 def test_late_events_in_any_order_are_invoiced_with_their_own_period(events: list[Usage]) -> None:
     load_catalog_with_basic()
     note(repr(events))
     with transaction.atomic():
-        _, (first, second) = _run(events)
+        _, (first, second), estimates = _run(events)
         expected = _expected(events)
         for invoice, start in ((first, T0), (second, T1)):
             lines = _lines(invoice)
@@ -262,5 +278,7 @@ def test_late_events_in_any_order_are_invoiced_with_their_own_period(events: lis
         p1, p2 = (invoice.period for invoice in (first, second))
         assert p1 is not None and p2 is not None
         assert _breakage(_included_grant(p1)) == INCLUDED - expected.drawn[T0]
+        # The portal's estimate just before each close, from the period's counters.
+        assert estimates == {invoice.period_id: invoice.total for invoice in (first, second)}
         assert _problems() == {}
         transaction.set_rollback(True)  # each example starts from an empty database

@@ -10,12 +10,15 @@ import psycopg
 import pytest
 import time_machine
 from django.db import connection
+from django.db.models import F
 from djmoney.money import Money
 
 from billing_portal.invoicing.models import Invoice, InvoiceLineEntry
 from billing_portal.invoicing.period_close import period_close, periods_close_due
+from billing_portal.invoicing.services import period_invoice_draft, period_invoice_total
 from ledger.models import LedgerEntry
 from metering.ingest import events_ingest
+from metering.models import PeriodUsage
 from metering.rating import events_rate_pending
 from metering.services import event_cancel
 from plans.models import SubscriptionPeriod
@@ -87,6 +90,32 @@ def test_a_postpaid_period_is_billed_base_fee_plus_overage(clock: time_machine.T
     overage_entries = LedgerEntry.objects.filter(invoice_link__line=lines["overage"])
     assert sum(e.credits for e in overage_entries) == Decimal(-4000)
     assert InvoiceLineEntry.objects.filter(line__invoice=invoice).count() == 2
+
+
+@pytest.mark.django_db
+def test_the_estimated_total_is_the_invoice_total_from_the_periods_counters(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    acme = customer()
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+    for day in range(1, 13):  # 2,000 tokens a day: 30 credits each, all drawn from grants
+        _use(clock, f"small-{day}", 2_000, START + timedelta(days=day))
+    _use(clock, "big", 1_600_000, START + timedelta(days=13))  # 24,000: 4,360 beyond 20,000
+    _use(clock, "cancelled", 100_000, START + timedelta(days=14))  # 1,500, then cancelled
+    event_cancel(customer=acme, identifier="cancelled", reason="duplicate", actor="t")
+    period = SubscriptionPeriod.objects.select_related("subscription__customer").get()
+
+    estimate = period_invoice_total(period=period)
+    assert estimate == period_invoice_draft(period=period).total == Money("66.44", "USD")
+    # Read from the counters rating and cancellation keep, not from the events' entries.
+    counters = PeriodUsage.objects.filter(period=period)
+    counters.update(overage=F("overage") + 100)
+    assert period_invoice_total(period=period) == Money("66.84", "USD")  # 100 more at $0.004
+    counters.update(overage=F("overage") - 100)
+
+    first = _close_first_period(clock)
+    assert Invoice.objects.get(period=first).total == estimate
 
 
 @pytest.mark.django_db

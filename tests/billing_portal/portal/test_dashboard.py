@@ -4,7 +4,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from djmoney.money import Money
 
@@ -364,3 +366,18 @@ def test_usage_is_broken_down_by_workspace(client_owner: Client, acme: Customer)
         "team-b": Decimal(300),
     }
     assert 'aria-current="true">by workspace</a>' in response.content.decode()
+
+
+def test_the_page_reads_the_balance_once(client_owner: Client) -> None:
+    client_owner.get("/portal/")  # sessions and caches warm
+    with CaptureQueriesContext(connection) as queries:
+        response = client_owner.get("/portal/")
+    assert response.status_code == 200
+    statements = [q["sql"] for q in queries.captured_queries]
+    # The summary, the balance's parts, the limits notice and the plan's features share
+    # one reading: once each read the account, its grants and the period themselves.
+    assert sum('FROM "ledger_account"' in sql for sql in statements) == 1
+    # The period's counters: the balance's used and overage, and the estimated bill's.
+    assert sum('FROM "metering_periodusage"' in sql for sql in statements) == 2
+    assert sum('FROM "plans_subscriptionperiod"' in sql for sql in statements) == 1
+    assert len(statements) <= 20, "\n".join(statements)

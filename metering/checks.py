@@ -1,7 +1,8 @@
 """Invariant 3 for `manage.py reconcile`: every accepted event is rated exactly once, and
 its credits equal the consume and overage entries that name it; every queued row names
 an event, and every event its customer and meter (these references are not foreign
-keys)."""
+keys); the running counts rating keeps (per tiered rate, per period) agree with the
+charges they count."""
 
 from __future__ import annotations
 
@@ -171,4 +172,60 @@ def tiered_usage_matches_charges() -> list[str]:
         f"period {period} rate {rate}: counted {units} units and {credits} credits; its events "
         f"and true-up come to {event_units} units and {charged} credits"
         for period, rate, units, event_units, credits, charged in rows
+    ]
+
+
+@register("period_usage_equals_its_charges")
+def period_usage_matches_charges() -> list[str]:
+    """A period's usage counters (``PeriodUsage``: the balance's used and overage, the
+    spend limit, the estimated bill) are what its uncancelled rated events and its
+    tiered true-ups charged, as the ledger's entries say."""
+    rows = query_rows(
+        """
+        WITH events AS (
+            SELECT r.period_id, SUM(r.credits) AS credits,
+                   -COALESCE(SUM(o.credits), 0) AS overage
+            FROM metering_eventrating r
+            LEFT JOIN LATERAL (
+                SELECT SUM(e.credits) AS credits FROM ledger_ledgerentry e
+                WHERE e.cause_type = 'event' AND e.cause_id = r.event_id::text
+                  AND e.kind = 'overage'
+            ) o ON true
+            WHERE r.status = 'rated' AND r.period_id IS NOT NULL
+              AND NOT EXISTS (
+                  SELECT 1 FROM metering_eventcancellation c WHERE c.event_id = r.event_id
+              )
+            GROUP BY r.period_id
+        ),
+        true_ups AS (
+            SELECT split_part(cause_id, ':', 1)::bigint AS period_id,
+                   -SUM(credits) AS credits,
+                   -COALESCE(SUM(credits) FILTER (
+                       WHERE kind = 'overage' OR (kind = 'reversal' AND grant_id IS NULL)
+                   ), 0) AS overage
+            FROM ledger_ledgerentry
+            WHERE cause_type = 'tier_true_up'
+            GROUP BY 1
+        ),
+        periods AS (
+            SELECT period_id FROM metering_periodusage
+            UNION SELECT period_id FROM events
+            UNION SELECT period_id FROM true_ups
+        )
+        SELECT p.period_id, COALESCE(u.credits, 0), COALESCE(u.overage, 0),
+               COALESCE(e.credits, 0) + COALESCE(t.credits, 0),
+               COALESCE(e.overage, 0) + COALESCE(t.overage, 0)
+        FROM periods p
+        LEFT JOIN metering_periodusage u ON u.period_id = p.period_id
+        LEFT JOIN events e ON e.period_id = p.period_id
+        LEFT JOIN true_ups t ON t.period_id = p.period_id
+        WHERE COALESCE(u.credits, 0) <> COALESCE(e.credits, 0) + COALESCE(t.credits, 0)
+           OR COALESCE(u.overage, 0) <> COALESCE(e.overage, 0) + COALESCE(t.overage, 0)
+        ORDER BY p.period_id
+        """
+    )
+    return [
+        f"period {period}: counted {credits} credits used and {overage} overage; its events "
+        f"and true-ups charged {charged} and {charged_overage}"
+        for period, credits, overage, charged, charged_overage in rows
     ]

@@ -301,3 +301,29 @@ def test_an_event_stamped_in_the_second_the_subscription_started_is_charged(
     events_rate_pending()
     rating = EventRating.objects.get()
     assert (rating.status, rating.credits) == ("rated", Decimal(15))
+
+
+def test_reconcile_names_a_period_whose_usage_counters_disagree_with_its_charges(
+    clock: time_machine.Traveller,
+) -> None:
+    load_demo_catalog()
+    acme = customer()
+    subscription_start(customer=acme, plan=plan("pro"), actor="t")
+    clock.move_to(START + timedelta(days=1))
+    # 1,600,000 large output tokens: 24,000 credits, 4,000 beyond the 20,000 included.
+    events_ingest(events=[_event("big", START + timedelta(hours=1), value="1600000")])
+    events_ingest(events=[_event("small", START + timedelta(hours=2))])
+    events_rate_pending()
+    period = SubscriptionPeriod.objects.get()
+    usage = PeriodUsage.objects.get(period=period)
+    assert (usage.credits, usage.overage) == (Decimal(24015), Decimal(4015))
+    _clean()
+
+    PeriodUsage.objects.filter(pk=usage.pk).update(overage=Decimal(4000))  # a lost update
+    problems = {f.check: f.problems for f in run_checks() if f.problems}
+    assert problems == {
+        "period_usage_equals_its_charges": [
+            f"period {period.pk}: counted 24015.000000 credits used and 4000.000000 overage; "
+            "its events and true-ups charged 24015.000000 and 4015.000000"
+        ]
+    }

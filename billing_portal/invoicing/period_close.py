@@ -14,8 +14,8 @@
 3. **Close** (:func:`periods_close`, one transaction per batch, with the periods' rows
    locked, then their customers' accounts, each in one statement):
 
-   a. per period, in a savepoint of its own: bring each tiered or package rate to its
-      formula on the period's total units (``metering.true_up``: volume tiers,
+   a. per period with tiered or package rates, in a savepoint of its own: bring each
+      to its formula on the period's total units (``metering.true_up``: volume tiers,
       cancelled events), drawn on the period's own credits. A period that raises is
       rolled back alone, logged and left for the next sweep; the others go on;
    b. for the batch at once, in a savepoint: write off the periods' included and
@@ -177,7 +177,10 @@ def _periods_lock(period_ids: Sequence[int]) -> list[SubscriptionPeriod]:
 def _true_up(period: SubscriptionPeriod, true_ups: list[TrueUp], *, isolate: bool) -> bool:
     """A closed period's tiered and package rates brought to their formulas, in a
     savepoint: a period that fails is rolled back alone. What they still owe draws on the
-    period's own credits, so this comes before the credits are written off."""
+    period's own credits, so this comes before the credits are written off. A period
+    with nothing to true up (most: no tiered rate) needs no savepoint."""
+    if not true_ups:
+        return True
     try:
         with transaction.atomic():
             period_rates_true_up(period=period, true_ups=true_ups)

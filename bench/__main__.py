@@ -39,10 +39,11 @@ def main(argv: list[str]) -> int:
     for name, (help_text, add_arguments, _) in BENCHMARKS.items():
         add_arguments(names.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
+    chosen = args.name
     status = 0
-    for name in [args.name] if args.name else list(BENCHMARKS):
+    for name in [chosen] if chosen else list(BENCHMARKS):
         _, add_arguments, run = BENCHMARKS[name]
-        if args.name is None:
+        if chosen is None:  # every benchmark, each with its own defaults
             defaults = argparse.ArgumentParser()
             add_arguments(defaults)
             args = defaults.parse_args([])

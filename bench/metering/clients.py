@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
 import random
 import re
 import socket
@@ -447,10 +448,19 @@ class ClientPool:
         self.pending = len(jobs)
         self.deadline = max(job.window[1] for job in jobs) + 90
 
-    def collect(self) -> LoadResult:
+    def collect(self, every: Callable[[], None] | None = None, interval: float = 0.5) -> LoadResult:
+        """The jobs' results, once every client has answered; ``every`` is called about
+        each ``interval`` seconds meanwhile."""
         total = LoadResult()
         while self.pending:
-            _, _, result = self.outbox.get(timeout=max(1.0, self.deadline - time.time()))
+            left = max(1.0, self.deadline - time.time())
+            try:
+                _, _, result = self.outbox.get(timeout=min(left, interval) if every else left)
+            except queue.Empty:
+                if every is None or time.time() > self.deadline:
+                    raise
+                every()
+                continue
             total.add(result)
             self.pending -= 1
         if total.error:

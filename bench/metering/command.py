@@ -11,18 +11,18 @@ import time
 from collections.abc import Callable
 
 from bench import env, options, report
-from bench.metering import auth, compat, ingest, lag, rating
+from bench.metering import auth, compat, e2e, ingest, lag, rating
 from bench.metering.analysis import analysis_text
 from bench.metering.clients import HOST, ClientPool
 from bench.metering.context import Context
 from bench.metering.cpu import CpuMeter
 from bench.metering.data import create_data, postgres_pids
-from bench.metering.docs import compat_markdown, markdown, reserve_section
+from bench.metering.docs import compat_markdown, e2e_markdown, markdown, reserve_section
 from bench.metering.results import Results, verdict_line
 from bench.metering.stack import Broker, Services, pick_broker
 
-FIGURES = ("ingest", "compat", "lag", "auth", "memory")
-# The "metering" section; compat has its own.
+FIGURES = ("ingest", "compat", "lag", "auth", "memory", "e2e")
+# The "metering" section; compat and e2e have their own.
 METERING_FIGURES = {"ingest", "lag", "auth", "memory"}
 DEFAULT_LAYOUTS = ((8, 4), (32, 1))  # gunicorn workers x threads, besides the configured one
 DEFAULT_LEVELS = (10_000, 100_000, 1_000_000)
@@ -37,6 +37,7 @@ QUICK = {
     "layout_runs": 1,
     "memory_events": 200_000,
     "profile_requests": 3,
+    "e2e_events": 100_000,
 }
 FULL = {
     "runs": 3,
@@ -48,6 +49,7 @@ FULL = {
     "layout_runs": 2,
     "memory_events": 1_000_000,
     "profile_requests": 5,
+    "e2e_events": 1_000_000,
 }
 
 
@@ -90,6 +92,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_events,
         help="events the rating worker rates between its memory samples in the memory "
         "figure, queued at once (1M; --quick 200k)",
+    )
+    parser.add_argument(
+        "--e2e-events",
+        type=_events,
+        help="events sent per end-to-end run (1M; --quick 100k)",
+    )
+    parser.add_argument(
+        "--e2e-batches",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[1000, 100],
+        help="events per request, one end-to-end run each (1000,100)",
+    )
+    parser.add_argument(
+        "--e2e-customers", type=int, default=1000, help="end-to-end customers (1000)"
     )
     parser.add_argument(
         "--compat-clients",
@@ -232,6 +248,8 @@ def _measure(ctx: Context, res: Results) -> None:
         auth.run_figure(ctx, res)
     if "memory" in figures:
         rating.run_memory_figure(ctx, res)
+    if "e2e" in figures:
+        e2e.run_figure(ctx, res)
 
 
 def _run(args: argparse.Namespace, broker: Broker, started: float) -> int:
@@ -265,6 +283,10 @@ def _finish(res: Results, args: argparse.Namespace) -> int:
         if not args.no_docs:
             reserve_section(compat.SECTION, after="metering")
         sections.append((compat.SECTION, lambda: compat_markdown(res, args)))
+    if "e2e" in args.figures:
+        if not args.no_docs:
+            reserve_section(e2e.SECTION, after=compat.SECTION)
+        sections.append((e2e.SECTION, lambda: e2e_markdown(res, args)))
     (key, body), *others = sections
     status = report.finish(key, verdict_line(res), res.problems, body, write=not args.no_docs)
     for key, body in others:

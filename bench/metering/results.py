@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from bench import env
-from bench.metering import auth, compat, ingest, lag, memory
+from bench.metering import auth, compat, e2e, ingest, lag, memory
 from bench.metering.auth import AuthRound, Exhaustion, Layout
 from bench.metering.compat import Compat
 from bench.metering.db_paths import DbPath
+from bench.metering.e2e import Figure as EndToEndFigure
 from bench.metering.ingest import Level
 from bench.metering.lag import BalanceCost, LagRun
 from bench.metering.memory import Memory
@@ -39,6 +40,7 @@ class Results:
     loads: list[float] = field(default_factory=list)
     elapsed: float = 0.0
     memory: list[Memory] = field(default_factory=list)
+    e2e: EndToEndFigure | None = None
 
     @property
     def lag_p99(self) -> float:
@@ -67,4 +69,6 @@ def verdict_line(res: Results) -> str:
         parts.append(auth.verdict(res))
     if backlog := memory.backlog(res.memory):
         parts.append(memory.verdict(backlog))
+    if res.e2e:
+        parts.append(e2e.verdict(res))
     return "metering verdict: " + "; ".join(parts) + f"; {len(res.problems)} correctness problems"

@@ -187,7 +187,8 @@ def shared_cache_url(broker: Broker, logs: Path) -> str:
 
 class Services:
     """gunicorn (the Procfile's command line, 2 workers x 8 threads unless told; the
-    authorization figure restarts it in other layouts) and, when asked, a worker."""
+    authorization figure restarts it in other layouts) and, when asked, a worker and
+    beat."""
 
     def __init__(self, args: argparse.Namespace, database: dict[str, Any], broker: Broker) -> None:
         self.port = free_port()
@@ -211,6 +212,16 @@ class Services:
             ],
             self.environ,
             self.logs / "worker.log",
+        )
+
+        self.beat = Service(
+            "celery beat",
+            [
+                *[sys.executable, "-m", "celery", "-A", "billing_portal", "beat"],
+                *["--loglevel", "INFO", "--schedule", str(self.logs / "celerybeat-schedule")],
+            ],
+            self.environ,
+            self.logs / "beat.log",
         )
 
     def _web_command(self, workers: int, threads: int) -> list[str]:
@@ -279,7 +290,20 @@ class Services:
         ready = re.compile(rf"{re.escape(self.node)}@\S+ ready\.")
         self.worker.wait_until(lambda: ready.search(self.worker.log_text(), offset) is not None, 90)
 
+    def start_beat(self) -> None:
+        """Start beat (the Procfile's third process), its schedule file with the logs;
+        back once it has started."""
+        if self.beat.running:
+            return
+        offset = len(self.beat.log_text())
+        self.beat.start()
+        self.beat.wait_until(lambda: "beat: Starting" in self.beat.log_text()[offset:], 90)
+
+    def stop_beat(self) -> None:
+        self.beat.stop()
+
     def stop(self) -> None:
+        self.beat.stop()
         self.worker.stop()
         self.web.stop()
 

@@ -52,11 +52,19 @@ def _queue_backlog(ctx: Context) -> None:
 
 
 def _drain(ctx: Context) -> CpuUse:
-    """Start the worker and track the CPU until the queue is empty (10 minutes at most)."""
+    """Start the worker and track the CPU until the queue is empty (10 minutes at most),
+    sweeping the queue to it every ``SWEEP_SECONDS`` as beat does. Without the sweep the
+    drain could wait for nothing: ingest sends no task while the flag of one already
+    waiting is up (for up to 5 s), and the broker purge of the figure before may have
+    dropped that one."""
     ctx.services.start_worker()
     tracker = CpuTracker(ctx.meter)
     deadline = time.monotonic() + 600
+    next_sweep = 0.0
     while queued() and time.monotonic() < deadline:
+        if time.monotonic() >= next_sweep:
+            _sweep()
+            next_sweep = time.monotonic() + SWEEP_SECONDS
         tracker.wait_until(time.time() + 0.1)
     cpu = tracker.result()
     if queued():

@@ -123,16 +123,32 @@ class RatingStatus(models.TextChoices):
 
 
 class EventRating(models.Model):
-    """What rating made of one event; written once, beside the ledger entries."""
+    """What rating made of one event; written once, beside the ledger entries.
+
+    ``event``, ``rate`` and ``period`` are not foreign keys in the database: their three
+    deferred trigger checks per rating were most of rating's COMMIT. Rating takes them
+    from rows it has just read (the dequeued event, the rate table, the customer's
+    periods), the ORM refuses to delete a row a rating names (``PROTECT``), and the
+    ``ratings_name_their_event_rate_and_period`` reconcile check looks for a missing one.
+    """
 
     event = models.OneToOneField(
-        MeterEvent, on_delete=models.PROTECT, primary_key=True, related_name="rating"
+        MeterEvent,
+        on_delete=models.PROTECT,
+        primary_key=True,
+        related_name="rating",
+        db_constraint=False,
     )
     status = models.CharField(max_length=16, choices=RatingStatus.choices)
     credits = CreditField()
     units = models.DecimalField(max_digits=28, decimal_places=6)
     rate = models.ForeignKey(
-        "plans.Rate", on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        "plans.Rate",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
     )
     period = models.ForeignKey(
         "plans.SubscriptionPeriod",
@@ -140,6 +156,7 @@ class EventRating(models.Model):
         null=True,
         blank=True,
         related_name="+",
+        db_constraint=False,
     )
     # Rated into a later period because the event's own period was already invoiced.
     prior_period_adjustment = models.BooleanField(default=False)

@@ -2,7 +2,9 @@
 ingest refuses a customer or meter that does not exist and stores nothing for it, a
 customer deleted while its batch is being stored is refused rather than left dangling,
 the ORM refuses to delete a customer or meter that events name, and the reconcile reports
-an event whose customer or meter row was deleted in raw SQL."""
+an event whose customer or meter row was deleted in raw SQL. A rating's event, rate and
+period are not foreign keys either (migration 0010): the ORM refuses to delete what a
+rating names, and the reconcile reports a rating whose row was deleted in raw SQL."""
 
 from __future__ import annotations
 
@@ -18,12 +20,16 @@ from django.utils import timezone
 
 from ledger.reconcile import run_checks
 from metering import ingest
-from metering.checks import events_have_customers_and_meters
+from metering.checks import (
+    events_have_customers_and_meters,
+    ratings_name_their_event_rate_and_period,
+)
 from metering.ingest import Known, events_ingest
-from metering.models import MeterEvent, RatingQueue, RejectedEvent
-from plans.models import Aggregation, Customer, Meter
+from metering.models import EventRating, MeterEvent, RatingQueue, RejectedEvent
+from metering.rating import events_rate_pending
+from plans.models import Aggregation, Customer, Meter, Rate, SubscriptionPeriod
 from tests.dburl import database_url_for_subprocess
-from tests.plans.factories import customer, load_demo_catalog
+from tests.plans.factories import customer, load_demo_catalog, subscription_recent
 
 pytestmark = pytest.mark.django_db
 
@@ -284,3 +290,55 @@ def test_the_reconcile_reports_an_event_whose_meter_was_deleted_in_raw_sql() -> 
     assert _problems() == {
         "events_have_customers_and_meters": [f"event {orphan.pk} (e-2): no such meter {probe.pk}"]
     }
+
+
+def test_the_ratings_table_has_no_foreign_keys() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT conname FROM pg_constraint "
+            "WHERE conrelid = 'metering_eventrating'::regclass AND contype = 'f'"
+        )
+        assert cursor.fetchall() == []
+
+
+def _rated(*identifiers: str) -> list[EventRating]:
+    load_demo_catalog()
+    subscription_recent("acme")
+    events_ingest(events=[_event(identifier) for identifier in identifiers])
+    assert events_rate_pending() == len(identifiers)
+    return list(EventRating.objects.order_by("event_id"))
+
+
+def test_what_a_rating_names_cannot_be_deleted_through_the_orm() -> None:
+    (rating,) = _rated("e-1")
+    assert rating.rate_id is not None and rating.period_id is not None
+
+    for row in (
+        MeterEvent.objects.get(pk=rating.event_id),
+        Rate.objects.get(pk=rating.rate_id),
+        SubscriptionPeriod.objects.get(pk=rating.period_id),
+    ):
+        with pytest.raises(ProtectedError) as refused:
+            row.delete()
+        assert rating in refused.value.protected_objects
+    assert ratings_name_their_event_rate_and_period() == []
+    assert _problems() == {}
+
+
+def test_the_reconcile_reports_a_rating_whose_event_rate_or_period_is_missing() -> None:
+    first, second = _rated("e-1", "e-2")
+    assert ratings_name_their_event_rate_and_period() == []
+    missing_rate, missing_period = second.rate_id + 1000, second.period_id + 1000  # type: ignore[operator]
+
+    _delete_in_raw_sql("metering_meterevent", first.event_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE metering_eventrating SET rate_id = %s, period_id = %s WHERE event_id = %s",
+            [missing_rate, missing_period, second.event_id],
+        )
+
+    assert ratings_name_their_event_rate_and_period() == [
+        f"rating of event {first.event_id}: no such event",
+        f"rating of event {second.event_id}: no such rate {missing_rate}, "
+        f"no such period {missing_period}",
+    ]

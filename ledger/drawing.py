@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection
 from django.utils import timezone
@@ -107,10 +107,16 @@ class Drawer:
         at: datetime,
         *,
         grants: list[CreditGrant] | None = None,
+        keep_entries: bool = True,
     ) -> None:
         """``grants``: the account's live grants if the caller already locked and read
-        them (in primary-key order)."""
+        them (in primary-key order). ``keep_entries=False``: the debits' entries are
+        written as rows and not handed back (``Debit.entries`` stays empty); a batch of
+        thousands of debits whose caller reads only the amounts builds no model instance
+        per entry."""
         self.account = account
+        self.keep_entries = keep_entries
+        self.rows: list[EntryRow] = []
         self.operation = operation
         self.at = at
         if grants is None:
@@ -160,16 +166,28 @@ class Drawer:
             if grant.remaining == 0:
                 grant.status = GrantStatus.DEPLETED
             self.touched[grant.pk] = grant
-            debit.entries.append(debit_entry(operation, EntryKind.CONSUME, grant, -take, request))
+            self._record(operation, EntryKind.CONSUME, grant.pk, -take, request, debit)
             left -= take
             debit.consumed += take
         debit.overage = request.amount - debit.consumed
         if debit.overage > 0:
-            debit.entries.append(
-                debit_entry(operation, EntryKind.OVERAGE, None, -debit.overage, request)
-            )
+            self._record(operation, EntryKind.OVERAGE, None, -debit.overage, request, debit)
         self.entries.extend(debit.entries)
         return debit
+
+    def _record(
+        self,
+        operation: LedgerOperation,
+        kind: str,
+        grant_id: int | None,
+        credits: Decimal,
+        request: DebitRequest,
+        debit: Debit,
+    ) -> None:
+        if self.keep_entries:
+            debit.entries.append(debit_entry(operation, kind, grant_id, credits, request))
+        else:
+            self.rows.append(EntryRow(operation.pk, kind, grant_id, credits, request))
 
     def _in_order(self) -> list[CreditGrant]:
         if self._ordered is None:
@@ -202,6 +220,8 @@ class Drawer:
             if self.entries:
                 cursor.execute(*entries_insert(self.account.pk, timezone.now(), self.entries))
                 entries_saved(self.entries, cursor.fetchall())
+            if self.rows:
+                cursor.execute(*entry_rows_insert(self.account.pk, timezone.now(), self.rows))
 
 
 # --- set-based writes: one statement for any number of rows -----------------------------
@@ -231,6 +251,29 @@ _ENTRIES_INSERT = """
 """
 
 
+_ENTRY_ROWS_INSERT = """
+    INSERT INTO ledger_ledgerentry (operation_id, account_id, kind, grant_id, credits, held,
+                                    cause_type, cause_id, meter, workspace, created_at)
+    SELECT v.operation_id, %s, v.kind, v.grant_id, v.credits, 0, v.cause_type, v.cause_id,
+           v.meter, v.workspace, %s
+    FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::numeric[], %s::text[], %s::text[],
+                %s::text[], %s::text[])
+        WITH ORDINALITY AS v(operation_id, kind, grant_id, credits, cause_type, cause_id,
+                             meter, workspace, n)
+    ORDER BY v.n
+"""
+
+
+class EntryRow(NamedTuple):
+    """A debit's consume or overage entry, not yet written (see ``keep_entries``)."""
+
+    operation_id: int
+    kind: str
+    grant_id: int | None
+    credits: Decimal
+    request: DebitRequest
+
+
 def grants_update(grants: list[CreditGrant]) -> Statement:
     """Write ``remaining`` and ``status`` of the grants."""
     return (
@@ -258,6 +301,25 @@ def entries_insert(account_id: int, at: datetime, entries: list[LedgerEntry]) ->
             [e.cause_id for e in entries],
             [e.meter for e in entries],
             [e.workspace for e in entries],
+        ],
+    )
+
+
+def entry_rows_insert(account_id: int, at: datetime, rows: list[EntryRow]) -> Statement:
+    """Insert debit entries in order, returning nothing."""
+    return (
+        _ENTRY_ROWS_INSERT,
+        [
+            account_id,
+            at,
+            [r.operation_id for r in rows],
+            [r.kind for r in rows],
+            [r.grant_id for r in rows],
+            [r.credits for r in rows],
+            [r.request.cause.type for r in rows],
+            [r.request.cause.id for r in rows],
+            [r.request.meter for r in rows],
+            [r.request.workspace for r in rows],
         ],
     )
 
@@ -293,7 +355,7 @@ _new_entry: Callable[..., LedgerEntry] = LedgerEntry  # positional, column order
 def debit_entry(
     operation: LedgerOperation,
     kind: str,
-    grant: CreditGrant | None,
+    grant_id: int | None,
     credits: Decimal,
     request: DebitRequest,
 ) -> LedgerEntry:
@@ -304,7 +366,7 @@ def debit_entry(
         operation.pk,
         operation.account_id,
         kind,
-        grant.pk if grant is not None else None,
+        grant_id,
         None,
         credits,
         ZERO,

@@ -535,14 +535,15 @@ def credits_consume_batch(
     """Many debits of one account in one transaction: one lock, one read of the grants.
 
     Rating uses this: its own queue makes each event's debit happen once, so the batch
-    carries no idempotency key.
+    carries no idempotency key. The debits come back with their amounts and without
+    their entries (``Debit.entries`` is empty): the entries are written as rows.
     """
     for request in debits:
         non_negative(request.amount)
     with transaction.atomic():
         locked = _lock_account(account.pk)
         operation = _operation(locked, OperationKind.CONSUME, actor=actor, key=None)
-        drawer = Drawer(locked, operation, at or timezone.now())
+        drawer = Drawer(locked, operation, at or timezone.now(), keep_entries=False)
         results = [drawer.debit(request) for request in debits]
         drawer.flush()
     return results

@@ -10,7 +10,7 @@ import pytest
 import time_machine
 
 from ledger import services
-from ledger.models import CreditGrant
+from ledger.models import CreditGrant, LedgerEntry
 from tests.ledger import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -146,8 +146,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("path", ["one", "batch"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_it_draws_down_in_the_documented_order(case: Case) -> None:
+def test_it_draws_down_in_the_documented_order(case: Case, path: str) -> None:
+    """``one``: a debit on its own, handed back with its entries; ``batch``: in a batch,
+    whose entries are written as rows (rating's path): read back from the ledger."""
     with time_machine.travel(NOW, tick=False):
         account = f.account()
         grants: dict[str, CreditGrant] = {}
@@ -168,19 +171,40 @@ def test_it_draws_down_in_the_documented_order(case: Case) -> None:
                 workspace=spec.workspace,
                 actor="test",
             )
-        debit = services.credits_consume(
-            account=account,
-            amount=case.debit,
-            cause=services.Cause("event", case.id),
-            actor="test",
-            meter=case.meter,
-            workspace=case.workspace,
-        )
+        cause = services.Cause("event", case.id)
+        if path == "one":
+            debit = services.credits_consume(
+                account=account,
+                amount=case.debit,
+                cause=cause,
+                actor="test",
+                meter=case.meter,
+                workspace=case.workspace,
+            )
+        else:
+            (debit,) = services.credits_consume_batch(
+                account=account,
+                debits=[
+                    services.DebitRequest(Decimal(case.debit), cause, case.meter, case.workspace)
+                ],
+                actor="test",
+            )
+            assert debit.entries == []
 
+    entries = list(LedgerEntry.objects.filter(operation=debit.operation).order_by("pk"))
+    if path == "one":
+        assert [e.pk for e in debit.entries] == [e.pk for e in entries]
+    assert {(e.account_id, e.cause_type, e.cause_id, e.meter, e.workspace) for e in entries} == {
+        (account.pk, "event", case.id, case.meter, case.workspace)
+    }
+    assert [e.kind for e in entries] == ["consume"] * len(case.taken) + (
+        ["overage"] if Decimal(case.overage) else []
+    )
+    assert -sum(e.credits for e in entries if e.kind == "overage") == Decimal(case.overage)
     by_id = {g.pk: label for label, g in grants.items()}
     taken = [
         (by_id[e.grant_id], str(-e.credits))
-        for e in debit.entries
+        for e in entries
         if e.kind == "consume" and e.grant_id is not None
     ]
     assert [(label, Decimal(c)) for label, c in taken] == [

@@ -281,13 +281,22 @@ class LedgerEntry(models.Model):
     """
 
     operation = models.ForeignKey(LedgerOperation, on_delete=models.PROTECT, related_name="entries")
-    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    # Every lookup by account is served by ledger_entry_account_time, which starts with it.
+    account = models.ForeignKey(
+        Account, on_delete=models.PROTECT, related_name="entries", db_index=False
+    )
     kind = models.CharField(max_length=16, choices=EntryKind.choices)
     grant = models.ForeignKey(
         CreditGrant, on_delete=models.PROTECT, null=True, blank=True, related_name="entries"
     )
+    # Indexed only where set (ledger_entry_hold): debits, most of the entries, name no hold.
     hold = models.ForeignKey(
-        Hold, on_delete=models.PROTECT, null=True, blank=True, related_name="entries"
+        Hold,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="entries",
+        db_index=False,
     )
     credits = CreditField(default=ZERO)
     held = CreditField(default=ZERO)
@@ -313,6 +322,9 @@ class LedgerEntry(models.Model):
         indexes = [
             models.Index(fields=["account", "created_at"], name="ledger_entry_account_time"),
             models.Index(fields=["cause_type", "cause_id"], name="ledger_entry_cause"),
+            models.Index(
+                fields=["hold"], condition=Q(hold__isnull=False), name="ledger_entry_hold"
+            ),
         ]
 
     def __str__(self) -> str:

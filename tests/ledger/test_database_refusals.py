@@ -141,3 +141,29 @@ def test_a_second_hold_row_with_the_same_key_is_refused() -> None:
         Hold.objects.create(
             account=account, credits=1, expires_at=timezone.now(), idempotency_key="h1"
         )
+
+
+def test_every_index_on_ledger_entries_is_one_something_reads() -> None:
+    # Each index costs every entry written, and rating writes one or more per event.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT array_agg(a.attname ORDER BY k.n), pg_get_expr(i.indpred, i.indrelid)
+            FROM pg_index i
+            CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = 'ledger_ledgerentry'::regclass
+            GROUP BY i.indexrelid, i.indpred, i.indrelid
+            """
+        )
+        indexes = sorted((tuple(columns), predicate) for columns, predicate in cursor.fetchall())
+    assert indexes == [
+        # An account's statement, and every other lookup by account.
+        (("account_id", "created_at"), None),
+        (("cause_type", "cause_id"), None),  # what an event, hold or invoice line charged
+        (("grant_id",), None),  # a grant's history; invariant 1
+        # Entries naming a hold only (holds, captures, releases): debits name none.
+        (("hold_id",), "(hold_id IS NOT NULL)"),
+        (("id",), None),
+        (("operation_id",), None),  # an operation's entries: replays, the audit trail
+    ]

@@ -26,6 +26,7 @@ from ledger.models import (
     draw_down_key,
 )
 from ledger.selectors import grant_is_usable
+from ledger.sql import Statement, pipelined
 
 
 @dataclass(frozen=True)
@@ -214,22 +215,26 @@ class Drawer:
         return max(ZERO, total - min(self.account.held, current))
 
     def flush(self) -> None:
-        with connection.cursor() as cursor:
-            if self.touched:
-                cursor.execute(*grants_update(list(self.touched.values())))
-            if self.entries:
-                cursor.execute(*entries_insert(self.account.pk, timezone.now(), self.entries))
-                entries_saved(self.entries, cursor.fetchall())
-            if self.rows:
-                cursor.execute(*entry_rows_insert(self.account.pk, timezone.now(), self.rows))
+        """Write the grants drawn on and the entries, in one round trip."""
+        now = timezone.now()
+        statements = []
+        if self.touched:
+            statements.append(grants_update(list(self.touched.values())))
+        if self.rows:
+            statements.append(entry_rows_insert(self.account.pk, now, self.rows))
+        if self.entries:
+            statements.append(entries_insert(self.account.pk, now, self.entries))
+        if not statements:
+            return
+        results = pipelined(statements)
+        if self.entries:
+            entries_saved(self.entries, results[-1])
 
 
 # --- set-based writes: one statement for any number of rows -----------------------------
 #
 # bulk_create and bulk_update build per-row SQL and CASE expressions in Python, which costs
 # more than the rest of a batch; these send one array per column instead.
-
-Statement = tuple[str, list[Any]]
 
 _GRANTS_UPDATE = """
     UPDATE ledger_creditgrant AS g SET remaining = v.remaining, status = v.status

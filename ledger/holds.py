@@ -20,7 +20,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -51,6 +50,7 @@ from ledger.models import (
     OperationKind,
 )
 from ledger.selectors import grant_is_usable
+from ledger.sql import pipelined
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ def holds_apply(account_id: int, take: Callable[[], list[_HoldCall]]) -> list[ob
 
 def _lock_account(account_id: int) -> Account:
     # Pipelined, so the transaction's BEGIN travels with it: one round trip, not two.
-    [rows] = _pipelined([(_LOCK_ACCOUNT, [account_id])])
+    [rows] = pipelined([(_LOCK_ACCOUNT, [account_id])])
     if not rows:
         raise Account.DoesNotExist(f"account {account_id} does not exist")
     return _instance(Account, ["id", "held"], rows[0])
@@ -263,21 +263,6 @@ _RESOLVE_HOLDS = """
 _UPDATE_HELD = "UPDATE ledger_account SET held = %s WHERE id = %s"
 
 
-def _pipelined(statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[tuple[Any, ...]]]:
-    """Run the statements in one round trip, inside the current transaction."""
-    connection.ensure_connection()
-    pg = connection.connection
-    cursors = [psycopg.Cursor(pg) for _ in statements]
-    try:
-        with connection.wrap_database_errors, pg.pipeline():
-            for cursor, (sql, params) in zip(cursors, statements, strict=True):
-                cursor.execute(sql, params)
-        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
-    finally:
-        for cursor in cursors:
-            cursor.close()
-
-
 def _instance(model: type[Any], fields: Sequence[str], row: Sequence[Any]) -> Any:
     return model.from_db(connection.alias, list(fields), list(row))
 
@@ -330,7 +315,7 @@ class _Batch:
         rows = dict(
             zip(
                 [name for name, _, _ in wanted],
-                _pipelined([(sql, params) for _, sql, params in wanted]),
+                pipelined([(sql, params) for _, sql, params in wanted]),
                 strict=True,
             )
         )
@@ -537,7 +522,7 @@ class _Batch:
         statements.extend(statement for _, statement in self.records)
         if not statements:
             return
-        results = _pipelined(statements)
+        results = pipelined(statements)
         for (decision, _), rows in zip(self.records, results[records_at:], strict=True):
             decision.recorded.extend(rows)
         if entries:

@@ -28,13 +28,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 import msgspec
-import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ledger.errors import Conflict
+from ledger.sql import execute_binary
 from ledger.units import CREDIT_QUANTUM
 from metering.models import Authorization, RejectedEvent
 from plans.models import MAX_EVENT_VALUE, Customer, Meter
@@ -687,12 +687,10 @@ def _insert(rows: list[Row], now: datetime) -> set[tuple[int, str]]:
         [r.parent_identifier for r in rows],
     )
     _lock_parents(rows)
-    connection.ensure_connection()
-    # A server-side-binding cursor: Django's default client-side binding renders the
-    # arrays as escaped text in Python, which costs more than the insert itself.
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(_INSERT, [*columns, now, now], binary=True)
-        return {(customer_id, identifier) for customer_id, identifier in cursor.fetchall()}
+    # Server-side binding: Django's client-side binding renders the arrays as escaped
+    # text in Python, which costs more than the insert itself.
+    inserted = execute_binary(_INSERT, [*columns, now, now])
+    return {(customer_id, identifier) for customer_id, identifier in inserted}
 
 
 def _lock_parents(rows: list[Row]) -> None:

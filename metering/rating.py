@@ -30,6 +30,7 @@ from django.utils import timezone
 
 from ledger import services as ledger
 from ledger.models import ZERO, Hold, HoldStatus
+from ledger.sql import Statement, execute_binary, pipelined
 from ledger.units import to_credits
 from metering.models import RatingQueue, RatingStatus
 from metering.signals import usage_rated
@@ -130,9 +131,7 @@ def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
 
 def _rate_claimed(customer_id: int, limit: int, event_id: int | None = None) -> int:
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_SQL, [customer_id, timezone.now(), event_id, event_id, limit])
-            rows = cursor.fetchall()
+        rows = execute_binary(_CLAIM_SQL, [customer_id, timezone.now(), event_id, event_id, limit])
         if not rows:
             return 0
         events = sorted(map(_Event._make, rows))
@@ -302,11 +301,14 @@ class _Rater:
             )
             for item, debit in zip(plain, debits, strict=True):
                 item.overage = debit.overage
-        _ratings_insert(priced, self.now)
-        _rate_usage_add(self.rate_usage_added)
-        _rollups_add(self.customer.pk, [p for p in priced if p.rated])
         charged = [p for p in priced if p.rated and p.period]
-        _period_usage_add(self.customer.pk, charged)
+        writes = [
+            _ratings_insert(priced, self.now),
+            _rate_usage_add(self.rate_usage_added),
+            _rollups_add(self.customer.pk, [p for p in priced if p.rated]),
+            _period_usage_add(self.customer.pk, charged),
+        ]
+        pipelined([w for w in writes if w is not None])
         if charged:
             usage_rated.send(
                 sender=Customer,
@@ -469,32 +471,36 @@ def _rate_usage(period_id: int, rate_id: int) -> list[Decimal]:
     return [Decimal(row[0]), Decimal(row[1])] if row else [ZERO, ZERO]
 
 
-def _rate_usage_add(added: dict[tuple[int, int], list[Decimal]]) -> None:
+# The batch's writes are built as statements and sent in one round trip (``pipelined``).
+
+_RATE_USAGE_SQL = """
+INSERT INTO metering_rateusage (period_id, rate_id, units, credits, updated_at)
+SELECT period_id, rate_id, units, credits, now()
+FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[])
+    AS t(period_id, rate_id, units, credits)
+ON CONFLICT (period_id, rate_id) DO UPDATE SET
+    units = metering_rateusage.units + EXCLUDED.units,
+    credits = metering_rateusage.credits + EXCLUDED.credits,
+    updated_at = now()
+"""
+
+
+def _rate_usage_add(added: dict[tuple[int, int], list[Decimal]]) -> Statement | None:
     if not added:
-        return
+        return None
     keys = list(added)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO metering_rateusage (period_id, rate_id, units, credits, updated_at)
-            SELECT period_id, rate_id, units, credits, now()
-            FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::numeric[])
-                AS t(period_id, rate_id, units, credits)
-            ON CONFLICT (period_id, rate_id) DO UPDATE SET
-                units = metering_rateusage.units + EXCLUDED.units,
-                credits = metering_rateusage.credits + EXCLUDED.credits,
-                updated_at = now()
-            """,
-            [
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [added[k][0] for k in keys],
-                [added[k][1] for k in keys],
-            ],
-        )
+    return (
+        _RATE_USAGE_SQL,
+        [
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [added[k][0] for k in keys],
+            [added[k][1] for k in keys],
+        ],
+    )
 
 
-def _ratings_insert(items: list[_Priced], rated_at: datetime) -> None:
+def _ratings_insert(items: list[_Priced], rated_at: datetime) -> Statement:
     """One EventRating row per event, written as arrays in one statement."""
     columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [], [], [], [])
     ids, statuses, credits, units, rates, periods, late, codes, messages, costs = columns
@@ -510,8 +516,7 @@ def _ratings_insert(items: list[_Priced], rated_at: datetime) -> None:
         codes.append(error.code if error else "")
         messages.append(error.message if error else "")
         costs.append(rated.cost if rated else None)
-    with connection.cursor() as cursor:
-        cursor.execute(_RATINGS_SQL, [rated_at, *columns])
+    return (_RATINGS_SQL, [rated_at, *columns])
 
 
 _RATINGS_SQL = """
@@ -525,7 +530,7 @@ FROM unnest(%s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::bigint[]
 """
 
 
-def _rollups_add(customer_id: int, items: list[_Priced]) -> None:
+def _rollups_add(customer_id: int, items: list[_Priced]) -> Statement | None:
     """Add rated events to their hourly rollups: cost grows with new events only."""
     buckets: dict[tuple[int, datetime, str, str], list[_Priced]] = defaultdict(list)
     for item in items:
@@ -534,7 +539,7 @@ def _rollups_add(customer_id: int, items: list[_Priced]) -> None:
         key = (item.rated.meter.pk, hour, item.dimensions_key, item.event.workspace or "")
         buckets[key].append(item)
     if not buckets:
-        return
+        return None
     keys = list(buckets)
     values = []
     for key in keys:
@@ -542,24 +547,36 @@ def _rollups_add(customer_id: int, items: list[_Priced]) -> None:
         meter = group[0].rated.meter  # type: ignore[union-attr]
         units = [g.rated.units for g in group]  # type: ignore[union-attr]
         values.append(max(units) if meter.aggregation == Aggregation.MAX else sum(units, ZERO))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _ROLLUP_SQL,
-            [
-                customer_id,
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [json.dumps(buckets[k][0].dimensions, sort_keys=True) for k in keys],
-                [k[2] for k in keys],
-                [k[3] for k in keys],
-                values,
-                [len(buckets[k]) for k in keys],
-                [sum((g.credits for g in buckets[k]), ZERO) for k in keys],
-            ],
-        )
+    return (
+        _ROLLUP_SQL,
+        [
+            customer_id,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [json.dumps(buckets[k][0].dimensions, sort_keys=True) for k in keys],
+            [k[2] for k in keys],
+            [k[3] for k in keys],
+            values,
+            [len(buckets[k]) for k in keys],
+            [sum((g.credits for g in buckets[k]), ZERO) for k in keys],
+        ],
+    )
 
 
-def _period_usage_add(customer_id: int, items: list[_Priced]) -> None:
+_PERIOD_USAGE_SQL = """
+INSERT INTO metering_periodusage (customer_id, period_id, credits, overage, events, updated_at)
+SELECT %s, period_id, credits, overage, events, now()
+FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[], %s::bigint[])
+    AS t(period_id, credits, overage, events)
+ON CONFLICT (period_id) DO UPDATE SET
+    credits = metering_periodusage.credits + EXCLUDED.credits,
+    overage = metering_periodusage.overage + EXCLUDED.overage,
+    events = metering_periodusage.events + EXCLUDED.events,
+    updated_at = now()
+"""
+
+
+def _period_usage_add(customer_id: int, items: list[_Priced]) -> Statement | None:
     totals: dict[int, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO, ZERO])
     for item in items:
         assert item.period is not None
@@ -567,21 +584,20 @@ def _period_usage_add(customer_id: int, items: list[_Priced]) -> None:
         total[0] += item.credits
         total[1] += item.overage
         total[2] += 1
-    with connection.cursor() as cursor:
-        for period_id, (credits, overage, events) in totals.items():
-            cursor.execute(
-                """
-                INSERT INTO metering_periodusage
-                    (customer_id, period_id, credits, overage, events, updated_at)
-                VALUES (%s, %s, %s, %s, %s, now())
-                ON CONFLICT (period_id) DO UPDATE SET
-                    credits = metering_periodusage.credits + EXCLUDED.credits,
-                    overage = metering_periodusage.overage + EXCLUDED.overage,
-                    events = metering_periodusage.events + EXCLUDED.events,
-                    updated_at = now()
-                """,
-                [customer_id, period_id, credits, overage, int(events)],
-            )
+    if not totals:
+        return None
+    # In period order: two batches adding to the same periods lock their rows in one order.
+    keys = sorted(totals)
+    return (
+        _PERIOD_USAGE_SQL,
+        [
+            customer_id,
+            keys,
+            [totals[k][0] for k in keys],
+            [totals[k][1] for k in keys],
+            [int(totals[k][2]) for k in keys],
+        ],
+    )
 
 
 _ROLLUP_SQL = """

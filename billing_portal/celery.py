@@ -7,8 +7,12 @@ service, so running a job twice does no harm.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import worker_process_init
+
+from billing_portal.runtime import startup_objects_freeze
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing_portal.settings")
 
@@ -16,6 +20,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing_portal.settings")
 app = Celery("billing_portal", task_cls="ledger.task_base:AfterCommitTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_process_init.connect
+def _startup_objects_freeze(**kwargs: Any) -> None:
+    # In each pool process, once it has the tasks loaded (billing_portal.runtime).
+    startup_objects_freeze()
+
 
 app.conf.beat_schedule = {
     "expire-credit-grants": {"task": "ledger.tasks.credit_grants_expire_due", "schedule": 60.0},

@@ -131,6 +131,8 @@ class CreditGrant(models.Model):
 
     class Meta:
         constraints = [
+            # What an entry's (grant, account) foreign key points at: see LedgerEntry.
+            models.UniqueConstraint(fields=["id", "account"], name="ledger_grant_of_account"),
             models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_grant_amount_gt_0"),
             models.CheckConstraint(
                 condition=Q(remaining__gte=0), name="ledger_grant_remaining_gte_0"
@@ -240,6 +242,8 @@ class LedgerOperation(models.Model):
             models.UniqueConstraint(
                 fields=["account", "idempotency_key"], name="ledger_operation_idempotency_key"
             ),
+            # What an entry's (operation, account) foreign key points at: see LedgerEntry.
+            models.UniqueConstraint(fields=["id", "account"], name="ledger_operation_of_account"),
         ]
 
     def __str__(self) -> str:
@@ -278,16 +282,33 @@ class LedgerEntry(models.Model):
     ``credits`` is the signed effect on the grant's remaining credits; ``overage``
     entries have no grant and record the part of a debit no grant covered. ``held`` is
     the signed effect on the account's held credits (hold, capture, release).
+
+    The operation, account and grant are checked by two composite foreign keys in the
+    database (migration 0008), which Django cannot declare: (operation, account) names
+    an operation of the entry's account and (grant, account) a grant of it, so no entry
+    moves one customer's credits under another's operation or grant. Two checks per entry
+    instead of three separate ones, which could not tell the accounts apart.
     """
 
-    operation = models.ForeignKey(LedgerOperation, on_delete=models.PROTECT, related_name="entries")
+    operation = models.ForeignKey(
+        LedgerOperation, on_delete=models.PROTECT, related_name="entries", db_constraint=False
+    )
     # Every lookup by account is served by ledger_entry_account_time, which starts with it.
     account = models.ForeignKey(
-        Account, on_delete=models.PROTECT, related_name="entries", db_index=False
+        Account,
+        on_delete=models.PROTECT,
+        related_name="entries",
+        db_index=False,
+        db_constraint=False,
     )
     kind = models.CharField(max_length=16, choices=EntryKind.choices)
     grant = models.ForeignKey(
-        CreditGrant, on_delete=models.PROTECT, null=True, blank=True, related_name="entries"
+        CreditGrant,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="entries",
+        db_constraint=False,
     )
     # Indexed only where set (ledger_entry_hold): debits, most of the entries, name no hold.
     hold = models.ForeignKey(

@@ -167,3 +167,54 @@ def test_every_index_on_ledger_entries_is_one_something_reads() -> None:
         (("id",), None),
         (("operation_id",), None),  # an operation's entries: replays, the audit trail
     ]
+
+
+_ENTRY_INSERT = """
+    INSERT INTO ledger_ledgerentry (operation_id, account_id, grant_id, kind, credits, held,
+        cause_type, cause_id, meter, created_at)
+    VALUES (%s, %s, %s, %s, -1, 0, 'system', 'test', '', now())
+"""
+
+
+def _entry_insert(operation: int, account: int, grant: int | None) -> None:
+    with transaction.atomic(), connection.cursor() as cursor:
+        kind = "consume" if grant else "overage"  # an overage entry names no grant
+        cursor.execute(_ENTRY_INSERT, [operation, account, grant, kind])
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # checked now, not at commit
+
+
+def test_an_entry_cannot_name_another_accounts_operation_or_grant() -> None:
+    mine, theirs = f.account(), f.account()
+    my_grant, their_grant = f.grant(mine, "10"), f.grant(theirs, "10")
+    my_operation = LedgerEntry.objects.get(grant=my_grant).operation_id
+    their_operation = LedgerEntry.objects.get(grant=their_grant).operation_id
+
+    with pytest.raises(IntegrityError, match="ledger_entry_grant_of_account"):
+        _entry_insert(my_operation, mine.pk, their_grant.pk)
+    with pytest.raises(IntegrityError, match="ledger_entry_operation_of_account"):
+        _entry_insert(their_operation, mine.pk, my_grant.pk)
+    # Nor an operation, account or grant that does not exist.
+    with pytest.raises(IntegrityError, match="ledger_entry_operation_of_account"):
+        _entry_insert(my_operation, mine.pk + theirs.pk, None)
+    with pytest.raises(IntegrityError, match="ledger_entry_grant_of_account"):
+        _entry_insert(my_operation, mine.pk, their_grant.pk + 1000)
+
+    _entry_insert(my_operation, mine.pk, my_grant.pk)  # its own: accepted
+    assert LedgerEntry.objects.filter(account=mine).count() == 2
+    assert LedgerEntry.objects.filter(account=theirs).count() == 1
+
+
+def test_every_foreign_key_of_ledger_entries_is_checked_with_the_account() -> None:
+    # One check per key and entry written: the operation and the grant are each checked
+    # together with the account, which no key checks alone.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+            WHERE conrelid = 'ledger_ledgerentry'::regclass AND contype = 'f'
+            """
+        )
+        keys = dict(cursor.fetchall())
+    columns = sorted(d.split(")")[0].removeprefix("FOREIGN KEY (") for d in keys.values())
+    assert columns == ["grant_id, account_id", "hold_id", "operation_id, account_id"]
+    assert all("DEFERRABLE INITIALLY DEFERRED" in d for d in keys.values())

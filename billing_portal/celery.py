@@ -33,6 +33,9 @@ app.conf.beat_schedule = {
     "expire-holds": {"task": "ledger.tasks.holds_expire", "schedule": 15.0},
     # Ingest enqueues rating on every batch; this sweep catches anything a lost message left.
     "rate-pending-events": {"task": "metering.tasks.events_rate_pending", "schedule": 2.0},
+    # Retention of raw events, when METERING_RAW_RETENTION_MONTHS is set: whole months,
+    # so four runs a day are plenty (each reads the events older than the cutoff).
+    "remove-raw-events": {"task": "metering.tasks.raw_events_remove", "schedule": 21600.0},
     "renew-subscriptions": {"task": "plans.tasks.subscriptions_renew_due", "schedule": 60.0},
     "recognize-revenue": {
         "task": "billing_portal.invoicing.tasks.revenue_recognize",

@@ -33,3 +33,22 @@ def payments_configured(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             )
         ]
     return []
+
+
+@register()
+def raw_event_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Retention must not remove an event that ingest would still accept again."""
+    from metering.retention import retention_problem
+
+    problem = retention_problem(
+        settings.METERING_RAW_RETENTION_MONTHS, settings.METERING_MAX_EVENT_AGE_DAYS
+    )
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"{problem}.",
+            hint="Raw events are removed in whole months, once their periods are invoiced.",
+            id="billing.E002",
+        )
+    ]

@@ -293,6 +293,12 @@ RECONCILE_MAX_RATING_WAIT_SECONDS = int(env("RECONCILE_MAX_RATING_WAIT_SECONDS",
 # Meter events older or newer than this are rejected (Stripe's meter rules by default).
 METERING_MAX_EVENT_AGE_DAYS = int(env("METERING_MAX_EVENT_AGE_DAYS", "35"))
 METERING_MAX_EVENT_FUTURE_SECONDS = int(env("METERING_MAX_EVENT_FUTURE_SECONDS", "300"))
+# Raw meter events (and their ratings) older than this many whole months are removed once
+# every period they were charged to is invoiced; rollups, ledger entries and invoice lines
+# stay. Empty: keep every event. At least 2 (metering.retention), so that an event
+# removed can no longer be sent again: it would be older than METERING_MAX_EVENT_AGE_DAYS.
+_raw_retention = env("METERING_RAW_RETENTION_MONTHS").strip()
+METERING_RAW_RETENTION_MONTHS = int(_raw_retention) if _raw_retention else None
 
 # --- alerts and auto-recharge --------------------------------------------------------
 # An hour is anomalous above this many times the trailing 7-day hourly average, and only

@@ -2,7 +2,9 @@
 its credits equal the consume and overage entries that name it; every queued row names
 an event, every event its customer and meter, and every rating its event, rate and
 period (these references are not foreign keys); the running counts rating keeps (per
-tiered rate, per period) agree with the charges they count."""
+tiered rate, per period) agree with the charges they count. A period whose raw events
+retention removed (``PeriodUsage.raw_removed_at``) cannot be recounted from its ratings
+and is passed over by the checks that recount one."""
 
 from __future__ import annotations
 
@@ -204,8 +206,12 @@ def tiered_usage_matches_charges() -> list[str]:
         FROM metering_rateusage u
         LEFT JOIN events e ON e.period_id = u.period_id AND e.rate_id = u.rate_id
         LEFT JOIN true_ups t ON t.cause_id = u.period_id::text || ':' || u.rate_id::text
-        WHERE u.units <> COALESCE(e.units, 0)
-           OR u.credits <> COALESCE(e.credits, 0) + COALESCE(t.credits, 0)
+        WHERE (u.units <> COALESCE(e.units, 0)
+               OR u.credits <> COALESCE(e.credits, 0) + COALESCE(t.credits, 0))
+          AND NOT EXISTS (
+              SELECT 1 FROM metering_periodusage pu
+              WHERE pu.period_id = u.period_id AND pu.raw_removed_at IS NOT NULL
+          )
         ORDER BY u.period_id, u.rate_id
         """
     )
@@ -260,8 +266,9 @@ def period_usage_matches_charges() -> list[str]:
         LEFT JOIN metering_periodusage u ON u.period_id = p.period_id
         LEFT JOIN events e ON e.period_id = p.period_id
         LEFT JOIN true_ups t ON t.period_id = p.period_id
-        WHERE COALESCE(u.credits, 0) <> COALESCE(e.credits, 0) + COALESCE(t.credits, 0)
-           OR COALESCE(u.overage, 0) <> COALESCE(e.overage, 0) + COALESCE(t.overage, 0)
+        WHERE (COALESCE(u.credits, 0) <> COALESCE(e.credits, 0) + COALESCE(t.credits, 0)
+               OR COALESCE(u.overage, 0) <> COALESCE(e.overage, 0) + COALESCE(t.overage, 0))
+          AND u.raw_removed_at IS NULL
         ORDER BY p.period_id
         """
     )

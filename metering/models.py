@@ -259,9 +259,28 @@ class PeriodUsage(models.Model):
     overage = CreditField(default=0)
     events = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
+    # When retention removed raw events (and their ratings) charged to this period: its
+    # counters then stand for events that are no longer stored (metering.retention).
+    raw_removed_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"period {self.period_id}: {self.credits}"
+
+
+class RawEventsRemoval(models.Model):
+    """One run of retention that removed raw events stamped before ``before``: lineage
+    says where the stored events stop, and why (metering.retention)."""
+
+    before = models.DateTimeField()
+    events = models.BigIntegerField()
+    ratings = models.BigIntegerField()
+    removed_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["-before"], name="metering_removal_before")]
+
+    def __str__(self) -> str:
+        return f"{self.events} raw events before {self.before:%Y-%m-%d}"
 
 
 class RateUsage(models.Model):

@@ -9,7 +9,7 @@ from django.core.cache import cache
 from django.db import transaction
 
 from ledger.task_base import AfterCommitTask, send_quietly
-from metering import rating
+from metering import rating, retention
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +72,9 @@ def events_rate_pending(rounds: int | None = None) -> int:
     if scheduled_flag_shared():
         _flag_clear()
     return rating.events_rate_pending(rounds=rounds)
+
+
+@shared_task
+def raw_events_remove() -> int:
+    """Retention (METERING_RAW_RETENTION_MONTHS): the raw events it no longer keeps."""
+    return retention.raw_events_remove().events

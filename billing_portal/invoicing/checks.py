@@ -44,8 +44,13 @@ def period_invoices_match_usage() -> list[str]:
         JOIN plans_subscriptionperiod p ON p.id = lines.period_id
         JOIN plans_planversion v ON v.id = p.plan_version_id
         LEFT JOIN usage u ON u.period_id = lines.period_id
-        WHERE lines.included <> COALESCE(u.consumed, 0)
-           OR (v.overage_policy = 'postpaid' AND lines.overage <> COALESCE(u.overage, 0))
+        WHERE (lines.included <> COALESCE(u.consumed, 0)
+               OR (v.overage_policy = 'postpaid' AND lines.overage <> COALESCE(u.overage, 0)))
+          -- Retention removed some of its events' ratings: it cannot be recounted.
+          AND NOT EXISTS (
+              SELECT 1 FROM metering_periodusage pu
+              WHERE pu.period_id = lines.period_id AND pu.raw_removed_at IS NOT NULL
+          )
         ORDER BY lines.period_id
         """
     )

@@ -14,7 +14,7 @@ from billing_portal.invoicing.services import InvoiceDraft, period_invoice_draft
 from ledger.errors import NotFound
 from ledger.models import LedgerEntry
 from ledger.units import to_cents
-from metering.models import Authorization, MeterEvent
+from metering.models import Authorization, MeterEvent, RawEventsRemoval
 from plans.models import Customer
 from plans.money import as_money
 from plans.selectors import period_in_force
@@ -62,6 +62,10 @@ class Lineage:
     entries: list[LedgerEntry]
     events: list[MeterEvent]
     revenue: list[RevenueEntry]
+    # Events the entries name that retention removed: lineage stops at the entries and
+    # the hourly rollups for those, and says so with the latest removal.
+    events_removed: int = 0
+    removal: RawEventsRemoval | None = None
 
 
 def invoice_line_lineage(*, line: InvoiceLine) -> Lineage:
@@ -82,4 +86,13 @@ def invoice_line_lineage(*, line: InvoiceLine) -> Lineage:
     revenue = list(
         RevenueEntry.objects.filter(invoice_line=line).order_by("recognized_on", "pk")
     ) + list(RevenueEntry.objects.filter(ledger_entry__in=entries).order_by("recognized_on", "pk"))
-    return Lineage(line=line, entries=entries, events=events, revenue=revenue)
+    removed = len(set(event_ids)) - len(events)
+    removal = RawEventsRemoval.objects.order_by("-before").first() if removed else None
+    return Lineage(
+        line=line,
+        entries=entries,
+        events=events,
+        revenue=revenue,
+        events_removed=removed,
+        removal=removal,
+    )

@@ -540,7 +540,9 @@ def credits_consume_batch(
     """
     for request in debits:
         non_negative(request.amount)
-    with transaction.atomic():
+    # No savepoint inside the caller's transaction (two round trips per batch): a failure
+    # here fails the caller's whole batch, which rating rolls back and retries.
+    with transaction.atomic(savepoint=False):
         locked = _lock_account(account.pk)
         operation = _operation(locked, OperationKind.CONSUME, actor=actor, key=None)
         drawer = Drawer(locked, operation, at or timezone.now(), keep_entries=False)

@@ -11,6 +11,7 @@ import pytest
 import time_machine
 from django.core.cache import cache
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from billing_portal.invoicing.period_close import periods_close_due
 from ledger.models import LedgerEntry
@@ -19,11 +20,17 @@ from ledger.selectors import account_balance
 from metering import tasks
 from metering.ingest import events_ingest
 from metering.models import EventRating, PeriodUsage, RatingQueue, UsageRollup
-from metering.rating import events_rate_pending
+from metering.rating import events_rate_for_customer, events_rate_pending
 from plans import catalog
 from plans.models import PeriodStatus, SubscriptionPeriod
 from plans.services import subscription_start, subscriptions_renew_due
-from tests.plans.factories import DEMO_CATALOG, customer, load_demo_catalog, plan
+from tests.plans.factories import (
+    DEMO_CATALOG,
+    customer,
+    load_demo_catalog,
+    plan,
+    subscription_recent,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -327,3 +334,24 @@ def test_reconcile_names_a_period_whose_usage_counters_disagree_with_its_charges
             "its events and true-ups charged 24015.000000 and 4015.000000"
         ]
     }
+
+
+@pytest.mark.django_db(transaction=True)  # rating's transaction is its own, as in a worker
+@pytest.mark.parametrize("size", [5, 200])
+def test_a_batch_costs_the_same_statements_whatever_its_size(size: int) -> None:
+    # The fixed cost of a batch is what rating pays per customer: count it, and keep
+    # per-event statements and extra savepoints out (the alerts receiver has its own).
+    load_demo_catalog()
+    acme = subscription_recent("acme").customer
+    now = datetime.now(UTC)
+    events_ingest(events=[_event(f"e{i}", now - timedelta(seconds=i)) for i in range(size)])
+
+    with CaptureQueriesContext(connection) as queries:
+        assert events_rate_for_customer(customer_id=acme.pk) == size
+
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert sum(s.startswith("SAVEPOINT") for s in sql) == 1, "\n".join(sql)
+    # Through Django's cursors; the claim and the batch's writes go as array statements
+    # beside them, one round trip each.
+    assert len(sql) <= 21, "\n".join(sql)  # BEGIN and COMMIT included
+    assert EventRating.objects.count() == size

@@ -28,6 +28,45 @@ from ledger.models import (
 from ledger.selectors import grant_is_usable
 from ledger.sql import Statement, pipelined
 
+# --- the account lock and its live grants, as statements a caller can pipeline --------
+
+LOCK_ACCOUNT_SQL = "SELECT id, held FROM ledger_account WHERE id = %s FOR UPDATE"
+# What the draw-down reads of a grant; the other fields are loaded if touched.
+GRANT_FIELDS = (
+    "id",
+    "account_id",
+    "amount",
+    "remaining",
+    "category",
+    "category_rank",
+    "priority",
+    "effective_at",
+    "expires_at",
+    "applies_to",
+    "workspace",
+    "status",
+)
+LOCK_GRANTS_SQL = f"""
+    SELECT {", ".join(GRANT_FIELDS)} FROM ledger_creditgrant
+    WHERE account_id = %s AND status = 'active' AND remaining > 0
+    ORDER BY id FOR UPDATE
+"""
+
+
+def instance_from_row(model: type[Any], fields: Sequence[str], row: Sequence[Any]) -> Any:
+    return model.from_db(connection.alias, list(fields), list(row))
+
+
+def locked_account(account_id: int, rows: Sequence[Sequence[Any]]) -> Account:
+    """The account ``LOCK_ACCOUNT_SQL`` returned, or DoesNotExist."""
+    if not rows:
+        raise Account.DoesNotExist(f"account {account_id} does not exist")
+    return instance_from_row(Account, ["id", "held"], rows[0])
+
+
+def grants_from_rows(rows: Sequence[Sequence[Any]]) -> list[CreditGrant]:
+    return [instance_from_row(CreditGrant, GRANT_FIELDS, row) for row in rows]
+
 
 @dataclass(frozen=True)
 class Cause:

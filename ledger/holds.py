@@ -25,6 +25,8 @@ from django.utils import timezone
 
 from ledger import combiner
 from ledger.drawing import (
+    LOCK_ACCOUNT_SQL,
+    LOCK_GRANTS_SQL,
     Cause,
     Debit,
     DebitRequest,
@@ -33,7 +35,10 @@ from ledger.drawing import (
     debit_from_operation,
     entries_insert,
     entries_saved,
+    grants_from_rows,
     grants_update,
+    instance_from_row,
+    locked_account,
     non_negative,
 )
 from ledger.errors import HoldNotOpen, IdempotencyConflict, LedgerError
@@ -197,36 +202,14 @@ def holds_apply(account_id: int, take: Callable[[], list[_HoldCall]]) -> list[ob
 
 def _lock_account(account_id: int) -> Account:
     # Pipelined, so the transaction's BEGIN travels with it: one round trip, not two.
-    [rows] = pipelined([(_LOCK_ACCOUNT, [account_id])])
-    if not rows:
-        raise Account.DoesNotExist(f"account {account_id} does not exist")
-    return _instance(Account, ["id", "held"], rows[0])
+    [rows] = pipelined([(LOCK_ACCOUNT_SQL, [account_id])])
+    return locked_account(account_id, rows)
 
 
 # --- one batch ------------------------------------------------------------------------
 
-_GRANT_FIELDS = (
-    "id",
-    "account_id",
-    "amount",
-    "remaining",
-    "category",
-    "category_rank",
-    "priority",
-    "effective_at",
-    "expires_at",
-    "applies_to",
-    "workspace",
-    "status",
-)
 _HOLD_FIELDS = tuple(f.attname for f in Hold._meta.concrete_fields)
 
-_LOCK_ACCOUNT = "SELECT id, held FROM ledger_account WHERE id = %s FOR UPDATE"
-_LOCK_GRANTS = f"""
-    SELECT {", ".join(_GRANT_FIELDS)} FROM ledger_creditgrant
-    WHERE account_id = %s AND status = 'active' AND remaining > 0
-    ORDER BY id FOR UPDATE
-"""
 _LOCK_HOLDS = f"""
     SELECT {", ".join(_HOLD_FIELDS)} FROM ledger_hold
     WHERE account_id = %s AND id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE
@@ -261,10 +244,6 @@ _RESOLVE_HOLDS = """
     WHERE h.id = v.id
 """
 _UPDATE_HELD = "UPDATE ledger_account SET held = %s WHERE id = %s"
-
-
-def _instance(model: type[Any], fields: Sequence[str], row: Sequence[Any]) -> Any:
-    return model.from_db(connection.alias, list(fields), list(row))
 
 
 class _Batch:
@@ -307,7 +286,7 @@ class _Batch:
             ("ids", _NEW_IDS, [new_holds, len(requests)]),
         ]
         if needs_grants:
-            wanted.append(("grants", _LOCK_GRANTS, [account_id]))
+            wanted.append(("grants", LOCK_GRANTS_SQL, [account_id]))
         if hold_ids:
             wanted.append(("holds", _LOCK_HOLDS, [account_id, hold_ids]))
         if keys:
@@ -320,11 +299,11 @@ class _Batch:
             )
         )
         grant_rows, hold_rows, key_rows = (rows.get(k, []) for k in ("grants", "holds", "keys"))
-        grants = [_instance(CreditGrant, _GRANT_FIELDS, row) for row in grant_rows]
+        grants = grants_from_rows(grant_rows)
         batch = cls(account, grants, timezone.now())
-        batch.holds = {row[0]: _instance(Hold, _HOLD_FIELDS, row) for row in hold_rows}
+        batch.holds = {row[0]: instance_from_row(Hold, _HOLD_FIELDS, row) for row in hold_rows}
         for row in key_rows:
-            hold = _instance(Hold, _HOLD_FIELDS, row)
+            hold = instance_from_row(Hold, _HOLD_FIELDS, row)
             batch.by_key[hold.idempotency_key] = hold
         batch.hold_ids = [row[0] for row in rows["ids"][:new_holds]]
         batch.operation_ids = [row[1] for row in rows["ids"]]

@@ -23,6 +23,8 @@ from djmoney.money import Money
 
 from ledger.actors import Actor
 from ledger.drawing import (  # re-exported: callers use them from here
+    LOCK_ACCOUNT_SQL,
+    LOCK_GRANTS_SQL,
     Cause,
     Debit,
     DebitRequest,
@@ -31,6 +33,9 @@ from ledger.drawing import (  # re-exported: callers use them from here
     credits,
     debit_from_operation,
     draw_down_key,
+    grants_from_rows,
+    instance_from_row,
+    locked_account,
     non_negative,
 )
 from ledger.errors import (  # re-exported: callers catch them from here
@@ -61,6 +66,7 @@ from ledger.models import (
     OperationKind,
 )
 from ledger.signals import credit_grants_created
+from ledger.sql import pipelined
 
 
 def _lock_account(account_id: int) -> Account:
@@ -542,13 +548,47 @@ def credits_consume_batch(
         non_negative(request.amount)
     # No savepoint inside the caller's transaction (two round trips per batch): a failure
     # here fails the caller's whole batch, which rating rolls back and retries.
+    now = timezone.now()
     with transaction.atomic(savepoint=False):
-        locked = _lock_account(account.pk)
-        operation = _operation(locked, OperationKind.CONSUME, actor=actor, key=None)
-        drawer = Drawer(locked, operation, at or timezone.now(), keep_entries=False)
+        # The lock, the operation and the live grants in one round trip, in lock order.
+        locked_rows, operation_rows, grant_rows = pipelined(
+            [
+                (LOCK_ACCOUNT_SQL, [account.pk]),
+                (_INSERT_OPERATION, [account.pk, OperationKind.CONSUME, actor, now]),
+                (LOCK_GRANTS_SQL, [account.pk]),
+            ]
+        )
+        locked = locked_account(account.pk, locked_rows)
+        operation = instance_from_row(LedgerOperation, _OPERATION_FIELDS, operation_rows[0])
+        drawer = Drawer(
+            locked,
+            operation,
+            at or now,
+            grants=grants_from_rows(grant_rows),
+            keep_entries=False,
+        )
         results = [drawer.debit(request) for request in debits]
         drawer.flush()
     return results
+
+
+_OPERATION_FIELDS = (
+    "id",
+    "account_id",
+    "kind",
+    "actor",
+    "reason",
+    "memo",
+    "description",
+    "idempotency_key",
+    "created_at",
+)
+_INSERT_OPERATION = f"""
+    INSERT INTO ledger_ledgeroperation
+        (account_id, kind, actor, reason, memo, description, idempotency_key, created_at)
+    VALUES (%s, %s, %s, '', '', '', NULL, %s)
+    RETURNING {", ".join(_OPERATION_FIELDS)}
+"""
 
 
 def credits_reverse(

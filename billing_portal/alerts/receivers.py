@@ -27,7 +27,10 @@ def _usage_rated(
     # alert that cannot be evaluated must not stop the customer's usage being billed.
     try:
         with transaction.atomic():
-            balance = services.usage_evaluate(customer=customer, period_ids=period_ids)
+            # usage_rated is sent under the customer's account lock (metering.signals).
+            balance = services.usage_evaluate(
+                customer=customer, period_ids=period_ids, account_locked=True
+            )
             recharge.auto_recharge_check(customer=customer, available=balance.available)
     except Exception:
         logger.exception("alerts for %s could not be evaluated", customer)

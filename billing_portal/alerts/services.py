@@ -48,14 +48,19 @@ class _Candidate:
 
 
 def usage_evaluate(
-    *, customer: Customer, period_ids: set[int], now: datetime | None = None
+    *,
+    customer: Customer,
+    period_ids: set[int],
+    now: datetime | None = None,
+    account_locked: bool = False,
 ) -> Balance:
-    """Fire the alerts the customer's latest usage crossed; return the balance read."""
+    """Fire the alerts the customer's latest usage crossed; return the balance read.
+    ``account_locked``: the caller holds the customer's account lock (rating does)."""
     now = now or timezone.now()
     # No savepoint of its own: inside rating, the receiver's savepoint covers this.
     with transaction.atomic(savepoint=False):
-        # Rating holds this lock already; a direct caller takes it here.
-        list(Account.objects.select_for_update().filter(pk=customer.account_id).values("pk"))
+        if not account_locked:
+            list(Account.objects.select_for_update().filter(pk=customer.account_id).values("pk"))
         balance = account_balance(account=customer.account, at=now)
         periods = {
             p.pk: p

@@ -21,10 +21,9 @@ from django.db.models import Q
 from django.utils import timezone
 from djmoney.money import Money
 
+from ledger import drawing
 from ledger.actors import Actor
 from ledger.drawing import (  # re-exported: callers use them from here
-    LOCK_ACCOUNT_SQL,
-    LOCK_GRANTS_SQL,
     Cause,
     Debit,
     DebitRequest,
@@ -33,9 +32,6 @@ from ledger.drawing import (  # re-exported: callers use them from here
     credits,
     debit_from_operation,
     draw_down_key,
-    grants_from_rows,
-    instance_from_row,
-    locked_account,
     non_negative,
 )
 from ledger.errors import (  # re-exported: callers catch them from here
@@ -553,18 +549,18 @@ def credits_consume_batch(
         # The lock, the operation and the live grants in one round trip, in lock order.
         locked_rows, operation_rows, grant_rows = pipelined(
             [
-                (LOCK_ACCOUNT_SQL, [account.pk]),
+                (drawing.LOCK_ACCOUNT_SQL, [account.pk]),
                 (_INSERT_OPERATION, [account.pk, OperationKind.CONSUME, actor, now]),
-                (LOCK_GRANTS_SQL, [account.pk]),
+                (drawing.LOCK_GRANTS_SQL, [account.pk]),
             ]
         )
-        locked = locked_account(account.pk, locked_rows)
-        operation = instance_from_row(LedgerOperation, _OPERATION_FIELDS, operation_rows[0])
+        locked = drawing.locked_account(account.pk, locked_rows)
+        operation = drawing.instance_from_row(LedgerOperation, _OPERATION_FIELDS, operation_rows[0])
         drawer = Drawer(
             locked,
             operation,
             at or now,
-            grants=grants_from_rows(grant_rows),
+            grants=drawing.grants_from_rows(grant_rows),
             keep_entries=False,
         )
         results = [drawer.debit(request) for request in debits]

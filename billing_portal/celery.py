@@ -36,6 +36,9 @@ app.conf.beat_schedule = {
     # Retention of raw events, when METERING_RAW_RETENTION_MONTHS is set: whole months,
     # so four runs a day are plenty (each reads the events older than the cutoff).
     "remove-raw-events": {"task": "metering.tasks.raw_events_remove", "schedule": 21600.0},
+    # Events and ratings are partitioned by month; the next months' partitions are made
+    # ahead (two months ahead, so a day's delay of this job changes nothing).
+    "make-event-partitions": {"task": "metering.tasks.partitions_ensure", "schedule": 86400.0},
     "renew-subscriptions": {"task": "plans.tasks.subscriptions_renew_due", "schedule": 60.0},
     "recognize-revenue": {
         "task": "billing_portal.invoicing.tasks.revenue_recognize",

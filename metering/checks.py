@@ -124,6 +124,49 @@ def ratings_name_their_event_rate_and_period() -> list[str]:
     return [_missing_references_line(*row) for row in rows]
 
 
+@register("cancellations_name_their_event")
+def cancellations_name_their_event() -> list[str]:
+    rows = query_rows(
+        """
+        SELECT c.event_id FROM metering_eventcancellation c
+        LEFT JOIN metering_meterevent e ON e.id = c.event_id
+        WHERE e.id IS NULL ORDER BY c.event_id
+        """
+    )
+    return [f"cancellation of event {event_id}: no such event" for (event_id,) in rows]
+
+
+@register("event_keys_match_events")
+def event_keys_match_events() -> list[str]:
+    # Ingest writes an event's key and the event in one statement; retention removes
+    # both. An event without its key could be accepted again, and charged twice.
+    unkeyed = query_rows(
+        """
+        SELECT e.id, e.identifier, k.event_id FROM metering_meterevent e
+        LEFT JOIN metering_eventkey k
+          ON k.customer_id = e.customer_id AND k.identifier = e.identifier
+        WHERE k.event_id IS DISTINCT FROM e.id
+        ORDER BY e.id
+        """
+    )
+    orphans = query_rows(
+        """
+        SELECT k.customer_id, k.identifier, k.event_id FROM metering_eventkey k
+        LEFT JOIN metering_meterevent e ON e.id = k.event_id
+        WHERE e.id IS NULL
+        ORDER BY k.event_id
+        """
+    )
+    return [
+        f"event {pk} ({identifier}): its key names "
+        + ("no event" if key is None else f"event {key}")
+        for pk, identifier, key in unkeyed
+    ] + [
+        f"key {identifier} of customer {customer_id} names event {pk}, which does not exist"
+        for customer_id, identifier, pk in orphans
+    ]
+
+
 def _missing_references_line(
     event_id: int,
     no_event: bool,

@@ -563,15 +563,21 @@ WITH rows AS (
         %b::numeric[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[]
     ) AS t(customer_id, identifier, event_name, meter_id, ts, value, dimensions, workspace,
            authorization_id, content_hash, parent_identifier)
+), keyed AS (
+    -- The keys this batch wins: an identifier already stored, or being stored by a
+    -- concurrent batch, is skipped here and classified afterwards.
+    INSERT INTO metering_eventkey (customer_id, identifier, event_id)
+    SELECT customer_id, identifier, metering_event_id(ts) FROM rows
+    ON CONFLICT (customer_id, identifier) DO NOTHING
+    RETURNING customer_id, identifier, event_id
 ), inserted AS (
     INSERT INTO metering_meterevent (
-        customer_id, identifier, event_name, meter_id, timestamp, value, dimensions,
+        id, customer_id, identifier, event_name, meter_id, timestamp, value, dimensions,
         workspace, authorization_id, content_hash, received_at, parent_identifier
     )
-    SELECT customer_id, identifier, event_name, meter_id, ts, value, dimensions::jsonb,
-           workspace, authorization_id, content_hash, %b, parent_identifier
-    FROM rows
-    ON CONFLICT (customer_id, identifier) DO NOTHING
+    SELECT k.event_id, r.customer_id, r.identifier, event_name, meter_id, ts, value,
+           dimensions::jsonb, workspace, authorization_id, content_hash, %b, parent_identifier
+    FROM rows r JOIN keyed k USING (customer_id, identifier)
     RETURNING id, customer_id, identifier
 ), queued AS (
     INSERT INTO metering_ratingqueue (event_id, customer_id, enqueued_at)
@@ -594,8 +600,9 @@ SELECT
 """
 
 _EXISTING = """
-SELECT customer_id, identifier, content_hash FROM metering_meterevent
-WHERE (customer_id, identifier) IN (SELECT * FROM unnest(%s::bigint[], %s::text[]))
+SELECT k.customer_id, k.identifier, e.content_hash
+FROM metering_eventkey k JOIN metering_meterevent e ON e.id = k.event_id
+WHERE (k.customer_id, k.identifier) IN (SELECT * FROM unnest(%s::bigint[], %s::text[]))
 """
 
 

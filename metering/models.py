@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from django.db import models
+from typing import Any
+
+from django.db import connection, models, transaction
 from django.db.models import Q
 
 from ledger.models import CreditField
@@ -16,8 +18,13 @@ class MeterEvent(models.Model):
     each event against the batch's customers and meters and locks those rows once per
     batch (``metering.ingest``), and deleting one through the ORM is refused while events
     name it (``PROTECT``); the ``events_have_customers_and_meters`` reconcile check looks
-    for an event whose row is missing all the same."""
+    for an event whose row is missing all the same.
 
+    Partitioned by month (``metering.partitions``): the id carries the month the event is
+    stamped in, so it is assigned by whoever writes the row (ingest's statement, or
+    ``save``), and ``(customer, identifier)`` is kept unique by ``EventKey``."""
+
+    id = models.BigIntegerField(primary_key=True)
     # No index of its own: the unique (customer, identifier) index serves every lookup by
     # customer, so one on the customer alone only cost ingest an insert per row.
     customer = models.ForeignKey(
@@ -54,11 +61,6 @@ class MeterEvent(models.Model):
     received_at = models.DateTimeField()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["customer", "identifier"], name="metering_event_identifier"
-            ),
-        ]
         indexes = [
             models.Index(fields=["customer", "timestamp"], name="metering_event_customer_time"),
             models.Index(
@@ -77,6 +79,37 @@ class MeterEvent(models.Model):
 
     def __str__(self) -> str:
         return self.identifier
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Stores a new event as ingest does: an id in its month, and its key. Ingest
+        writes events with one statement per batch; this is for the rest (fixtures)."""
+        if self.pk is not None:
+            super().save(*args, **kwargs)
+            return
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT metering_event_id(%s)", [self.timestamp])
+            self.pk = cursor.fetchone()[0]
+            EventKey.objects.create(
+                customer_id=self.customer_id, identifier=self.identifier, event_id=self.pk
+            )
+            kwargs["force_insert"] = True
+            super().save(*args, **kwargs)
+
+
+class EventKey(models.Model):
+    """What keeps an identifier to one event per customer: the event table is partitioned
+    by month, and a unique index there could only hold within a month. Ingest inserts
+    the batch's keys first and stores the events whose keys it won (``ON CONFLICT DO
+    NOTHING``); look-ups by identifier come here for the event's id. Retention removes
+    the keys of the events it removes."""
+
+    pk = models.CompositePrimaryKey("customer_id", "identifier")
+    customer_id = models.BigIntegerField()
+    identifier = models.CharField(max_length=330)
+    event_id = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.customer_id}/{self.identifier}: {self.event_id}"
 
 
 class RatingQueue(models.Model):
@@ -183,10 +216,19 @@ class EventRating(models.Model):
 
 
 class EventCancellation(models.Model):
-    """A meter-event adjustment: the event stays as it arrived, its debit is reversed."""
+    """A meter-event adjustment: the event stays as it arrived, its debit is reversed.
+
+    ``event`` is not a foreign key in the database: events move between partitions (from
+    DEFAULT into their month's, ``metering.partitions``), which a key pointing at the
+    partitioned table refuses. The ORM refuses to delete a cancelled event (``PROTECT``),
+    and the ``cancellations_name_their_event`` reconcile check looks for a missing one."""
 
     event = models.OneToOneField(
-        MeterEvent, on_delete=models.PROTECT, primary_key=True, related_name="cancellation"
+        MeterEvent,
+        on_delete=models.PROTECT,
+        primary_key=True,
+        related_name="cancellation",
+        db_constraint=False,
     )
     reason = models.CharField(max_length=64)
     actor = models.CharField(max_length=128)

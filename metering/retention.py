@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -35,6 +36,16 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from metering.models import RawEventsRemoval
+from metering.partitions import (
+    EVENTS,
+    RATINGS,
+    month_ids,
+    month_index,
+    month_partition_make,
+    month_partitions_before,
+    month_start,
+    partition_name,
+)
 from plans.models import PeriodStatus
 
 logger = logging.getLogger(__name__)
@@ -83,25 +94,43 @@ class Removal:
 
 
 # The oldest event before the cutoff that must stay: still queued for rating, or charged
-# to a period not yet invoiced. Whole months are removed, so its month stays too.
+# to a period not yet invoiced. Whole months are removed, so its month stays too. An
+# event's id carries its month (metering.partitions), so ``below`` (the first id of the
+# cutoff's month) keeps the months after it from being read at all.
 _HOLDING_BACK = """
 SELECT e.id, e.identifier, e.timestamp, q.event_id IS NOT NULL, p.id, p.status
 FROM metering_meterevent e
 LEFT JOIN metering_ratingqueue q ON q.event_id = e.id
 LEFT JOIN metering_eventrating r ON r.event_id = e.id
 LEFT JOIN plans_subscriptionperiod p ON p.id = r.period_id
-WHERE e.timestamp < %(before)s
+WHERE e.id < %(below)s AND e.timestamp < %(before)s
   AND (q.event_id IS NOT NULL OR p.status <> %(invoiced)s)
 ORDER BY e.timestamp, e.id
 LIMIT 1
+"""
+
+# A month whose events all go: what its partitions hold, counted, and what must go with
+# them, before the partitions are dropped.
+_MONTH_DROP = """
+WITH cancellations AS (
+    DELETE FROM metering_eventcancellation WHERE event_id >= %(low)s AND event_id < %(high)s
+), keys AS (
+    DELETE FROM metering_eventkey WHERE event_id >= %(low)s AND event_id < %(high)s
+), marked AS (
+    UPDATE metering_periodusage u SET raw_removed_at = %(now)s
+    WHERE u.period_id IN (
+        SELECT DISTINCT period_id FROM {ratings} WHERE period_id IS NOT NULL
+    ) AND u.raw_removed_at IS NULL
+)
+SELECT (SELECT count(*) FROM {events}), (SELECT count(*) FROM {ratings})
 """
 
 # One chunk, in one statement: the events, their ratings and cancellations, and a mark on
 # every period the ratings charged. The conditions are checked again row by row.
 _REMOVE_CHUNK = """
 WITH doomed AS MATERIALIZED (
-    SELECT e.id FROM metering_meterevent e
-    WHERE e.timestamp < %(before)s
+    SELECT e.id, e.customer_id, e.identifier FROM metering_meterevent e
+    WHERE e.id < %(below)s AND e.timestamp < %(before)s
       AND NOT EXISTS (SELECT 1 FROM metering_ratingqueue q WHERE q.event_id = e.id)
       AND NOT EXISTS (
           SELECT 1 FROM metering_eventrating r
@@ -116,6 +145,9 @@ WITH doomed AS MATERIALIZED (
     RETURNING r.period_id
 ), cancellations AS (
     DELETE FROM metering_eventcancellation c USING doomed d WHERE c.event_id = d.id
+), keys AS (
+    DELETE FROM metering_eventkey k USING doomed d
+    WHERE k.customer_id = d.customer_id AND k.identifier = d.identifier
 ), events AS (
     DELETE FROM metering_meterevent e USING doomed d WHERE e.id = d.id RETURNING e.id
 ), marked AS (
@@ -141,13 +173,24 @@ def raw_events_remove(
         raise ImproperlyConfigured(problem)
     wanted = retention_cutoff(now, months)
     before, held_back = _removable_before(wanted)
+    below = month_ids(month_index(before))[0]
     events = ratings = 0
+    # Whole months with partitions of their own: dropped. What is left before the cutoff
+    # (events stored before partitioning, or in the DEFAULT partition) goes row by row.
+    for month in month_partitions_before(month_index(before)):
+        removed, removed_ratings = _month_drop(month, now)
+        events += removed
+        ratings += removed_ratings
+    params: dict[str, Any] = {
+        "before": before,
+        "below": below,
+        "invoiced": PeriodStatus.INVOICING,
+        "chunk": chunk,
+        "now": now,
+    }
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                _REMOVE_CHUNK,
-                {"before": before, "invoiced": PeriodStatus.INVOICING, "chunk": chunk, "now": now},
-            )
+            cursor.execute(_REMOVE_CHUNK, params)
             removed, removed_ratings = cursor.fetchone()
             if removed:
                 RawEventsRemoval.objects.create(
@@ -168,9 +211,40 @@ def raw_events_remove(
     return Removal(wanted, before, events, ratings, held_back)
 
 
+def _month_drop(month: int, now: datetime) -> tuple[int, int]:
+    """Remove month ``month``'s events and ratings by dropping their partitions; return
+    how many of each there were. Its keys, cancellations and the marks on the periods it
+    charged go in the same transaction."""
+    events_table, ratings_table = partition_name(EVENTS, month), partition_name(RATINGS, month)
+    low, high = month_ids(month)
+    month_partition_make(month)  # both tables' partitions, should one be missing
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            _MONTH_DROP.format(events=events_table, ratings=ratings_table),
+            {"low": low, "high": high, "now": now},
+        )
+        events, ratings = cursor.fetchone()
+        # Detaching locks the whole table until commit: last, and not waited for long
+        # (the next run tries again). A table with checks still pending cannot go.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("SET LOCAL lock_timeout = '5s'")
+        for table, partition in ((EVENTS, events_table), (RATINGS, ratings_table)):
+            cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {partition}")
+            cursor.execute(f"DROP TABLE {partition}")
+        if events or ratings:
+            RawEventsRemoval.objects.create(
+                before=month_start(month + 1), events=events, ratings=ratings, removed_at=now
+            )
+    return events, ratings
+
+
 def _removable_before(wanted: datetime) -> tuple[datetime, str | None]:
+    below = month_ids(month_index(wanted))[0]
     with connection.cursor() as cursor:
-        cursor.execute(_HOLDING_BACK, {"before": wanted, "invoiced": PeriodStatus.INVOICING})
+        cursor.execute(
+            _HOLDING_BACK,
+            {"before": wanted, "below": below, "invoiced": PeriodStatus.INVOICING},
+        )
         row = cursor.fetchone()
     if row is None:
         return wanted, None

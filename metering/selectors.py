@@ -3,6 +3,7 @@ see it, usage over time, and a customer's events with what rating made of them."
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -10,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.db import connection
-from django.db.models import Case, CharField, F, QuerySet, Sum, Value, When
+from django.db.models import Case, CharField, F, Q, QuerySet, Sum, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Trunc
 from django.utils import timezone
@@ -20,6 +21,7 @@ from ledger.selectors import Balance, account_balance
 from ledger.units import rfc3339
 from metering.models import (
     EventCancellation,
+    EventKey,
     EventRating,
     MeterEvent,
     PeriodUsage,
@@ -370,7 +372,23 @@ def events_for(
 
 
 def event_for(*, customer: Customer, identifier: str) -> MeterEvent | None:
-    return events_for(customer=customer).filter(identifier=identifier).first()
+    key = EventKey.objects.filter(customer_id=customer.pk, identifier=identifier).first()
+    return None if key is None else events_for(customer=customer).filter(pk=key.event_id).first()
+
+
+def events_identified(pairs: Collection[tuple[int, str]]) -> QuerySet[MeterEvent]:
+    """The events stored under any of ``pairs`` of (customer pk, identifier), whole or as
+    the parts of one that fed several meters; a few more when the pairs cross (the
+    caller matches its pairs). The event table is partitioned by month, so an identifier
+    is found through its key (``EventKey``) and the parts through their parent."""
+    customers = {customer for customer, _ in pairs}
+    identifiers = {identifier for _, identifier in pairs}
+    ids = EventKey.objects.filter(
+        customer_id__in=customers, identifier__in=identifiers
+    ).values_list("event_id", flat=True)
+    return MeterEvent.objects.filter(
+        Q(pk__in=list(ids)) | Q(customer_id__in=customers, parent_identifier__in=identifiers)
+    )
 
 
 def event_parts_for(*, customer: Customer, identifier: str) -> list[MeterEvent]:

@@ -35,7 +35,7 @@ from metering.models import (
     RatingStatus,
 )
 from metering.rating import dimensions_key, events_rate_for_customer
-from metering.selectors import meter_units_between
+from metering.selectors import events_identified, meter_units_between
 from plans.models import (
     MAX_CREDITS,
     Aggregation,
@@ -570,9 +570,8 @@ def event_cancel(
 
     An event that fed several meters is cancelled whole: every part, or none."""
     events = list(
-        MeterEvent.objects.filter(
-            Q(identifier=identifier) | Q(parent_identifier=identifier), customer=customer
-        )
+        events_identified([(customer.pk, identifier)])
+        .filter(Q(identifier=identifier) | Q(parent_identifier=identifier), customer=customer)
         .select_related("meter")
         .order_by("pk")
     )

@@ -9,7 +9,7 @@ from django.core.cache import cache
 from django.db import transaction
 
 from ledger.task_base import AfterCommitTask, send_quietly
-from metering import rating, retention
+from metering import partitions, rating, retention
 
 logger = logging.getLogger(__name__)
 
@@ -78,3 +78,9 @@ def events_rate_pending(rounds: int | None = None) -> int:
 def raw_events_remove() -> int:
     """Retention (METERING_RAW_RETENTION_MONTHS): the raw events it no longer keeps."""
     return retention.raw_events_remove().events
+
+
+@shared_task
+def partitions_ensure() -> list[str]:
+    """The monthly partitions of events and ratings, made ahead (metering.partitions)."""
+    return partitions.partitions_ensure()

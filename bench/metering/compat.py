@@ -133,7 +133,8 @@ def _discard(watermark: int) -> None:
     """Delete a run's events and their queue rows, so every run sees the same table."""
     run_sql("DELETE FROM metering_ratingqueue WHERE event_id > %s", [watermark])
     run_sql("DELETE FROM metering_meterevent WHERE id > %s", [watermark])
-    run_sql("VACUUM (ANALYZE) metering_meterevent, metering_ratingqueue")
+    run_sql("DELETE FROM metering_eventkey WHERE event_id > %s", [watermark])
+    run_sql("VACUUM (ANALYZE) metering_meterevent, metering_eventkey, metering_ratingqueue")
 
 
 def _stored_since(watermark: int) -> int:

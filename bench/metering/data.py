@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +21,7 @@ COLUMNS = (
     "customer_id, identifier, event_name, meter_id, timestamp, value, dimensions, "
     "workspace, authorization_id, content_hash, received_at"
 )
+KEY_COLUMNS = "customer_id, identifier, event_id"
 
 
 def run_sql(sql: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -89,36 +91,53 @@ def queued() -> int:
     return int(run_sql("SELECT count(*) FROM metering_ratingqueue")[0][0])
 
 
-def _preload_chunks(rows: int, customer_ids: list[int], meter_id: int) -> Iterator[str]:
-    """Past events in COPY text format: random identifiers, 30 days of timestamps."""
+def _preload_chunks(
+    rows: int, customer_ids: list[int], meter_id: int, first: int
+) -> Iterator[tuple[str, str]]:
+    """Past events and their keys in COPY text format: random identifiers, 30 days of
+    timestamps, ids numbered from ``first`` in each event's month (metering.partitions)."""
+    from metering.partitions import SEQUENCE_BITS, month_index
+
     rng = random.Random(rows)
     now = int(time.time())
-    stamps = [
-        time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(now - 86400 * 30 + 600 * i))
-        for i in range(4300)
-    ]
+    moments = [now - 86400 * 30 + 600 * i for i in range(4300)]
+    stamps = [time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(m)) for m in moments]
+    months = [month_index(datetime.fromtimestamp(m, UTC)) << SEQUENCE_BITS for m in moments]
     dims = [json.dumps({"model": m, "token_type": t}) for m, t in MODELS]
+    number = first
     for start in range(0, rows, 20_000):
-        lines = []
+        lines, keys = [], []
         for _ in range(min(20_000, rows - start)):
-            stamp = rng.choice(stamps)
+            pick = rng.randrange(len(stamps))
+            stamp, event_id = stamps[pick], months[pick] | number
+            customer_id, identifier = rng.choice(customer_ids), f"{rng.getrandbits(128):032x}"
+            number += 1
             lines.append(
-                f"{rng.choice(customer_ids)}\t{rng.getrandbits(128):032x}\tllm.tokens\t"
+                f"{event_id}\t{customer_id}\t{identifier}\tllm.tokens\t"
                 f"{meter_id}\t{stamp}\t{rng.randint(1, 4000)}\t{rng.choice(dims)}\t\\N\t\\N\t"
                 f"{rng.getrandbits(256):064x}\t{stamp}\n"
             )
-        yield "".join(lines)
+            keys.append(f"{customer_id}\t{identifier}\t{event_id}\n")
+        yield "".join(lines), "".join(keys)
 
 
 def preload(rows: int, setup: Setup) -> float:
-    """COPY ``rows`` past events into the events table; return rows/s."""
+    """COPY ``rows`` past events (and their keys) into the events table; return rows/s."""
+    from metering.partitions import SEQUENCE, partitions_ensure
+
+    partitions_ensure()
+    # A block of the sequence, as ingest would draw one number an event.
+    first = int(run_sql(f"SELECT nextval('{SEQUENCE}')")[0][0])
+    run_sql(f"SELECT setval('{SEQUENCE}', %s)", [first + rows])
     started = time.perf_counter()
-    with (
-        raw_connection().cursor() as cursor,
-        cursor.copy(f"COPY metering_meterevent ({COLUMNS}) FROM STDIN") as copy,
-    ):
-        for chunk in _preload_chunks(rows, [pk for _, pk in setup.tenants], setup.meter_id):
-            copy.write(chunk)
+    cursor = raw_connection().cursor()
+    customers = [pk for _, pk in setup.tenants]
+    for events, keys in _preload_chunks(rows, customers, setup.meter_id, first):
+        with cursor.copy(f"COPY metering_meterevent (id, {COLUMNS}) FROM STDIN") as copy:
+            copy.write(events)
+        with cursor.copy(f"COPY metering_eventkey ({KEY_COLUMNS}) FROM STDIN") as copy:
+            copy.write(keys)
+    cursor.close()
     return rows / (time.perf_counter() - started)
 
 
@@ -126,9 +145,12 @@ def discard_since(watermark: int) -> None:
     """Delete a run's events (and their queue rows), so every run sees the same table."""
     run_sql("DELETE FROM metering_ratingqueue WHERE event_id > %s", [watermark])
     run_sql("DELETE FROM metering_meterevent WHERE id > %s", [watermark])
+    run_sql("DELETE FROM metering_eventkey WHERE event_id > %s", [watermark])
     run_sql(f"DELETE FROM {SCRATCH} WHERE id > %s", [watermark])
     run_sql("DELETE FROM metering_rejectedevent")
-    run_sql(f"VACUUM (ANALYZE) metering_meterevent, metering_ratingqueue, {SCRATCH}")
+    run_sql(
+        f"VACUUM (ANALYZE) metering_meterevent, metering_eventkey, metering_ratingqueue, {SCRATCH}"
+    )
 
 
 def postgres_pids() -> set[int]:

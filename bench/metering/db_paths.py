@@ -17,7 +17,6 @@ from bench.metering.data import (
     COLUMNS,
     SCRATCH,
     discard_since,
-    max_event_id,
     raw_connection,
     run_sql,
 )
@@ -33,6 +32,7 @@ AS_IT_RUNS_PATH = (
 )
 _QUEUE_CTE = re.compile(r"\), queued AS \(.*?FROM inserted\s*\)", re.DOTALL)
 _EVENTS, _QUEUE = "bench_meterevent_nofk", "bench_ratingqueue_nofk"
+_KEYS = "bench_eventkey_nofk"
 
 Way = tuple[str, str, Callable[[], None]]  # label, statement, reset after each use
 
@@ -115,18 +115,21 @@ def _ways(watermark: int) -> list[Way]:
     as it runs."""
     from metering import ingest
 
-    no_fk = ingest._INSERT.replace("metering_meterevent", _EVENTS).replace(
-        "metering_ratingqueue", _QUEUE
+    no_fk = (
+        ingest._INSERT.replace("metering_meterevent", _EVENTS)
+        .replace("metering_ratingqueue", _QUEUE)
+        .replace("metering_eventkey", _KEYS)
     )
     without_queue, found = _QUEUE_CTE.subn(")", no_fk)
 
     def reset_copies() -> None:
         run_sql(f"DELETE FROM {_EVENTS} WHERE id > %s", [watermark])
+        run_sql(f"DELETE FROM {_KEYS} WHERE event_id > %s", [watermark])
         run_sql(f"DELETE FROM {_QUEUE}")
-        run_sql(f"VACUUM (ANALYZE) {_EVENTS}, {_QUEUE}")
+        run_sql(f"VACUUM (ANALYZE) {_EVENTS}, {_KEYS}, {_QUEUE}")
 
     ways: list[Way] = []
-    if no_fk.count(_EVENTS) == 1 and no_fk.count(_QUEUE) == 1:
+    if no_fk.count(_EVENTS) == 1 and no_fk.count(_QUEUE) == 1 and no_fk.count(_KEYS) == 1:
         if found == 1:
             ways.append((NO_QUEUE_PATH, without_queue, reset_copies))
         ways.append((NO_FK_PATH, no_fk, reset_copies))
@@ -137,9 +140,8 @@ def _ways(watermark: int) -> list[Way]:
 def _fill_copies() -> None:
     """The copy of the events table holds the same rows as the real one."""
     run_sql(f"INSERT INTO {_EVENTS} SELECT * FROM metering_meterevent")
-    # Its own identity sequence: start it well past the real table's.
-    run_sql(f"ALTER TABLE {_EVENTS} ALTER COLUMN id RESTART WITH {max_event_id() + 10**9}")
-    run_sql(f"VACUUM (ANALYZE) {_EVENTS}, {_QUEUE}")
+    run_sql(f"INSERT INTO {_KEYS} SELECT * FROM metering_eventkey")
+    run_sql(f"VACUUM (ANALYZE) {_EVENTS}, {_KEYS}, {_QUEUE}")
 
 
 def measure_db_paths(ctx: Context, watermark: int, copy: DbPath, rounds: int = 2) -> list[DbPath]:
@@ -159,6 +161,7 @@ def measure_db_paths(ctx: Context, watermark: int, copy: DbPath, rounds: int = 2
     measured: dict[str, list[DbPath]] = defaultdict(list)
     run_sql(f"CREATE TABLE {_EVENTS} (LIKE metering_meterevent INCLUDING ALL)")
     run_sql(f"CREATE TABLE {_QUEUE} (LIKE metering_ratingqueue INCLUDING ALL)")
+    run_sql(f"CREATE TABLE {_KEYS} (LIKE metering_eventkey INCLUDING ALL)")
     try:
         _fill_copies()
         for round_no in range(rounds):
@@ -166,7 +169,7 @@ def measure_db_paths(ctx: Context, watermark: int, copy: DbPath, rounds: int = 2
                 measured[label].append(_statement_path(label, sql, rows, ctx.args.batch, ctx.meter))
                 reset()
     finally:
-        run_sql(f"DROP TABLE {_QUEUE}, {_EVENTS}")
+        run_sql(f"DROP TABLE {_QUEUE}, {_KEYS}, {_EVENTS}")
     return [copy] + [_combine(measured[label]) for label, _, _ in ways]
 
 

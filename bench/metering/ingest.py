@@ -162,7 +162,7 @@ def measure_ingest(ctx: Context) -> tuple[list[Level], RequestProfile | None, li
     # The pre-loaded rows were never queued for rating: clear them for what follows.
     run_sql(
         "TRUNCATE metering_ratingqueue, metering_eventrating, metering_eventcancellation, "
-        "metering_meterevent, metering_rejectedevent"
+        "metering_meterevent, metering_eventkey, metering_rejectedevent"
     )
     _purge_broker()
     return levels, profile, paths

@@ -167,16 +167,23 @@ RATING_TASK = "metering.tasks.events_rate_pending"
 # ingest's own statement writes them: stamped now, the four model/token-type pairs in
 # turn, values 1-4000 and a distinct identifier and content hash each.
 _QUEUE_SQL = """
-WITH inserted AS (
+WITH rows AS MATERIALIZED (
+    SELECT metering_event_id(now()) AS id,
+           (%(customers)s::bigint[])[1 + mod(i, %(n)s::int)] AS customer_id,
+           %(tag)s::text || '-' || i AS identifier, i
+    FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
+), keys AS (
+    INSERT INTO metering_eventkey (customer_id, identifier, event_id)
+    SELECT customer_id, identifier, id FROM rows
+), inserted AS (
     INSERT INTO metering_meterevent (
-        customer_id, identifier, event_name, meter_id, timestamp, value, dimensions,
+        id, customer_id, identifier, event_name, meter_id, timestamp, value, dimensions,
         content_hash, received_at
     )
-    SELECT (%(customers)s::bigint[])[1 + mod(i, %(n)s::int)],
-           %(tag)s::text || '-' || i, 'llm.tokens', %(meter)s::bigint, now(),
+    SELECT id, customer_id, identifier, 'llm.tokens', %(meter)s::bigint, now(),
            1 + mod(i * 7919, 4000), ((%(dims)s::text[])[1 + mod(i, 4)])::jsonb,
            md5(%(tag)s::text || i) || md5(i || %(tag)s::text), now()
-    FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
+    FROM rows
     RETURNING id, customer_id
 )
 INSERT INTO metering_ratingqueue (event_id, customer_id, enqueued_at)

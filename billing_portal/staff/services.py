@@ -34,7 +34,7 @@ from ledger.models import CREDIT_DIGITS, CREDIT_PLACES, ZERO, Account, CreditGra
 from ledger.units import credits_exact
 from metering import services as metering
 from metering.ingest import events_ingest
-from metering.models import MeterEvent, RatingQueue
+from metering.models import EventKey, MeterEvent, RatingQueue
 from metering.rating import events_rate_for_customer, rating_retry
 from plans import apikeys, catalog
 from plans.models import ApiKey, Customer, Plan, Subscription
@@ -352,7 +352,9 @@ def staff_event_correct(
             # is both halves or nothing.
             message = result.error.message if result.error else f"replacement {result.status}"
             raise StaffError(f"the replacement event was refused: {message}", "identifier")
-        replacement = MeterEvent.objects.get(customer=event.customer, identifier=identifier)
+        replacement = MeterEvent.objects.get(
+            pk=EventKey.objects.get(customer_id=event.customer_id, identifier=identifier).event_id
+        )
         _audit(
             operator,
             AuditAction.EVENT_CORRECT,

@@ -29,6 +29,7 @@ from metering.models import (
     RawEventsRemoval,
     UsageRollup,
 )
+from metering.partitions import partitions_ensure
 from metering.rating import events_rate_pending
 from metering.retention import raw_events_remove, retention_cutoff
 from plans.models import PeriodStatus, SubscriptionPeriod
@@ -55,6 +56,7 @@ def _event(identifier: str, at: datetime) -> dict[str, Any]:
 
 def _ingest(clock: time_machine.Traveller, at: datetime, *identifiers: str) -> None:
     clock.move_to(at)
+    partitions_ensure()  # beat's daily job: the months ingest accepts have partitions
     result = events_ingest(events=[_event(i, at) for i in identifiers])
     assert result.count("accepted") == len(identifiers)
 

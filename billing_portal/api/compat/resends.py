@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from django.db.models import Q
-
-from metering.models import MeterEvent
+from metering.selectors import events_identified
+from plans.models import Customer
 
 
 def stored_times(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], datetime]:
@@ -24,12 +23,15 @@ def stored_times(keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], datet
     keys = set(keys)
     if not keys:
         return {}
-    customers = {customer for customer, _ in keys}
-    identifiers = {identifier for _, identifier in keys}
-    rows = MeterEvent.objects.filter(
-        Q(identifier__in=identifiers) | Q(parent_identifier__in=identifiers),
-        customer__external_id__in=customers,
-    ).values_list("customer__external_id", "identifier", "parent_identifier", "timestamp")
+    customers = dict(
+        Customer.objects.filter(external_id__in={customer for customer, _ in keys}).values_list(
+            "external_id", "pk"
+        )
+    )
+    pairs = [(customers[c], identifier) for c, identifier in keys if c in customers]
+    rows = events_identified(pairs).values_list(
+        "customer__external_id", "identifier", "parent_identifier", "timestamp"
+    )
     stored: dict[tuple[str, str], datetime] = {}
     for customer, identifier, parent, moment in rows:
         key = (customer, parent or identifier)

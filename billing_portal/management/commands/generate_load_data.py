@@ -24,6 +24,7 @@ from django.utils import timezone
 from ledger import services as ledger
 from ledger.models import Account
 from metering.models import PeriodUsage
+from metering.partitions import SEQUENCE_BITS, month_index, month_partition_make
 from metering.rating import dimensions_key
 from plans import catalog
 from plans.models import Customer, Meter, Plan, Rate, RateCardVersion, SubscriptionPeriod
@@ -240,6 +241,12 @@ class Command(BaseCommand):
         hour_text = [
             (first_hour + timedelta(hours=h)).strftime("%Y-%m-%d %H:") for h in range(hours)
         ]
+        # An event's id carries its month (metering.partitions), and each month gets its
+        # partitions first: the history lands where ingest would have put it.
+        hour_month = [month_index(first_hour + timedelta(hours=h)) for h in range(hours)]
+        for month in sorted(set(hour_month)):
+            month_partition_make(month)
+        hour_bits = [month << SEQUENCE_BITS for month in hour_month]
         rated_at = now.strftime("%Y-%m-%d %H:%M:%S+00")
         rollups: dict[tuple[int, int, int], list[int]] = {}
         credits_by_customer: dict[int, int] = {}
@@ -267,21 +274,24 @@ class Command(BaseCommand):
             size = min(CHUNK, count - written)
             events: list[str] = []
             ratings: list[str] = []
+            keys: list[str] = []
             # Customer by customer: index inserts stay local, several times faster.
             picks = sorted(rng.randrange(len(targets)) for _ in range(size))
             for i in range(size):
-                event_id = first_id + written + i
+                number = first_id + written + i
                 target = targets[picks[i]]
                 combo = rng.randrange(4)
                 vi = rng.randrange(5)
                 hour = rng.randrange(hours)
+                event_id = hour_bits[hour] | number
                 at = f"{hour_text[hour]}{rng.randrange(60):02d}:{rng.randrange(60):02d}+00"
                 micro = table[combo][vi]
                 events.append(
-                    f"{event_id}\t{target.customer_id}\tload-{event_id}\t{EVENT_NAME}\t"
+                    f"{event_id}\t{target.customer_id}\tload-{number}\t{EVENT_NAME}\t"
                     f"{meter_id}\t{at}\t{value_text[vi]}\t{dims_text[combo]}\t\\N\t\\N\t"
-                    f"{event_id:064x}\t{at}\n"
+                    f"{number:064x}\t{at}\n"
                 )
+                keys.append(f"{target.customer_id}\tload-{number}\t{event_id}\n")
                 ratings.append(
                     f"{event_id}\trated\t{_micro_text(micro)}\t{value_text[vi]}\t"
                     f"{rates[combo][0]}\t{target.period_id}\tf\t\t\t{rated_at}\n"
@@ -306,6 +316,10 @@ class Command(BaseCommand):
                     copy.write("".join(events))
                 with cur.copy(f"COPY metering_eventrating ({RATING_COLUMNS}) FROM STDIN") as copy:
                     copy.write("".join(ratings))
+                with cur.copy(
+                    "COPY metering_eventkey (customer_id, identifier, event_id) FROM STDIN"
+                ) as copy:
+                    copy.write("".join(keys))
             written += size
             rate = written / (time.monotonic() - started)
             self.stdout.write(f"  events + ratings: {written:,}/{count:,} ({rate:,.0f} rows/s)")

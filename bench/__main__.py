@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from bench import invoicing, ledger, metering, portal
+from bench import history, invoicing, ledger, metering, portal
 
 # name -> (help, add its options, run it)
 BENCHMARKS = {
@@ -21,6 +21,11 @@ BENCHMARKS = {
         metering.run,
     ),
     "portal": ("dashboard p95 at 1x, 10x and 100x history", portal.add_arguments, portal.run),
+    "history": (
+        "ingest, rating and the dashboard at 1M, 10M and 20M events; monthly partitions",
+        history.add_arguments,
+        history.run,
+    ),
     "invoicing": (
         "period close: N subscription periods invoiced by a pool of workers",
         invoicing.add_arguments,

@@ -41,6 +41,7 @@ CHUNK = 500_000
 FLAT = 1.15  # the target: within 15% of the first level
 BATCH = 1_000
 SENDERS = 100
+DELETE_CHUNKS = 5
 MODELS = (("large", "input"), ("large", "output"), ("small", "input"), ("small", "output"))
 
 # One chunk of a past month's history, as ingest and rating leave it.
@@ -96,6 +97,12 @@ class Removal:
     month: str
     events: int
     seconds: float
+    deleted: int = 0  # rows removed by retention's DELETE, for comparison
+    delete_seconds: float = 0.0
+
+    def delete_estimate(self) -> float:
+        """Seconds the month would have taken row by row, at the DELETE's rate."""
+        return self.events * self.delete_seconds / self.deleted if self.deleted else 0.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         removal = _remove_oldest(setup)
         print(
             f"history: oldest month ({removal.month}, {removal.events:,} events) removed "
-            f"in {removal.seconds:.2f} s",
+            f"in {removal.seconds:.2f} s; retention's DELETE took {removal.delete_seconds:.2f} "
+            f"s for {removal.deleted:,} rows of the next month, "
+            f"{removal.delete_estimate():.0f} s for a month at that rate",
             flush=True,
         )
     verdict, problems = _verdict(levels)
@@ -275,14 +284,35 @@ def _measure(level: Level, setup: Setup, args: argparse.Namespace) -> None:
 
 
 def _remove_oldest(setup: Setup) -> Removal:
+    from django.db import connection, transaction
     from django.utils import timezone
 
-    from metering.partitions import month_start
-    from metering.retention import _month_drop
+    from metering.partitions import month_ids, month_start
+    from metering.retention import _REMOVE_CHUNK, _month_drop
+    from metering.retention import CHUNK as CHUNK_DELETE
+    from plans.models import PeriodStatus
 
+    now = timezone.now()
     started = time.perf_counter()
-    events, _ratings = _month_drop(setup.first_month, timezone.now())
-    return Removal(f"{month_start(setup.first_month):%Y-%m}", events, time.perf_counter() - started)
+    events, _ratings = _month_drop(setup.first_month, now)
+    month = f"{month_start(setup.first_month):%Y-%m}"
+    removal = Removal(month, events, time.perf_counter() - started)
+    # The way rows stored before partitioning still go: retention's chunked DELETE, here
+    # on the next month's rows, a few chunks of it.
+    params: dict[str, Any] = {
+        "before": month_start(setup.first_month + 2),
+        "below": month_ids(setup.first_month + 2)[0],
+        "invoiced": PeriodStatus.INVOICING,
+        "chunk": CHUNK_DELETE,
+        "now": now,
+    }
+    started = time.perf_counter()
+    for _ in range(DELETE_CHUNKS):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_REMOVE_CHUNK, params)
+            removal.deleted += cursor.fetchone()[0]
+    removal.delete_seconds = time.perf_counter() - started
+    return removal
 
 
 def _ratio(level: Level, base: Level, which: str) -> float:
@@ -329,10 +359,14 @@ def _section(
         for lv in levels
     )
     verdict, problems = _verdict(levels)
+    found = "" if not problems else " " + "; ".join(problems) + "."
     removed = (
         f"The oldest month ({removal.month}, {removal.events:,} events and their ratings and "
         f"keys) was removed as retention removes one, its two partitions dropped: "
-        f"{removal.seconds:.2f} s."
+        f"{removal.seconds:.2f} s. Retention's chunked `DELETE`, the way rows stored before "
+        f"partitioning still go, removed {removal.deleted:,} rows of the next month in "
+        f"{removal.delete_seconds:.2f} s: {removal.delete_estimate():.0f} s for a month at "
+        "that rate."
         if removal
         else "No month was removed."
     )
@@ -359,5 +393,5 @@ events and ratings partitioned by month; retention drops whole months.
 
 {removed}
 
-Result: {verdict}.{"" if not problems else " " + "; ".join(problems) + "."}
+Result: {verdict.removeprefix("history: ")}.{found}
 """

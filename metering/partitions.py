@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 SEQUENCE_BITS = 40
 SEQUENCE_MASK = (1 << SEQUENCE_BITS) - 1
 AHEAD = 2
+LOCK_TIMEOUT = "1s"  # how long making or dropping a partition waits for its table
 
 # The partitioned tables and the column each is partitioned by.
 EVENTS = "metering_meterevent"
@@ -142,9 +143,10 @@ def _partition_make(table: str, column: str, name: str, index: int) -> bool:
     low, high = month_ids(index)
     default = f"{table}_default"
     with transaction.atomic(), connection.cursor() as cursor:
-        # Making a partition locks its table briefly; waiting long would queue ingest
-        # behind it, so give up and let the next run try again.
-        cursor.execute("SET LOCAL lock_timeout = '5s'")
+        # Making a partition locks its table briefly. While it waits for the lock, ingest
+        # queues behind it: so not for long (ingest's transactions take milliseconds); on
+        # a timeout the next run, a day later and two months ahead, tries again.
+        cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         cursor.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
         if cursor.fetchone()[0]:

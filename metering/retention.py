@@ -38,6 +38,7 @@ from django.utils import timezone
 from metering.models import RawEventsRemoval
 from metering.partitions import (
     EVENTS,
+    LOCK_TIMEOUT,
     RATINGS,
     month_ids,
     month_index,
@@ -224,10 +225,11 @@ def _month_drop(month: int, now: datetime) -> tuple[int, int]:
             {"low": low, "high": high, "now": now},
         )
         events, ratings = cursor.fetchone()
-        # Detaching locks the whole table until commit: last, and not waited for long
-        # (the next run tries again). A table with checks still pending cannot go.
+        # Detaching locks the whole table until commit: last, and not waited for long,
+        # since ingest and reads queue behind the wait (the next run tries again). A
+        # table with checks still pending cannot go.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute("SET LOCAL lock_timeout = '5s'")
+        cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         for table, partition in ((EVENTS, events_table), (RATINGS, ratings_table)):
             cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {partition}")
             cursor.execute(f"DROP TABLE {partition}")

@@ -7,15 +7,17 @@ stored before it."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import time_machine
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
-from django.db.utils import IntegrityError
+from django.db.utils import IntegrityError, OperationalError
 from django.utils import timezone
 
 from billing_portal.celery import app
@@ -34,6 +36,7 @@ from metering.partitions import (
 from metering.rating import events_rate_pending
 from metering.retention import raw_events_remove
 from metering.selectors import event_for
+from tests.dburl import database_url_for_subprocess
 from tests.plans.factories import customer, load_demo_catalog, subscription_recent
 
 pytestmark = pytest.mark.django_db
@@ -169,6 +172,18 @@ def test_a_month_without_a_partition_waits_in_default_and_moves_when_it_is_made(
         assert partitions_ensure() == []  # made once
         events_rate_pending()
         assert _where(RATINGS) == {event.pk: partition_name(RATINGS, month_index(LATER))}
+
+
+def test_making_a_partition_gives_up_soon_when_the_table_is_busy() -> None:
+    with psycopg.connect(database_url_for_subprocess()) as other:
+        other.execute(f"LOCK TABLE {EVENTS} IN ROW EXCLUSIVE MODE")  # as an open ingest
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            partitions_ensure(LATER)
+        waited = time.monotonic() - started
+    assert waited < 3  # ingest queues behind the wait: not for long
+    assert not _exists(partition_name(EVENTS, month_index(LATER)))
+    assert partitions_ensure(LATER)  # the next run makes them
 
 
 def test_retention_drops_a_months_partitions_and_deletes_what_waits_in_default() -> None:

@@ -10,7 +10,9 @@ once nothing can still change what they charged:
   charged in a later period waits for that period's invoice too.
 
 The first event that fails either holds back its whole month and every later one; the
-run says which event and why. What the events became stays: hourly rollups (the usage
+run says which event and why. A month with partitions of its own (``metering.partitions``)
+goes by dropping them; events stored before partitioning, or waiting in the DEFAULT
+partition, are deleted in chunks. What the events became stays: hourly rollups (the usage
 dashboard and exports of usage), ledger entries (which name the events they charged),
 invoice lines and revenue. Each period that lost events is marked
 (``PeriodUsage.raw_removed_at``): the reconcile checks that recount a period from its

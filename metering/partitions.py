@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 SEQUENCE_BITS = 40
 SEQUENCE_MASK = (1 << SEQUENCE_BITS) - 1
 AHEAD = 2
-LOCK_TIMEOUT = "1s"  # how long making or dropping a partition waits for its table
+# How long making or dropping a partition waits for its table: ingest queues behind the
+# wait, so not long; but longer than deadlock_timeout (1 s), after which PostgreSQL
+# cancels an autovacuum that is in the way.
+LOCK_TIMEOUT = "3s"
 
 # The partitioned tables and the column each is partitioned by.
 EVENTS = "metering_meterevent"
@@ -147,7 +150,9 @@ def _partition_make(table: str, column: str, name: str, index: int) -> bool:
         # queues behind it: so not for long (ingest's transactions take milliseconds); on
         # a timeout the next run, a day later and two months ahead, tries again.
         cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        cursor.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+        # The parent only: its partitions are autovacuum's, and ingest's inserts wait
+        # here all the same (they lock the parent too).
+        cursor.execute(f"LOCK TABLE ONLY {table} IN SHARE ROW EXCLUSIVE MODE")
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
         if cursor.fetchone()[0]:
             return False

@@ -6,6 +6,7 @@ from decimal import Decimal
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.db.models import Sum
 from django.test import Client
 
@@ -45,6 +46,19 @@ def test_it_writes_consistent_events_ratings_rollups_and_usage() -> None:
     )["total"]
     assert -debited == rated["credits"]
     assert all(r.period_id is not None for r in EventRating.objects.all()[:50])
+    # The indexes dropped for the load are back on every partition, not on the parents
+    # alone (a partitioned table's index definition reads "ON ONLY").
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid")
+        assert cursor.fetchall() == []
+        cursor.execute(
+            "SELECT c.relname, count(x.indexrelid) FROM pg_inherits i "
+            "JOIN pg_class c ON c.oid = i.inhrelid "
+            "LEFT JOIN pg_index x ON x.indrelid = c.oid "
+            "WHERE i.inhparent = 'metering_meterevent'::regclass GROUP BY c.relname"
+        )
+        per_partition = dict(cursor.fetchall())
+    assert set(per_partition.values()) == {5}, per_partition  # as the parent has
 
 
 def test_it_refuses_a_second_run_and_adds_events_with_more() -> None:

@@ -181,7 +181,7 @@ def test_making_a_partition_gives_up_soon_when_the_table_is_busy() -> None:
         with pytest.raises(OperationalError, match="lock timeout"):
             partitions_ensure(LATER)
         waited = time.monotonic() - started
-    assert waited < 3  # ingest queues behind the wait: not for long
+    assert waited < 5  # ingest queues behind the wait: not for long
     assert not _exists(partition_name(EVENTS, month_index(LATER)))
     assert partitions_ensure(LATER)  # the next run makes them
 

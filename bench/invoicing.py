@@ -298,6 +298,9 @@ def _clone(copies: int) -> int:
     """Copy every row of the per-customer tables ``copies`` times with shifted ids."""
     from django.db import connection, transaction
 
+    from metering.models import MeterEvent
+    from plans.models import Customer
+
     if copies <= 0:
         return 0
     models = _cloned_models()
@@ -328,6 +331,16 @@ def _clone(copies: int) -> int:
                 [copies, low, high],
             )
             rows += cursor.rowcount
+        if MeterEvent in bounds:
+            # Each copied event's key, under its copied customer: the identifier stays.
+            events_low, events_high = bounds[MeterEvent]
+            cursor.execute(
+                "INSERT INTO metering_eventkey (customer_id, identifier, event_id) "
+                "SELECT customer_id + bench_k * %s, identifier, event_id + bench_k * %s "
+                "FROM metering_eventkey CROSS JOIN generate_series(1, %s) AS bench_k "
+                "WHERE event_id BETWEEN %s AND %s",
+                [strides[Customer], strides[MeterEvent], copies, events_low, events_high],
+            )
         cursor.execute("SET LOCAL session_replication_role = origin")
         for model in bounds:
             if model._meta.pk.is_relation:

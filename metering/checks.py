@@ -158,8 +158,8 @@ def event_keys_match_events() -> list[str]:
         """
     )
     return [
-        f"event {pk} ({identifier}): its key names "
-        + ("no event" if key is None else f"event {key}")
+        f"event {pk} ({identifier}): "
+        + ("has no key" if key is None else f"its key names event {key}")
         for pk, identifier, key in unkeyed
     ] + [
         f"key {identifier} of customer {customer_id} names event {pk}, which does not exist"

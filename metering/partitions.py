@@ -85,7 +85,7 @@ class Partition:
 
 
 _PARTITIONS = """
-SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
+SELECT c.relname
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = %s::regclass
@@ -98,11 +98,7 @@ def partitions(table: str) -> list[Partition]:
     with connection.cursor() as cursor:
         cursor.execute(_PARTITIONS, [table])
         rows = cursor.fetchall()
-    found = []
-    for name, _bound in rows:
-        month = _month_of(table, name)
-        found.append(Partition(table, name, month))
-    return found
+    return [Partition(table, name, _month_of(table, name)) for (name,) in rows]
 
 
 def _month_of(table: str, name: str) -> int | None:
@@ -122,12 +118,11 @@ def months_needed(now: datetime) -> range:
 def partitions_ensure(now: datetime | None = None) -> list[str]:
     """Make the monthly partitions ``months_needed`` names that are missing; return their
     names. Safe to run at any time and from several processes at once."""
-    made = []
-    for index in months_needed(now or timezone.now()):
-        for table, column in TABLES.items():
-            name = partition_name(table, index)
-            if _partition_make(table, column, name, index):
-                made.append(name)
+    made = [
+        name
+        for index in months_needed(now or timezone.now())
+        for name in month_partition_make(index)
+    ]
     if made:
         logger.info("partitions made: %s", ", ".join(made))
     return made

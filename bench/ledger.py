@@ -47,12 +47,27 @@ GRANTS: tuple[tuple[str, str, int, int | None], ...] = (
     ("5000000", "paid", 50, None),
 )
 DEFAULT_HISTORY = (1_000, 10_000, 100_000)
-# The scarcity phase: so few credits that they run out early in the measured window
-# (about 1,000 cycles' worth), so an overdraw under contention would show.
-SCARCE_GRANTS: tuple[tuple[str, str, int, int | None], ...] = (
-    ("2500", "included", 10, 30),
-    ("1500", "paid", 50, None),
+# The scarcity phase: so few credits that they run out halfway through the measured
+# window, at the rate just measured, so cycles race the last credits under contention and
+# an overdraw would show. Included credits first, then paid (as in GRANTS), 5 : 3.
+SCARCE_SHARES: tuple[tuple[Decimal, str, int, int | None], ...] = (
+    (Decimal("0.625"), "included", 10, 30),
+    (Decimal("0.375"), "paid", 50, None),
 )
+SCARCE_MINIMUM = 1_000  # cycles' worth, whatever the rate
+
+
+def scarce_grants(
+    rate: float, warmup: float, duration: float
+) -> tuple[tuple[str, str, int, int | None], ...]:
+    """Grants that last ``rate`` cycles/s until the middle of the measured window."""
+    mean_capture = sum(CAPTURE_AMOUNTS, ZERO) / len(CAPTURE_AMOUNTS)
+    cycles = max(SCARCE_MINIMUM, round(rate * (warmup + duration / 2)))
+    credits = (mean_capture * cycles).to_integral_value()
+    return tuple(
+        (str((credits * share).to_integral_value()), category, priority, expires)
+        for share, category, priority, expires in SCARCE_SHARES
+    )
 
 
 # --- what a client does ----------------------------------------------------------------
@@ -543,13 +558,15 @@ class ScarceFigures:
         return bool(self.runs) and self.runs_out == len(self.runs)
 
 
-def measure_scarce(pool: ClientPool, args: argparse.Namespace) -> ScarceFigures:
+def measure_scarce(pool: ClientPool, args: argparse.Namespace, rate: float) -> ScarceFigures:
+    """``rate``: cycles/s measured on this pool, which sizes the credits."""
     from ledger.models import Account
     from ledger.selectors import account_balance
 
-    scarce = ScarceFigures(granted=sum((Decimal(g[0]) for g in SCARCE_GRANTS), ZERO))
+    grants = scarce_grants(rate, args.warmup, args.duration)
+    scarce = ScarceFigures(granted=sum((Decimal(g[0]) for g in grants), ZERO))
     for run in range(args.runs):
-        hot = create_hot_account(args.history[0], grants=SCARCE_GRANTS)
+        hot = create_hot_account(args.history[0], grants=grants)
         figures, overdrawn, problems = measure_run(pool, hot, args, seed=91_000 + run)
         scarce.runs.append(figures)
         balance = account_balance(account=Account.objects.get(pk=hot.account_id))
@@ -558,7 +575,8 @@ def measure_scarce(pool: ClientPool, args: argparse.Namespace) -> ScarceFigures:
         scarce.problems.extend(problems)
         if args.verbose:
             print(
-                f"  run {run + 1}, scarce credits: {figures.denied:,} denied, "
+                f"  run {run + 1}, scarce credits: {figures.rate * args.duration:,.0f} cycles in "
+                f"the window, {figures.denied:,} denied, "
                 f"{balance.available} left, overdraw {overdrawn}",
                 flush=True,
             )
@@ -569,12 +587,13 @@ def measure_scarce(pool: ClientPool, args: argparse.Namespace) -> ScarceFigures:
     return scarce
 
 
-def scarce_line(scarce: ScarceFigures) -> str:
+def scarce_line(scarce: ScarceFigures, duration: float) -> str:
     denied = sum(r.denied for r in scarce.runs)
+    cycles = sum(r.rate * duration for r in scarce.runs)
     return (
         f"ledger scarcity phase, {scarce.granted:,} credits per run: ran out in "
-        f"{scarce.runs_out} of {len(scarce.runs)} runs, {denied:,} holds denied, "
-        f"overdraw {scarce.overdrawn}"
+        f"{scarce.runs_out} of {len(scarce.runs)} runs, {cycles:,.0f} cycles in the measured "
+        f"windows, {denied:,} holds denied, overdraw {scarce.overdrawn}"
     )
 
 
@@ -831,9 +850,10 @@ def markdown(
         "",
         f"Scarcity phase, in which overdraw can happen: the same {args.clients} clients on a "
         f"fresh account with {_count(base.history)} history and only {scarce.granted:,} "
-        "credits (about 1,000 cycles), so the credits run out early in each run and every "
-        "later hold races the last credits and is denied. A run counts only if it was denied "
-        "with less than one hold's credits left.",
+        f"credits, sized from the {_count(base.history)} rate above so that they run out "
+        "halfway through the measured window: until then the clients race the last credits, "
+        "after it every hold is denied. A run counts only if it was denied with less than one "
+        "hold's credits left.",
         "",
         "| run | cycles | holds denied | credits left | call p99 | cycle p99 | overdraw |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -933,8 +953,8 @@ def run(args: argparse.Namespace) -> int:
             for floor in floors:
                 print(floor_line(floor, args.clients), flush=True)
             with _timed("scarcity phase", args.verbose):
-                scarce = measure_scarce(pool, args)
-            print(scarce_line(scarce), flush=True)
+                scarce = measure_scarce(pool, args, levels[0].median("rate"))
+            print(scarce_line(scarce, args.duration), flush=True)
         for processes in args.layouts:
             if processes == args.processes:
                 continue

@@ -2,7 +2,8 @@
 keeping up (an accepted event counts only once it is in the balance).
 
 The body also carries the rating figures, so a monitor can graph the lag rather than
-wait for the probe to fail.
+wait for the probe to fail, and the event partitions' (beat makes them ahead; events
+still stored if it stops, so the probe does not fail for them).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from billing_portal.celery import app as celery_app
+from metering.partitions import PartitionsStatus, partition_month_text, partitions_status
 from metering.selectors import RatingBacklog, rating_backlog
 
 
@@ -68,6 +70,24 @@ def _rating_figures(backlog: RatingBacklog | None) -> dict[str, Any] | None:
     }
 
 
+def _partitions() -> PartitionsStatus | None:
+    try:
+        return partitions_status()
+    except Exception:
+        return None
+
+
+def _partition_figures(status: PartitionsStatus | None) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    made = status.made_through
+    return {
+        "made_through": partition_month_text(made) if made is not None else None,
+        "months_ahead": status.months_ahead,
+        "rows_in_default": status.rows_in_default,
+    }
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -81,5 +101,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "status": "fail" if failed else "ok",
         "checks": {name: error or "ok" for name, error in results.items()},
         "rating": _rating_figures(backlog),
+        "partitions": _partition_figures(_partitions() if database is None else None),
     }
     return JsonResponse(body, status=503 if failed else 200)

@@ -77,6 +77,12 @@ def partition_name(table: str, index: int) -> str:
     return f"{table}_y{start.year:04d}m{start.month:02d}"
 
 
+def partition_month_text(index: int) -> str:
+    """The month as people write it: 2026-12."""
+    start = month_start(index)
+    return f"{start.year:04d}-{start.month:02d}"
+
+
 @dataclass(frozen=True)
 class Partition:
     table: str
@@ -113,6 +119,37 @@ def months_needed(now: datetime) -> range:
     """The months ingest can accept an event in, and ``AHEAD`` after this one."""
     oldest = now - timedelta(days=settings.METERING_MAX_EVENT_AGE_DAYS)
     return range(month_index(oldest), month_index(now) + AHEAD + 1)
+
+
+@dataclass(frozen=True)
+class PartitionsStatus:
+    """What /healthz shows of the partitions: a monitor alerts when beat stops making
+    them (``months_ahead`` below ``AHEAD``) or events wait in DEFAULT, where they are
+    stored and charged but slow every scan and are removed row by row."""
+
+    made_through: int | None  # the last month with a partition of the events table
+    months_ahead: int  # months after this one with a partition made (AHEAD when healthy)
+    rows_in_default: int  # counted up to DEFAULT_COUNT_LIMIT
+
+
+DEFAULT_COUNT_LIMIT = 10_000
+
+
+def partitions_status(now: datetime | None = None) -> PartitionsStatus:
+    current = month_index(now or timezone.now())
+    months = {p.month for p in partitions(EVENTS) if p.month is not None}
+    ahead = 0
+    while current + ahead + 1 in months:
+        ahead += 1
+    with connection.cursor() as cursor:
+        # Bounded: DEFAULT is empty while beat runs, and a probe polled every few seconds
+        # must not count millions of rows when it is not.
+        cursor.execute(
+            f"SELECT count(*) FROM (SELECT FROM {EVENTS}_default LIMIT %s) AS waiting",
+            [DEFAULT_COUNT_LIMIT],
+        )
+        (waiting,) = cursor.fetchone()
+    return PartitionsStatus(max(months, default=None), ahead, waiting)
 
 
 def partitions_ensure(now: datetime | None = None) -> list[str]:

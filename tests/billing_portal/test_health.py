@@ -29,6 +29,8 @@ def test_it_answers_200_when_database_and_broker_are_up(client: Client) -> None:
         "failing": 0,
         "parked": 0,
     }
+    assert body["partitions"]["months_ahead"] == 2
+    assert body["partitions"]["rows_in_default"] == 0
 
 
 def test_it_answers_503_naming_the_broker_when_it_is_unreachable(

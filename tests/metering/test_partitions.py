@@ -18,6 +18,7 @@ import time_machine
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.utils import IntegrityError, OperationalError
+from django.test import Client
 from django.utils import timezone
 
 from billing_portal.celery import app
@@ -25,6 +26,7 @@ from ledger.reconcile import run_checks
 from metering.ingest import IngestOutcome, events_ingest
 from metering.models import EventKey, EventRating, MeterEvent, RawEventsRemoval
 from metering.partitions import (
+    AHEAD,
     EVENTS,
     RATINGS,
     SEQUENCE_BITS,
@@ -32,6 +34,7 @@ from metering.partitions import (
     month_index,
     partition_name,
     partitions_ensure,
+    partitions_status,
 )
 from metering.rating import events_rate_pending
 from metering.retention import raw_events_remove
@@ -172,6 +175,33 @@ def test_a_month_without_a_partition_waits_in_default_and_moves_when_it_is_made(
         assert partitions_ensure() == []  # made once
         events_rate_pending()
         assert _where(RATINGS) == {event.pk: partition_name(RATINGS, month_index(LATER))}
+
+
+def test_healthz_shows_when_beat_stopped_making_partitions_and_events_wait_in_default(
+    client: Client,
+) -> None:
+    load_demo_catalog()
+    customer("acme")
+    made_through = partitions_status().made_through
+    assert made_through == month_index(timezone.now()) + AHEAD
+    with time_machine.travel(LATER, tick=False):
+        # Years later with no beat: no month ahead, and accepted events wait in DEFAULT.
+        assert events_ingest(events=[_event("waiting", LATER)]).count("accepted") == 1
+        response = client.get("/healthz")
+        assert response.status_code == 200  # stored and charged: not a reason to fail
+        assert response.json()["partitions"] == {
+            "made_through": f"{1970 + made_through // 12:04d}-{made_through % 12 + 1:02d}",
+            "months_ahead": 0,
+            "rows_in_default": 1,
+        }
+
+        partitions_ensure()
+
+        assert client.get("/healthz").json()["partitions"] == {
+            "made_through": "2031-07",
+            "months_ahead": AHEAD,
+            "rows_in_default": 0,
+        }
 
 
 def test_making_a_partition_gives_up_soon_when_the_table_is_busy() -> None:

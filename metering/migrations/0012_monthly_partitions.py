@@ -102,6 +102,13 @@ def forward(apps, schema_editor):
         for table, column in TABLES.items():
             _partition(cursor, table, column)
         cursor.execute("CREATE SEQUENCE metering_meterevent_id_seq OWNED BY metering_meterevent.id")
+        # Applied again after a reversal, rows numbered in a month are back: the sequence
+        # goes on after their numbers, or a new event would take one of their ids.
+        cursor.execute(
+            "SELECT setval('metering_meterevent_id_seq', "
+            "COALESCE(max(id & %s), 0) + 1, false) FROM metering_meterevent WHERE id >= %s",
+            [LEGACY_BELOW - 1, LEGACY_BELOW],
+        )
         cursor.execute(EVENT_ID_FUNCTION)
     # The months ingest can accept now, and the next ones; beat keeps them coming.
     from metering.partitions import partitions_ensure
@@ -140,7 +147,9 @@ def backward(apps, schema_editor):
             cursor.execute(f"INSERT INTO {plain} SELECT * FROM {table}")
             cursor.execute(f"DROP TABLE {table} CASCADE")
             cursor.execute(f"ALTER TABLE {plain} RENAME TO {table}")
-            cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY ({column})")
+            cursor.execute(
+                f"ALTER TABLE {table} ADD CONSTRAINT {table}_pkey PRIMARY KEY ({column})"
+            )
             for _name, definition in indexes:
                 cursor.execute(definition)
             for name, definition in outgoing:
@@ -174,7 +183,17 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name="EventKey",
             fields=[
-                ("pk", models.CompositePrimaryKey("customer_id", "identifier", blank=True, editable=False, primary_key=True, serialize=False)),
+                (
+                    "pk",
+                    models.CompositePrimaryKey(
+                        "customer_id",
+                        "identifier",
+                        blank=True,
+                        editable=False,
+                        primary_key=True,
+                        serialize=False,
+                    ),
+                ),
                 ("customer_id", models.BigIntegerField()),
                 ("identifier", models.CharField(max_length=330)),
                 ("event_id", models.BigIntegerField()),

@@ -288,6 +288,8 @@ def test_the_migration_keeps_every_stored_event_rating_and_cancellation(
     load_demo_catalog()
     subscription_recent()
     now = timezone.now()
+    with connection.cursor() as cursor:  # numbers 1 and 2 of the month, below
+        cursor.execute("ALTER SEQUENCE metering_meterevent_id_seq RESTART WITH 1")
     events_ingest(events=[_event("before-1", now), _event("before-2", now)])
     events_rate_pending()
     executor.migrate(BEFORE)  # back to one plain table: the rows are copied back
@@ -323,9 +325,11 @@ def test_the_migration_keeps_every_stored_event_rating_and_cancellation(
     again = events_ingest(events=[_event("before-2", now)])
     assert _statuses(again) == [("duplicate", None)]
     assert EventKey.objects.get(identifier="plain").event_id == plain_id
-    # A new event is numbered in its month.
-    events_ingest(events=[_event("after", now)])
-    assert MeterEvent.objects.get(identifier="after").pk >> SEQUENCE_BITS == month_index(now)
+    # A new event is numbered in its month, after the numbers the month holds.
+    assert _statuses(events_ingest(events=[_event("after", now)])) == [("accepted", None)]
+    after = MeterEvent.objects.get(identifier="after").pk
+    assert after >> SEQUENCE_BITS == month_index(now)
+    assert after > max(stored.values())  # numbers are not reused (gaps are fine)
     assert not {f.check for f in run_checks() if f.problems} & set(NEW_CHECKS)
     # Not a foreign key any more (events move between partitions): the reconcile reports
     # a cancelled event deleted in raw SQL, and an event whose key is gone.

@@ -158,10 +158,15 @@ class _Lookups:
             self.meters_by_code[meter.code] = meter
             self.meters.setdefault(meter.event_name, []).append(meter)
         auth_ids = {i for i in (_int(e.get("authorization")) for e in dicts) if i is not None}
-        self.authorizations = dict(
-            Authorization.objects.filter(pk__in=auth_ids, hold__isnull=False).values_list(
-                "pk", "customer_id"
+        # Most batches name no authorization: no query to build.
+        self.authorizations = (
+            dict(
+                Authorization.objects.filter(pk__in=auth_ids, hold__isnull=False).values_list(
+                    "pk", "customer_id"
+                )
             )
+            if auth_ids
+            else {}
         )
 
 

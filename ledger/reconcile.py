@@ -143,16 +143,33 @@ def holds_resolved_once() -> list[str]:
 @register("ledger_append_only_enforced")
 def append_only_triggers() -> list[str]:
     """Invariant 5: the triggers that refuse UPDATE and DELETE exist and are enabled."""
-    expected = {
-        ("ledger_ledgerentry", "ledger_entry_append_only"),
-        ("ledger_ledgeroperation", "ledger_operation_append_only"),
-    }
+    return _triggers_missing(
+        {
+            ("ledger_ledgerentry", "ledger_entry_append_only"),
+            ("ledger_ledgeroperation", "ledger_operation_append_only"),
+        }
+    )
+
+
+@register("ledger_entry_accounts_enforced")
+def entry_account_triggers() -> list[str]:
+    """An entry's operation and grant are its account's (ledger migration 0009): the
+    triggers that refuse anything else exist and are enabled."""
+    return _triggers_missing(
+        {
+            ("ledger_ledgerentry", "ledger_entry_of_its_account"),
+            ("ledger_creditgrant", "ledger_grant_keeps_its_account"),
+        }
+    )
+
+
+def _triggers_missing(expected: set[tuple[str, str]]) -> list[str]:
     rows = query_rows(
         """
         SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-        WHERE t.tgname IN ('ledger_entry_append_only', 'ledger_operation_append_only')
-          AND t.tgenabled <> 'D'
-        """
+        WHERE t.tgname = ANY(%s) AND t.tgenabled <> 'D'
+        """,
+        [[name for _, name in expected]],
     )
     missing = expected - {(str(table), str(name)) for table, name in rows}
     return [f"trigger {name} on {table} is missing or disabled" for table, name in sorted(missing)]

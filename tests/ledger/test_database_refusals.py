@@ -204,17 +204,55 @@ def test_an_entry_cannot_name_another_accounts_operation_or_grant() -> None:
     assert LedgerEntry.objects.filter(account=theirs).count() == 1
 
 
-def test_every_foreign_key_of_ledger_entries_is_checked_with_the_account() -> None:
-    # One check per key and entry written: the operation and the grant are each checked
-    # together with the account, which no key checks alone.
+def test_an_entrys_operation_and_grant_are_checked_with_its_account_once_per_statement() -> None:
+    # Not a key per entry (a query and a row lock each): one trigger per INSERT
+    # statement. Only the hold is still a foreign key.
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+            SELECT pg_get_constraintdef(oid) FROM pg_constraint
             WHERE conrelid = 'ledger_ledgerentry'::regclass AND contype = 'f'
             """
         )
-        keys = dict(cursor.fetchall())
-    columns = sorted(d.split(")")[0].removeprefix("FOREIGN KEY (") for d in keys.values())
-    assert columns == ["grant_id, account_id", "hold_id", "operation_id, account_id"]
-    assert all("DEFERRABLE INITIALLY DEFERRED" in d for d in keys.values())
+        keys = [definition for (definition,) in cursor.fetchall()]
+        cursor.execute(
+            """
+            SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger
+            WHERE tgname IN ('ledger_entry_of_its_account', 'ledger_grant_keeps_its_account')
+            """
+        )
+        triggers = dict(cursor.fetchall())
+    assert [k.split(")")[0].removeprefix("FOREIGN KEY (") for k in keys] == ["hold_id"]
+    assert "AFTER INSERT" in triggers["ledger_entry_of_its_account"]
+    assert "FOR EACH STATEMENT" in triggers["ledger_entry_of_its_account"]
+    assert "BEFORE DELETE OR UPDATE OF id, account_id" in triggers["ledger_grant_keeps_its_account"]
+
+
+def test_a_batch_of_entries_naming_one_foreign_grant_is_refused_whole() -> None:
+    mine, theirs = f.account(), f.account()
+    my_grant, their_grant = f.grant(mine, "10"), f.grant(theirs, "10")
+    operation = LedgerEntry.objects.get(grant=my_grant).operation_id
+    with pytest.raises(IntegrityError, match=f"grant {their_grant.pk} is not one of account"):
+        _sql(
+            """
+            INSERT INTO ledger_ledgerentry (operation_id, account_id, grant_id, kind,
+                credits, held, cause_type, cause_id, meter, created_at)
+            SELECT %s, %s, g, 'consume', -1, 0, 'system', 'test', '', now()
+            FROM unnest(ARRAY[%s, %s, %s]) AS g
+            """,
+            [operation, mine.pk, my_grant.pk, their_grant.pk, my_grant.pk],
+        )
+    assert LedgerEntry.objects.filter(account=mine).count() == 1
+
+
+def test_a_grant_with_a_history_is_never_deleted_nor_moved_to_another_account() -> None:
+    mine, theirs = f.account(), f.account()
+    grant = f.grant(mine, "10")
+    with pytest.raises(IntegrityError, match="void it"):
+        _sql("DELETE FROM ledger_creditgrant WHERE id = %s", [grant.pk])
+    with pytest.raises(IntegrityError, match="keeps its id and account"):
+        _sql("UPDATE ledger_creditgrant SET account_id = %s WHERE id = %s", [theirs.pk, grant.pk])
+    # Saving it whole (the same account and id written again) is an ordinary update.
+    grant.refresh_from_db()
+    grant.save()
+    assert CreditGrant.objects.get(pk=grant.pk).account_id == mine.pk

@@ -143,14 +143,15 @@ class _Lookups:
         if known is not None:
             self.customers = {key: c.id for key, c in known.customers.items()}
         else:
-            external_ids = [
+            external_ids = {
                 e["customer"]
                 for e in dicts
                 if isinstance(e.get("customer"), str) and "\x00" not in e["customer"]
-            ]
+            }
             # Ids only, as tuples: building a model instance per customer cost more than
-            # the query (a batch of 100 events names up to 100 customers).
-            self.customers = dict(execute_binary(_CUSTOMER_IDS, [external_ids]))
+            # the query (a batch of 100 events names up to 100 customers). Each customer
+            # once: a batch of 1,000 events for one customer sends one name, not 1,000.
+            self.customers = dict(execute_binary(_CUSTOMER_IDS, [list(external_ids)]))
         self.meters_by_code: dict[str, Meter] = {}
         self.meters: dict[str, list[Meter]] = {}
         meters = known.meters if known is not None else Meter.objects.all()

@@ -25,10 +25,18 @@ ROOT = Path(settings.BASE_DIR)
 class Server:
     url: str
     access_log: Path
+    log_from: int = 0  # where the test's requests start in the access log (bytes)
 
     def worker_pids(self) -> set[str]:
-        """The gunicorn workers that answered, from the access log (pid first)."""
-        return {line.split()[0] for line in self.access_log.read_text().splitlines() if line}
+        """The gunicorn workers that answered the test's requests (the start-up probes
+        left out), from the access log (pid first)."""
+        return _pids(self.access_log, self.log_from)
+
+
+def _pids(log: Path, start: int = 0) -> set[str]:
+    with log.open("rb") as lines:
+        lines.seek(start)
+        return {line.split()[0].decode() for line in lines if line.strip()}
 
 
 def free_port() -> int:
@@ -61,23 +69,28 @@ def gunicorn(tmp_path: Path, *, database_url: str, workers: int, **env: str) -> 
     with output.open("w") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=sink)
     try:
-        _wait_until_serving(f"http://127.0.0.1:{port}", process, output)
-        yield Server(f"http://127.0.0.1:{port}", log)
+        _wait_until_serving(f"http://127.0.0.1:{port}", process, output, log, workers)
+        yield Server(f"http://127.0.0.1:{port}", log, log.stat().st_size)
     finally:
         process.terminate()
         process.wait(timeout=30)
 
 
-def _wait_until_serving(url: str, process: subprocess.Popen[bytes], output: Path) -> None:
+def _wait_until_serving(
+    url: str, process: subprocess.Popen[bytes], output: Path, log: Path, workers: int
+) -> None:
+    """Until every worker has answered: each loads the app after it is forked, and on a
+    slow machine the first can take every request before the others are ready."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert process.poll() is None, output.read_text()
         with suppress(requests.ConnectionError):
             # An unknown API path: answered without the database.
             requests.get(f"{url}/api/v1/ping-unknown", timeout=5)
-            return
+            if len(_pids(log)) >= workers:
+                return
         time.sleep(0.1)
-    raise AssertionError(f"gunicorn did not start:\n{output.read_text()}")
+    raise AssertionError(f"gunicorn did not start {workers} workers:\n{output.read_text()}")
 
 
 class DatabaseRelay:

@@ -6,6 +6,7 @@ same, for the staff margin report."""
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -23,8 +24,10 @@ from tests.billing_portal.portal.factories import member, subscribed_customer, u
 pytestmark = pytest.mark.django_db
 
 COST = "1.23456789"
-# The cost as written and as any rounding of it would show.
-FIGURES = (COST, "1.2345", "1.235", "1.23")
+# The cost as written or as any rounding of it to two places or more would show: a number
+# that starts with 1.23. Not a match inside another number, such as a timestamp's
+# seconds "11.236881".
+FIGURE = re.compile(r"(?<![\d.])1\.23")
 CATALOG = f"""
 currency: USD
 meters:
@@ -67,8 +70,14 @@ def _keys(value: Any) -> set[str]:
 
 
 def _assert_no_cost(body: str) -> None:
-    for figure in FIGURES:
-        assert figure not in body
+    assert not FIGURE.search(body), body
+
+
+def test_the_cost_check_finds_the_cost_and_its_roundings_only() -> None:
+    for shown in (COST, "1.2345", "1.235", "1.23", '"cost": "1.23"'):
+        with pytest.raises(AssertionError):
+            _assert_no_cost(shown)
+    _assert_no_cost('"received_at": "2026-12-07T20:39:11.236913Z", "credits": "21.23"')
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ from ledger.models import (
     OperationKind,
 )
 from ledger.selectors import grant_is_usable
-from ledger.sql import pipelined
+from ledger.sql import Statement, pipelined
 
 
 @dataclass(frozen=True)
@@ -442,7 +442,7 @@ class _Batch:
     def write(self) -> None:
         """Every change of the batch in one round trip."""
         account_id = self.account.pk
-        statements: list[tuple[str, Sequence[Any]]] = []
+        statements: list[Statement] = []
         if self.new_holds:
             holds = self.new_holds
             statements.append(

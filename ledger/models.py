@@ -346,6 +346,13 @@ class LedgerEntry(models.Model):
             models.Index(
                 fields=["hold"], condition=Q(hold__isnull=False), name="ledger_entry_hold"
             ),
+            # What was written off a grant (plans.selectors.included_credits_used, read with
+            # every batch rated): without it, the read walks every debit of the grant.
+            models.Index(
+                fields=["grant"],
+                condition=Q(kind__in=["expire", "void"]),
+                name="ledger_entry_written_off",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -9,13 +9,14 @@ as its own cursors do. Django's query log does not list what they run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 from django.db import connection
 
-Statement = tuple[str, Sequence[Any]]
+# SQL with %s (a sequence) or %(name)s (a mapping) parameters.
+Statement = tuple[str, Sequence[Any] | Mapping[str, Any]]
 
 
 def execute_binary(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

@@ -253,7 +253,7 @@ class _Rater:
         self.now = timezone.now()
         self.periods = list(
             SubscriptionPeriod.objects.filter(subscription__customer=customer)
-            .select_related("plan_version")
+            .select_related("plan_version__plan", "subscription")
             .order_by("start")
         )
         self.table = RateTable.load({p.plan_version.rate_card_id for p in self.periods})
@@ -315,6 +315,7 @@ class _Rater:
                 customer=self.customer,
                 period_ids={p.period.pk for p in charged if p.period},
                 credits=sum((p.credits for p in charged), ZERO),
+                customer_periods=self.periods,
             )
 
     def _period_for(self, moment: datetime) -> SubscriptionPeriod | None:

@@ -10,5 +10,6 @@ from __future__ import annotations
 from django.dispatch import Signal
 
 # kwargs: customer (plans.Customer), period_ids (set[int] of the periods charged),
-# credits (Decimal: the credits this batch charged).
+# credits (Decimal: the credits this batch charged), customer_periods (every period of
+# the customer, with plan_version__plan and subscription, as rating read them).
 usage_rated = Signal()

@@ -8,14 +8,20 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from django.db.models import Min, Q, QuerySet, Sum
+from django.db.models import QuerySet
 
-from billing_portal.alerts.models import Alert, AlertSettings
+from billing_portal.alerts.models import Alert, AlertSettings, AutoRecharge
 from ledger.models import ZERO
-from metering.models import UsageRollup
+from ledger.selectors import BalanceTotals, balance_totals_from, balance_totals_statement
+from ledger.sql import Statement, pipelined
+from metering.models import PeriodUsage, UsageRollup
 from metering.selectors import balance_payload
 from plans.models import Customer, PlanVersion, SubscriptionPeriod, default_alert_usage_thresholds
-from plans.selectors import subscription_active
+from plans.selectors import (
+    included_credits_used_from,
+    included_credits_used_statement,
+    subscription_active,
+)
 
 # Without a plan (no active subscription): the plans' own default.
 DEFAULT_USAGE_THRESHOLDS = tuple(default_alert_usage_thresholds())
@@ -41,12 +47,30 @@ class AlertRules:
 def alert_rules_for(*, customer: Customer, period: SubscriptionPeriod | None) -> AlertRules:
     """The customer's own settings, or when they set none the defaults of the plan version
     of ``period`` (else of their active subscription)."""
-    own = AlertSettings.objects.filter(customer=customer).first()
-    if own is not None:
+    return alert_rules_from(
+        pipelined([_own_rules_statement(customer.pk)])[0], customer=customer, period=period
+    )
+
+
+_OWN_RULES_SQL = f"""
+SELECT usage_thresholds, low_balance_credits, recipients
+FROM {AlertSettings._meta.db_table} WHERE customer_id = %(customer)s
+"""
+
+
+def _own_rules_statement(customer_id: int) -> Statement:
+    return _OWN_RULES_SQL, {"customer": customer_id}
+
+
+def alert_rules_from(
+    rows: list[tuple[Any, ...]], *, customer: Customer, period: SubscriptionPeriod | None
+) -> AlertRules:
+    if rows:
+        ((thresholds, low_balance, recipients),) = rows
         return AlertRules(
-            usage_thresholds=tuple(own.usage_thresholds),
-            low_balance_credits=own.low_balance_credits,
-            recipients=tuple(own.recipients),
+            usage_thresholds=tuple(thresholds),
+            low_balance_credits=low_balance,
+            recipients=tuple(recipients),
             customer_set=True,
         )
     if period is not None:
@@ -93,19 +117,92 @@ class Burn:
 def burn_for(*, customer: Customer, hour: datetime) -> Burn:
     """Credits rated into ``hour`` against the trailing 7-day hourly average (one query on
     the rollups' (customer, hour) index)."""
-    totals = UsageRollup.objects.filter(
-        customer=customer, hour__gte=hour - BURN_WINDOW, hour__lte=hour
-    ).aggregate(
-        this_hour=Sum("credits", filter=Q(hour=hour)),
-        before=Sum("credits", filter=Q(hour__lt=hour)),
-        first=Min("hour", filter=Q(hour__lt=hour)),
-    )
-    this_hour = totals["this_hour"] or ZERO
-    first: datetime | None = totals["first"]
+    return _burn_from(pipelined([_burn_statement(customer.pk, hour)])[0], hour)
+
+
+_BURN_SQL = f"""
+SELECT sum(credits) FILTER (WHERE hour = %(hour)s),
+       sum(credits) FILTER (WHERE hour < %(hour)s),
+       min(hour) FILTER (WHERE hour < %(hour)s)
+FROM {UsageRollup._meta.db_table}
+WHERE customer_id = %(customer)s AND hour >= %(since)s AND hour <= %(hour)s
+"""
+
+
+def _burn_statement(customer_id: int, hour: datetime) -> Statement:
+    return _BURN_SQL, {"customer": customer_id, "hour": hour, "since": hour - BURN_WINDOW}
+
+
+def _burn_from(rows: list[tuple[Any, ...]], hour: datetime) -> Burn:
+    ((this_hour, before, first),) = rows
+    this_hour = this_hour or ZERO
     if first is None or hour - first < BURN_MIN_HISTORY:
         return Burn(this_hour, None)
     hours = Decimal(int((hour - first).total_seconds()) // 3600)
-    return Burn(this_hour, (totals["before"] or ZERO) / hours)
+    return Burn(this_hour, (before or ZERO) / hours)
+
+
+@dataclass(frozen=True)
+class UsageFigures:
+    """What evaluating a customer's alerts and auto-recharge reads, read together."""
+
+    balance: BalanceTotals
+    included_used: dict[int, Decimal]  # by period (plans.selectors.included_credits_used)
+    spent: dict[int, Decimal]  # credits charged by period; empty unless asked for
+    rules: AlertRules
+    burn: Burn
+    fired: set[tuple[int | None, str, str]]  # (period, kind, threshold) of the periods
+    recharge_below: Decimal | None  # the enabled auto-recharge rule's threshold
+
+
+_FIRED_SQL = f"""
+SELECT period_id, kind, threshold FROM {Alert._meta.db_table}
+WHERE customer_id = %(customer)s AND period_id = ANY(%(periods)s)
+"""
+_RECHARGE_BELOW_SQL = f"""
+SELECT threshold_credits FROM {AutoRecharge._meta.db_table}
+WHERE customer_id = %(customer)s AND enabled
+  AND pack_id IS NOT NULL AND threshold_credits IS NOT NULL
+"""
+_SPENT_SQL = f"""
+SELECT period_id, credits FROM {PeriodUsage._meta.db_table} WHERE period_id = ANY(%(periods)s)
+"""
+
+
+def usage_figures_read(
+    *,
+    customer: Customer,
+    periods: list[int],
+    current: SubscriptionPeriod | None,
+    at: datetime,
+    hour: datetime,
+    spent: bool,
+) -> UsageFigures:
+    """Every number the evaluation compares, in one round trip: the balance, included
+    credits used and (``spent``) credits charged in ``periods``, the rules in force in
+    ``current``, the burn of ``hour``, the alerts already fired and the recharge rule."""
+    ids = {"customer": customer.pk, "periods": periods}
+    rows = pipelined(
+        [
+            balance_totals_statement(account_id=customer.account_id, at=at),
+            included_credits_used_statement(periods),
+            _own_rules_statement(customer.pk),
+            _burn_statement(customer.pk, hour),
+            (_FIRED_SQL, ids),
+            (_RECHARGE_BELOW_SQL, ids),
+            *([(_SPENT_SQL, ids)] if spent else []),
+        ]
+    )
+    balance, used, rules, burn, fired, recharge, *charged = rows
+    return UsageFigures(
+        balance=balance_totals_from(balance),
+        included_used=included_credits_used_from(used),
+        spent=dict(charged[0]) if charged else {},
+        rules=alert_rules_from(rules, customer=customer, period=current),
+        burn=_burn_from(burn, hour),
+        fired={(period, kind, threshold) for period, kind, threshold in fired},
+        recharge_below=recharge[0][0] if recharge else None,
+    )
 
 
 # Who manages a customer's account, for alerts whose customer listed no recipients. The

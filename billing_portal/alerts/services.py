@@ -2,15 +2,17 @@
 
 Evaluation runs inside the rating transaction under the customer's account lock, so it
 reads a settled balance and two workers never evaluate one customer at once. It is a few
-indexed reads; the alert insert is ``ON CONFLICT DO NOTHING`` on the unique (customer,
-period, kind, threshold), which is what makes an alert fire once even when the lock is
-not held (a direct call, a future caller). E-mail and webhooks leave after commit.
+indexed reads sent in one round trip (rating hands over the periods it read). The alert
+insert is ``ON CONFLICT DO NOTHING`` on the unique (customer, period, kind, threshold),
+which is what makes an alert fire once even when the lock is not held (a direct call, a
+future caller). E-mail and webhooks leave after commit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -29,11 +31,10 @@ from billing_portal.invoicing.models import Invoice
 from billing_portal.outbound.models import EventType
 from billing_portal.outbound.services import event_publish
 from ledger.models import Account
-from ledger.selectors import Balance, account_balance
+from ledger.selectors import BalanceTotals
 from ledger.units import credits_text, rfc3339, to_credits
-from metering.models import PeriodUsage
 from plans.models import Customer, SubscriptionPeriod
-from plans.selectors import included_credits_used, period_in_force, period_in_force_among
+from plans.selectors import period_in_force, period_in_force_among
 
 logger = logging.getLogger(__name__)
 
@@ -53,47 +54,53 @@ def usage_evaluate(
     period_ids: set[int],
     now: datetime | None = None,
     account_locked: bool = False,
-) -> Balance:
-    """Fire the alerts the customer's latest usage crossed; return the balance read.
-    ``account_locked``: the caller holds the customer's account lock (rating does)."""
+    customer_periods: Iterable[SubscriptionPeriod] | None = None,
+) -> selectors.UsageFigures:
+    """Fire the alerts the customer's latest usage crossed; return the figures read.
+    ``account_locked``: the caller holds the customer's account lock (rating does).
+    ``customer_periods``: every period of the customer, with its plan version and
+    subscription (rating has read them), so that none is read again."""
     now = now or timezone.now()
     # No savepoint of its own: inside rating, the receiver's savepoint covers this.
     with transaction.atomic(savepoint=False):
         if not account_locked:
             list(Account.objects.select_for_update().filter(pk=customer.account_id).values("pk"))
-        balance = account_balance(account=customer.account, at=now)
-        periods = {
-            p.pk: p
-            for p in SubscriptionPeriod.objects.filter(pk__in=period_ids).select_related(
-                "plan_version__plan", "subscription"
-            )
-        }
-        current = _current_period(customer, periods, now)
+        if customer_periods is None:
+            periods = {
+                p.pk: p
+                for p in SubscriptionPeriod.objects.filter(pk__in=period_ids).select_related(
+                    "plan_version__plan", "subscription"
+                )
+            }
+            current = _current_period(customer, periods, now)
+        else:
+            known = list(customer_periods)
+            periods = {p.pk: p for p in known if p.pk in period_ids}
+            current = period_in_force_among(known, now)
         if current is not None:
             periods[current.pk] = current
         # Of each period's own included credits: the figure the balance and the dashboard
         # show too (plans.selectors.included_credits_used). The spend limit counts every
         # credit charged in the period, as the balance's spend_limit_reached does.
-        included_used = included_credits_used(period_ids=periods)
-        spent = (
-            dict(
-                PeriodUsage.objects.filter(period_id__in=periods).values_list(
-                    "period_id", "credits"
-                )
-            )
-            if customer.spend_limit_credits is not None
-            else {}
+        figures = selectors.usage_figures_read(
+            customer=customer,
+            periods=list(periods),
+            current=current,
+            at=now,
+            hour=now.replace(minute=0, second=0, microsecond=0),
+            spent=customer.spend_limit_credits is not None,
         )
-        rules = selectors.alert_rules_for(customer=customer, period=current)
         candidates = [
             *_usage_thresholds(
-                rules, [periods[pk] for pk in sorted(period_ids) if pk in periods], included_used
+                figures.rules,
+                [periods[pk] for pk in sorted(period_ids) if pk in periods],
+                figures.included_used,
             ),
-            *_balance_alerts(customer, rules, balance, current, spent),
-            *_burn_alert(customer, current, now),
+            *_balance_alerts(customer, figures.rules, figures.balance, current, figures.spent),
+            *_burn_alert(figures.burn, current, now),
         ]
-        _raise_new(customer, candidates, list(periods))
-    return balance
+        _raise_new(customer, candidates, figures.fired)
+    return figures
 
 
 def _current_period(
@@ -136,7 +143,7 @@ def _usage_thresholds(
 def _balance_alerts(
     customer: Customer,
     rules: selectors.AlertRules,
-    balance: Balance,
+    balance: BalanceTotals,
     period: SubscriptionPeriod | None,
     used: dict[int, Decimal],
 ) -> list[_Candidate]:
@@ -190,10 +197,9 @@ def _plain(value: Decimal) -> str:
 
 
 def _burn_alert(
-    customer: Customer, period: SubscriptionPeriod | None, now: datetime
+    burn: selectors.Burn, period: SubscriptionPeriod | None, now: datetime
 ) -> list[_Candidate]:
     hour = now.replace(minute=0, second=0, microsecond=0)
-    burn = selectors.burn_for(customer=customer, hour=hour)
     factor = Decimal(str(getattr(settings, "ALERT_BURN_FACTOR", "5")))
     minimum = Decimal(str(getattr(settings, "ALERT_BURN_MIN_CREDITS", "100")))
     average = burn.hourly_average
@@ -217,15 +223,10 @@ def _burn_alert(
     ]
 
 
-def _raise_new(customer: Customer, candidates: list[_Candidate], period_ids: list[int]) -> None:
-    if not candidates:
-        return
-    # One read skips what already fired, so the common case inserts nothing.
-    fired = set(
-        Alert.objects.filter(customer=customer, period_id__in=period_ids).values_list(
-            "period_id", "kind", "threshold"
-        )
-    )
+def _raise_new(
+    customer: Customer, candidates: list[_Candidate], fired: set[tuple[int | None, str, str]]
+) -> None:
+    # What already fired is skipped, so the common case inserts nothing.
     for c in candidates:
         if (c.period.pk if c.period else None, c.kind, c.threshold) not in fired:
             alert_raise(

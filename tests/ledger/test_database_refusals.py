@@ -156,12 +156,21 @@ def test_every_index_on_ledger_entries_is_one_something_reads() -> None:
             GROUP BY i.indexrelid, i.indpred, i.indrelid
             """
         )
-        indexes = sorted((tuple(columns), predicate) for columns, predicate in cursor.fetchall())
+        indexes = sorted(
+            ((tuple(columns), predicate) for columns, predicate in cursor.fetchall()),
+            key=lambda index: (index[0], index[1] or ""),
+        )
     assert indexes == [
         # An account's statement, and every other lookup by account.
         (("account_id", "created_at"), None),
         (("cause_type", "cause_id"), None),  # what an event, hold or invoice line charged
         (("grant_id",), None),  # a grant's history; invariant 1
+        # What was written off a grant (included credits used): write-offs only.
+        (
+            ("grant_id",),
+            "((kind)::text = ANY ((ARRAY['expire'::character varying, "
+            "'void'::character varying])::text[]))",
+        ),
         # Entries naming a hold only (holds, captures, releases): debits name none.
         (("hold_id",), "(hold_id IS NOT NULL)"),
         (("id",), None),

@@ -3,12 +3,18 @@ callers that tell a lost connection from a bad row (rating, ingest) see what the
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
+from ledger import holds, services
+from ledger.drawing import Cause
+from ledger.selectors import account_balance, balance_totals_from, balance_totals_statement
 from ledger.sql import execute_binary, pipelined
+from tests.ledger.factories import account, grant
 
 pytestmark = pytest.mark.django_db
 
@@ -44,3 +50,29 @@ def test_a_failing_statement_raises_djangos_error_and_rolls_back() -> None:
         execute_binary("INSERT INTO t SELECT unnest(%s::bigint[])", [[1]])
         pipelined([("INSERT INTO t SELECT unnest(%s::bigint[])", [[2, 1]])])
     assert execute_binary("SELECT count(*) FROM t", []) == [(0,)]
+
+
+def test_the_balance_totals_statement_reads_what_account_balance_reads() -> None:
+    acct = account()
+    now = timezone.now()
+    grant(acct, "100")  # counted, then drawn from below
+    grant(acct, "40", expires_in=timedelta(hours=1))  # counted: expires later
+    grant(acct, "7", effective_at=now + timedelta(hours=1))  # not yet in effect
+    services.credit_grant_void(grant=grant(acct, "500"), actor="test")  # voided
+    services.credit_grant_expire(grant=grant(acct, "9"), actor="test")  # expired
+    services.credits_consume(account=acct, amount="30", cause=Cause("event", "e1"), actor="t")
+    holds.hold_create(account=acct, amount="12", expires_at=now + timedelta(minutes=5), actor="t")
+
+    for at in (now, now + timedelta(hours=2)):
+        expected = account_balance(account=acct, at=at)
+        totals = balance_totals_from(
+            pipelined([balance_totals_statement(account_id=acct.pk, at=at)])[0]
+        )
+        assert (totals.posted, totals.held, totals.available) == (
+            expected.posted,
+            expected.held,
+            expected.available,
+        )
+    assert balance_totals_from(
+        pipelined([balance_totals_statement(account_id=acct.pk, at=now)])[0]
+    ) == (Decimal("110"), Decimal("12"))

@@ -143,7 +143,7 @@ def holds_resolved_once() -> list[str]:
 @register("ledger_append_only_enforced")
 def append_only_triggers() -> list[str]:
     """Invariant 5: the triggers that refuse UPDATE and DELETE exist and are enabled."""
-    return _triggers_missing(
+    return triggers_missing(
         {
             ("ledger_ledgerentry", "ledger_entry_append_only"),
             ("ledger_ledgeroperation", "ledger_operation_append_only"),
@@ -155,7 +155,7 @@ def append_only_triggers() -> list[str]:
 def entry_account_triggers() -> list[str]:
     """An entry's operation and grant are its account's (ledger migration 0009): the
     triggers that refuse anything else exist and are enabled."""
-    return _triggers_missing(
+    return triggers_missing(
         {
             ("ledger_ledgerentry", "ledger_entry_of_its_account"),
             ("ledger_creditgrant", "ledger_grant_keeps_its_account"),
@@ -163,7 +163,7 @@ def entry_account_triggers() -> list[str]:
     )
 
 
-def _triggers_missing(expected: set[tuple[str, str]]) -> list[str]:
+def triggers_missing(expected: set[tuple[str, str]]) -> list[str]:
     rows = query_rows(
         """
         SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid

@@ -13,7 +13,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from ledger.reconcile import query_rows, register
+from ledger.reconcile import query_rows, register, triggers_missing
 
 
 @register("event_rated_exactly_once")
@@ -320,3 +320,16 @@ def period_usage_matches_charges() -> list[str]:
         f"and true-ups charged {charged} and {charged_overage}"
         for period, credits, overage, charged, charged_overage in rows
     ]
+
+
+@register("rate_tables_follow_the_catalog")
+def catalog_generation_triggers() -> list[str]:
+    """Rating keeps a rate table while the catalog's generation is unchanged (plans
+    migration 0013): the triggers that move it on every change to meters, rate card
+    versions and rates exist and are enabled, else a repriced rate would go unseen."""
+    return triggers_missing(
+        {
+            (table, "plans_catalog_changed")
+            for table in ("plans_meter", "plans_ratecardversion", "plans_rate")
+        }
+    )

@@ -42,7 +42,7 @@ from plans.models import (
     SubscriptionPeriod,
     SubscriptionStatus,
 )
-from plans.rating import Rated, RateTable, RatingError
+from plans.rating import CATALOG_GENERATION_STATEMENT, Rated, RateTable, RatingError
 from plans.services import subscriptions_renew_due
 from plans.tiers import counts_period, event_charge
 
@@ -246,6 +246,18 @@ class _Priced:
     overage: Decimal = ZERO
 
 
+_RENEWAL_DUE_SQL = f"""
+SELECT current_period_end FROM {Subscription._meta.db_table}
+WHERE customer_id = %(customer)s AND status = %(active)s
+ORDER BY id
+LIMIT 1
+"""
+
+
+def _renewal_due(customer_id: int) -> Statement:
+    return _RENEWAL_DUE_SQL, {"customer": customer_id, "active": SubscriptionStatus.ACTIVE.value}
+
+
 class _Rater:
     def __init__(self, customer: Customer, events: list[_Event]) -> None:
         self.customer = customer
@@ -256,13 +268,14 @@ class _Rater:
             .select_related("plan_version__plan", "subscription")
             .order_by("start")
         )
-        self.table = RateTable.load({p.plan_version.rate_card_id for p in self.periods})
         # When the active subscription's current period ends: an event at or after it
-        # belongs to a period the renewal job has not opened yet.
-        self.renewal_due_at = (
-            Subscription.objects.filter(customer=customer, status=SubscriptionStatus.ACTIVE)
-            .values_list("current_period_end", flat=True)
-            .first()
+        # belongs to a period the renewal job has not opened yet. Read with the catalog's
+        # generation, which says whether the rate table this process holds is current.
+        generation, renewal = pipelined([CATALOG_GENERATION_STATEMENT, _renewal_due(customer.pk)])
+        self.renewal_due_at: datetime | None = renewal[0][0] if renewal else None
+        self.table = RateTable.current(
+            {p.plan_version.rate_card_id for p in self.periods},
+            generation[0][0] if generation else None,
         )
         self.deferred: list[_Event] = []
         self.max_so_far: dict[tuple[int, int, str], Decimal] = {}

@@ -18,6 +18,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from ledger.errors import DomainError
 from ledger.models import CREDIT_QUANTUM
+from ledger.sql import Statement
 from plans.models import Aggregation, Meter, Rate, RateCardVersion
 from plans.money import as_money
 
@@ -25,6 +26,12 @@ CACHE_SECONDS = 5.0
 # Rate tables by rate card ids, with when they were read; replaced whole, never mutated,
 # so threads share it without a lock.
 _cache: dict[frozenset[int], tuple[float, RateTable]] = {}
+# The same for charges, with the catalog generation each was read at (RateTable.current).
+_current: dict[frozenset[int], tuple[int, RateTable]] = {}
+
+# Moved on by every change to meters, rate card versions or rates, when it commits
+# (plans migration 0013).
+CATALOG_GENERATION_STATEMENT: Statement = ("SELECT generation FROM plans_catalog_generation", ())
 
 
 class RatingError(DomainError):
@@ -93,6 +100,22 @@ class RateTable:
             return found[1]
         table = cls.load(key)
         _cache[key] = (now, table)
+        return table
+
+    @classmethod
+    def current(cls, rate_card_ids: Iterable[int], generation: int | None) -> RateTable:
+        """The table for charges: as fresh as ``load``, but kept in this process while the
+        catalog's ``generation`` (``CATALOG_GENERATION_STATEMENT``, read by the caller in its
+        transaction before this call) stays the same."""
+        key = frozenset(rate_card_ids)
+        found = _current.get(key)
+        if found is not None and generation is not None and found[0] == generation:
+            return found[1]
+        table = cls.load(key)
+        if generation is not None:
+            for stale in [k for k, (g, _) in list(_current.items()) if g != generation]:
+                _current.pop(stale, None)
+            _current[key] = (generation, table)
         return table
 
     @classmethod

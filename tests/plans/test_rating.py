@@ -4,10 +4,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from django.db import connection, transaction
 
+from ledger.reconcile import run_checks
+from ledger.sql import pipelined
 from plans import catalog
-from plans.models import RateCard
-from plans.rating import RateTable, RatingError, credits_for, event_credits
+from plans.models import Meter, Rate, RateCard
+from plans.rating import (
+    CATALOG_GENERATION_STATEMENT,
+    RateTable,
+    RatingError,
+    credits_for,
+    event_credits,
+)
 from tests.plans.factories import DEMO_CATALOG, load_demo_catalog
 
 pytestmark = pytest.mark.django_db
@@ -92,3 +101,72 @@ def test_it_explains_what_it_cannot_rate(
             rate_card_id=card_id, event_name=event, value=Decimal(1), dimensions=dimensions, at=at
         )
     assert error.value.code == code
+
+
+def _generation() -> int:
+    ((generation,),) = pipelined([CATALOG_GENERATION_STATEMENT])[0]
+    return int(generation)
+
+
+def _large_output(table: RateTable, card_id: int) -> Decimal:
+    dims = {"model": "large", "token_type": "output"}
+    return table.rate(
+        rate_card_id=card_id, event_name="llm.tokens", value=Decimal(1000), dimensions=dims, at=JAN
+    ).credits
+
+
+def test_charges_keep_a_rate_table_only_while_the_catalog_is_unchanged(card_id: int) -> None:
+    generation = _generation()
+    table = RateTable.current([card_id], generation)
+    assert RateTable.current([card_id], _generation()) is table  # nothing changed
+    assert _large_output(table, card_id) == Decimal(15)
+
+    # A rate repriced in place moves the generation: the next batch reads the table anew.
+    Rate.objects.filter(version__rate_card_id=card_id, credits=Decimal(15)).update(
+        credits=Decimal(18)
+    )
+    assert _generation() > generation
+    fresh = RateTable.current([card_id], _generation())
+    assert fresh is not table and _large_output(fresh, card_id) == Decimal(18)
+
+    # So does a meter or a new version, whatever statement writes it.
+    before = _generation()
+    Meter.objects.filter(code="llm_tokens").update(unit="tokens")
+    assert _generation() > before
+    before = _generation()
+    catalog.load(
+        DEMO_CATALOG.read_text().replace(
+            'effective_from: "2026-01-01T00:00:00Z"', 'effective_from: "2026-06-01T00:00:00Z"'
+        )
+    )
+    assert _generation() > before
+
+    # Without a generation (none could be read) nothing is kept.
+    assert RateTable.current([card_id], None) is not RateTable.current([card_id], None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_catalog_change_never_hands_its_generation_out_again() -> None:
+    load_demo_catalog()
+    committed = _generation()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Meter.objects.update(unit="x")
+        seen_inside = _generation()
+        assert seen_inside > committed
+        raise RuntimeError("rolled back")
+    assert _generation() == committed  # the change's number was never seen outside it
+    Meter.objects.update(unit="tokens")
+    assert _generation() > seen_inside
+
+
+def test_reconcile_reports_a_catalog_table_whose_changes_would_go_unseen() -> None:
+    assert _problems("rate_tables_follow_the_catalog") == []
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE plans_rate DISABLE TRIGGER plans_catalog_changed")
+    assert _problems("rate_tables_follow_the_catalog") == [
+        "trigger plans_catalog_changed on plans_rate is missing or disabled"
+    ]
+
+
+def _problems(check: str) -> list[str]:
+    return {finding.check: finding.problems for finding in run_checks()}[check]

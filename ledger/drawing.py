@@ -26,7 +26,7 @@ from ledger.models import (
     draw_down_key,
 )
 from ledger.selectors import grant_is_usable
-from ledger.sql import Statement, pipelined
+from ledger.sql import Statement, numbers_array, pipelined, texts_array
 
 # --- the account lock and its live grants, as statements a caller can pipeline --------
 
@@ -335,16 +335,16 @@ def entries_insert(account_id: int, at: datetime, entries: list[LedgerEntry]) ->
         [
             account_id,
             at,
-            [e.operation_id for e in entries],
-            [e.kind for e in entries],
-            [e.grant_id for e in entries],
-            [e.hold_id for e in entries],
-            [e.credits for e in entries],
-            [e.held for e in entries],
-            [e.cause_type for e in entries],
-            [e.cause_id for e in entries],
-            [e.meter for e in entries],
-            [e.workspace for e in entries],
+            numbers_array([e.operation_id for e in entries]),
+            texts_array([e.kind for e in entries]),
+            numbers_array([e.grant_id for e in entries]),
+            numbers_array([e.hold_id for e in entries]),
+            numbers_array([e.credits for e in entries]),
+            numbers_array([e.held for e in entries]),
+            texts_array([e.cause_type for e in entries]),
+            texts_array([e.cause_id for e in entries]),
+            texts_array([e.meter for e in entries]),
+            texts_array([e.workspace for e in entries]),
         ],
     )
 
@@ -356,14 +356,14 @@ def entry_rows_insert(account_id: int, at: datetime, rows: list[EntryRow]) -> St
         [
             account_id,
             at,
-            [r.operation_id for r in rows],
-            [r.kind for r in rows],
-            [r.grant_id for r in rows],
-            [r.credits for r in rows],
-            [r.request.cause.type for r in rows],
-            [r.request.cause.id for r in rows],
-            [r.request.meter for r in rows],
-            [r.request.workspace for r in rows],
+            numbers_array([r.operation_id for r in rows]),
+            texts_array([r.kind for r in rows]),
+            numbers_array([r.grant_id for r in rows]),
+            numbers_array([r.credits for r in rows]),
+            texts_array([r.request.cause.type for r in rows]),
+            texts_array([r.request.cause.id for r in rows]),
+            texts_array([r.request.meter for r in rows]),
+            texts_array([r.request.workspace for r in rows]),
         ],
     )
 

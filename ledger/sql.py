@@ -5,11 +5,17 @@ escaped text in Python, which costs more than PostgreSQL's work to insert its ro
 helpers run on Django's connection, inside its current transaction, with server-side
 binding, and raise Django's database errors (``django.db.OperationalError`` and so on)
 as its own cursors do. Django's query log does not list what they run.
+
+psycopg itself dumps a list parameter element by element in Python (a call and, for text,
+a quoting check per element): about 1.5 ms of CPU per 1,000 numbers. The ``*_array``
+helpers below render a whole column as one PostgreSQL array literal in a single join,
+about a tenth of that, for a parameter the SQL casts (``%s::bigint[]``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -40,3 +46,30 @@ def pipelined(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+def numbers_array(values: Iterable[int | Decimal | None]) -> str:
+    """``[1, None, Decimal("2.5")]`` -> ``{1,NULL,2.5}``, for a ``bigint[]`` or ``numeric[]``
+    parameter. Not for bools (``str(True)`` is not a number)."""
+    return "{" + ",".join(["NULL" if v is None else str(v) for v in values]) + "}"
+
+
+def texts_array(values: Iterable[str | None]) -> str:
+    """``['a"b', None]`` -> ``{"a\\"b",NULL}``, for a ``text[]`` parameter: every element
+    quoted, its backslashes and double quotes escaped, as PostgreSQL's array input reads
+    them; so a comma, a brace, white space or the word NULL stay text."""
+    return (
+        "{"
+        + ",".join(
+            [
+                "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                for v in values
+            ]
+        )
+        + "}"
+    )
+
+
+def bools_array(values: Iterable[bool | None]) -> str:
+    """``[True, False, None]`` -> ``{t,f,NULL}``, for a ``boolean[]`` parameter."""
+    return "{" + ",".join(["NULL" if v is None else "t" if v else "f" for v in values]) + "}"

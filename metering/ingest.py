@@ -34,7 +34,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ledger.errors import Conflict
-from ledger.sql import execute_binary
+from ledger.sql import execute_binary, numbers_array, texts_array
 from ledger.units import CREDIT_QUANTUM
 from metering.models import Authorization, RejectedEvent
 from plans.models import MAX_EVENT_VALUE, Customer, Meter
@@ -688,18 +688,19 @@ def _insert(rows: list[Row], now: datetime) -> set[tuple[int, str]]:
     # Rows go in key order: two batches sharing identifiers in different orders would
     # otherwise wait on each other's uncommitted rows and deadlock.
     rows = sorted(rows, key=lambda r: (r.customer_id, r.identifier))
+    # Array literals (ledger.sql) but for the timestamps, whose own dumper is as quick.
     columns = (
-        [r.customer_id for r in rows],
-        [r.identifier for r in rows],
-        [r.event_name for r in rows],
-        [r.meter.id for r in rows],
+        numbers_array([r.customer_id for r in rows]),
+        texts_array([r.identifier for r in rows]),
+        texts_array([r.event_name for r in rows]),
+        numbers_array([r.meter.id for r in rows]),
         [r.timestamp for r in rows],
-        [r.value for r in rows],
-        [_encoder.encode(r.dimensions).decode() for r in rows],
-        [r.workspace for r in rows],
-        [r.authorization_id for r in rows],
-        [r.content_hash for r in rows],
-        [r.parent_identifier for r in rows],
+        numbers_array([r.value for r in rows]),
+        texts_array([_encoder.encode(r.dimensions).decode() for r in rows]),
+        texts_array([r.workspace for r in rows]),
+        numbers_array([r.authorization_id for r in rows]),
+        texts_array([r.content_hash for r in rows]),
+        texts_array([r.parent_identifier for r in rows]),
     )
     _lock_parents(rows)
     # Server-side binding: Django's client-side binding renders the arrays as escaped

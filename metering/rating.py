@@ -30,7 +30,14 @@ from django.utils import timezone
 
 from ledger import services as ledger
 from ledger.models import ZERO, Hold, HoldStatus
-from ledger.sql import Statement, execute_binary, pipelined
+from ledger.sql import (
+    Statement,
+    bools_array,
+    execute_binary,
+    numbers_array,
+    pipelined,
+    texts_array,
+)
 from ledger.units import to_credits
 from metering.models import RatingQueue, RatingStatus
 from metering.signals import usage_rated
@@ -530,7 +537,22 @@ def _ratings_insert(items: list[_Priced], rated_at: datetime) -> Statement:
         codes.append(error.code if error else "")
         messages.append(error.message if error else "")
         costs.append(rated.cost if rated else None)
-    return (_RATINGS_SQL, [rated_at, *columns])
+    return (
+        _RATINGS_SQL,
+        [
+            rated_at,
+            numbers_array(ids),
+            texts_array(statuses),
+            numbers_array(credits),
+            numbers_array(units),
+            numbers_array(rates),
+            numbers_array(periods),
+            bools_array(late),
+            texts_array(codes),
+            texts_array(messages),
+            numbers_array(costs),
+        ],
+    )
 
 
 _RATINGS_SQL = """

@@ -13,7 +13,7 @@ from django.utils import timezone
 from ledger import holds, services
 from ledger.drawing import Cause
 from ledger.selectors import account_balance, balance_totals_from, balance_totals_statement
-from ledger.sql import execute_binary, pipelined
+from ledger.sql import bools_array, execute_binary, numbers_array, pipelined, texts_array
 from tests.ledger.factories import account, grant
 
 pytestmark = pytest.mark.django_db
@@ -76,3 +76,47 @@ def test_the_balance_totals_statement_reads_what_account_balance_reads() -> None
     assert balance_totals_from(
         pipelined([balance_totals_statement(account_id=acct.pk, at=now)])[0]
     ) == (Decimal("110"), Decimal("12"))
+
+
+TRICKY_TEXTS = [
+    "plain",
+    "",
+    "NULL",
+    "null",
+    'a "quoted" word',
+    "back\\slash\\",
+    '\\"',
+    "comma, {brace} }{",
+    "  leading and trailing  ",
+    "tab\tnew\nline",
+    "ünïcødé ✓",
+    None,
+]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_array_literals_read_back_as_the_values_they_were_made_of(binary: bool) -> None:
+    numbers = [0, -1, 750966441771218, 2**63 - 1, None]
+    decimals = [Decimal("15.000000"), Decimal("-0.000001"), Decimal("1E+3"), None, Decimal(0)]
+    flags = [True, False, None]
+    sql = "SELECT %s::text[], %s::bigint[], %s::numeric[], %s::boolean[]"
+    params = [
+        texts_array(TRICKY_TEXTS),
+        numbers_array(numbers),
+        numbers_array(decimals),
+        bools_array(flags),
+    ]
+    if binary:  # as ingest sends its insert
+        rows = execute_binary(sql.replace("%s", "%b"), params)
+    else:
+        (rows,) = pipelined([(sql, params)])
+    ((texts, ints, numerics, bools),) = rows
+    assert texts == TRICKY_TEXTS
+    assert ints == numbers
+    assert numerics == decimals
+    assert bools == flags
+
+
+def test_an_empty_column_is_an_empty_array() -> None:
+    ((row,),) = pipelined([("SELECT cardinality(%s::text[])", [texts_array([])])])
+    assert row == (0,)

@@ -25,7 +25,7 @@ from django.db import connection
 Statement = tuple[str, Sequence[Any] | Mapping[str, Any]]
 
 
-def execute_binary(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+def execute_binary(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """Run one statement with binary parameters and results; its rows, if it has any."""
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:

@@ -95,23 +95,33 @@ class _Event(NamedTuple):
 
 
 # The queue rows are locked, deleted and returned with their events in one round trip.
-# MATERIALIZED: the locking scan runs exactly once, however the DELETE joins it. A queue
-# row whose event is missing (the queue's reference is not a foreign key: see
-# RatingQueue) is neither claimed nor deleted: it stays for the
-# ``rating_queue_rows_have_events`` check to report.
+# MATERIALIZED: the locking scan runs exactly once, however the DELETE joins it. It reads
+# the customer's queue in (customer, event) index order and stops at the limit; nothing in
+# it looks beyond the queue, so however stale the planner's estimates (the queue fills and
+# drains within seconds), the worst plan sorts the customer's queue rows, never probes the
+# events of each. A claimed row whose event is missing (the queue's reference is not a
+# foreign key: see RatingQueue) is parked with that error, not deleted: it stays for the
+# ``rating_queue_rows_have_events`` check to report, and the customer's other events are
+# claimed past it.
 # Events that failed to rate wait for their next attempt; parked ones wait for staff.
 # With an event id, only that event is claimed (see _rate_each).
 _CLAIM_SQL = """
 WITH claimed AS MATERIALIZED (
     SELECT c.event_id FROM metering_ratingqueue c
-    WHERE c.customer_id = %s
-      AND EXISTS (SELECT 1 FROM metering_meterevent x WHERE x.id = c.event_id)
+    WHERE c.customer_id = %(customer)s
       AND c.parked_at IS NULL
-      AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= %s)
-      AND (%s::bigint IS NULL OR c.event_id = %s::bigint)
+      AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= %(now)s)
+      AND (%(event)s::bigint IS NULL OR c.event_id = %(event)s::bigint)
     ORDER BY c.event_id
-    LIMIT %s
+    LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), missing AS (
+    UPDATE metering_ratingqueue q
+    SET parked_at = %(now)s, attempts = greatest(q.attempts, 1),
+        last_error = 'its event is missing: the queue row names no stored event'
+    FROM claimed
+    WHERE q.event_id = claimed.event_id
+      AND NOT EXISTS (SELECT 1 FROM metering_meterevent x WHERE x.id = claimed.event_id)
 )
 DELETE FROM metering_ratingqueue q
 USING claimed, metering_meterevent e
@@ -138,7 +148,10 @@ def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
 
 def _rate_claimed(customer_id: int, limit: int, event_id: int | None = None) -> int:
     with transaction.atomic():
-        rows = execute_binary(_CLAIM_SQL, [customer_id, timezone.now(), event_id, event_id, limit])
+        rows = execute_binary(
+            _CLAIM_SQL,
+            {"customer": customer_id, "now": timezone.now(), "event": event_id, "limit": limit},
+        )
         if not rows:
             return 0
         events = sorted(map(_Event._make, rows))

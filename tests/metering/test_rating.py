@@ -12,17 +12,19 @@ import time_machine
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from billing_portal.invoicing.period_close import periods_close_due
 from ledger.models import LedgerEntry
 from ledger.reconcile import run_checks
 from ledger.selectors import account_balance
+from ledger.sql import execute_binary
 from metering import tasks
 from metering.ingest import events_ingest
 from metering.models import EventRating, PeriodUsage, RatingQueue, UsageRollup
-from metering.rating import events_rate_for_customer, events_rate_pending
+from metering.rating import _CLAIM_SQL, events_rate_for_customer, events_rate_pending
 from plans import catalog
-from plans.models import PeriodStatus, SubscriptionPeriod
+from plans.models import Meter, PeriodStatus, SubscriptionPeriod
 from plans.services import subscription_start, subscriptions_renew_due
 from tests.plans.factories import (
     DEMO_CATALOG,
@@ -208,6 +210,10 @@ def test_a_queue_row_without_its_event_is_reported_and_left_queued(
 
     assert EventRating.objects.get().event.identifier == "real"
     assert list(RatingQueue.objects.values_list("event_id", flat=True)) == [987654321]
+    # Parked with what is wrong, so no later claim takes it again and staff see it.
+    orphan = RatingQueue.objects.get()
+    assert orphan.parked_at is not None and orphan.attempts == 1
+    assert orphan.last_error == "its event is missing: the queue row names no stored event"
     problems = {f.check: f.problems for f in run_checks() if f.problems}
     assert problems == {
         "rating_queue_rows_have_events": [
@@ -355,3 +361,44 @@ def test_a_batch_costs_the_same_statements_whatever_its_size(size: int) -> None:
     # ledger's lock, operation and grants, its writes, and rating's own writes.
     assert len(sql) <= 17, "\n".join(sql)  # BEGIN and COMMIT included
     assert EventRating.objects.count() == size
+
+
+_QUEUE_MANY = """
+WITH rows AS MATERIALIZED (
+    SELECT metering_event_id(now()) AS id, i FROM generate_series(1, %(count)s) AS i
+), keys AS (
+    INSERT INTO metering_eventkey (customer_id, identifier, event_id)
+    SELECT %(customer)s, 'bulk-' || i, id FROM rows
+), events AS (
+    INSERT INTO metering_meterevent (id, customer_id, identifier, event_name, meter_id,
+        timestamp, value, dimensions, content_hash, received_at)
+    SELECT id, %(customer)s, 'bulk-' || i, 'llm.tokens', %(meter)s, now(), 1,
+           '{"model": "large", "token_type": "output"}', md5(i::text), now()
+    FROM rows
+    RETURNING id
+)
+INSERT INTO metering_ratingqueue (event_id, customer_id, enqueued_at)
+SELECT id, %(customer)s, now() FROM events
+"""
+
+
+def test_a_claim_reads_the_customers_queue_not_the_events_of_every_row_in_it() -> None:
+    # A hot customer can have hundreds of thousands of events waiting, while the planner's
+    # statistics are from when the queue was short. The claim reads the queue alone, in
+    # (customer, event) order (metering 0013): at worst it sorts the customer's rows. It
+    # used to probe the events table for every one of them before taking the first n.
+    load_demo_catalog()
+    acme = customer("acme")
+    meter = Meter.objects.get(code="llm_tokens")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE metering_ratingqueue")  # while empty
+        cursor.execute(_QUEUE_MANY, {"count": 30_000, "customer": acme.pk, "meter": meter.pk})
+    (plan,) = execute_binary(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + _CLAIM_SQL.replace(")s", ")b"),
+        {"customer": acme.pk, "now": timezone.now(), "event": None, "limit": 10},
+    )[0]
+    statement = plan[0]["Plan"]
+    assert statement["Actual Rows"] == 10
+    # The queue's 30,000 rows fill about 220 pages; an events probe per row is 4 pages
+    # each, 120,000 in all.
+    assert statement["Shared Hit Blocks"] + statement["Shared Read Blocks"] < 1_000, plan

@@ -74,7 +74,20 @@ def events_rate_pending(*, rounds: int | None = None, budget_seconds: float = 10
         customers = list(
             RatingQueue.objects.order_by().values_list("customer_id", flat=True).distinct()
         )
-        this_round = sum(events_rate_for_customer(customer_id=c) for c in customers)
+        # Workers walk the customers in the same order. One that finds a customer being
+        # rated by another (its account locked) moves on, instead of claiming the rest of
+        # that queue and waiting behind the other's batch with nothing to do; it waits
+        # only when there is nothing else to rate.
+        busy = []
+        this_round = 0
+        for customer_id in customers:
+            count = _rate_customer(customer_id, BATCH, wait=False)
+            if count is None:
+                busy.append(customer_id)
+            else:
+                this_round += count
+        if not this_round:
+            this_round = sum(events_rate_for_customer(customer_id=c) for c in busy)
         rated += this_round
         done += 1
         if this_round == 0 or time.monotonic() > deadline:
@@ -134,8 +147,16 @@ RETURNING e.id, e.meter_id, e.timestamp, e.value, e.dimensions::text, e.workspac
 def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
     """Rate a batch of one customer's queued events; an event that cannot be rated is
     marked with its error and the others are charged around it."""
+    count = _rate_customer(customer_id, limit, wait=True)
+    assert count is not None  # a waiting call is never turned away
+    return count
+
+
+def _rate_customer(customer_id: int, limit: int, *, wait: bool) -> int | None:
+    """``events_rate_for_customer``; None, having done nothing, when ``wait`` is off and
+    the customer's account is locked (another worker is rating it)."""
     try:
-        return _rate_claimed(customer_id, limit)
+        return _rate_claimed(customer_id, limit, wait=wait)
     except Exception as exc:
         if not _blames_an_event(exc):
             raise
@@ -146,8 +167,26 @@ def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
         return _rate_each(customer_id, limit)
 
 
-def _rate_claimed(customer_id: int, limit: int, event_id: int | None = None) -> int:
+def _rate_claimed(
+    customer_id: int, limit: int, event_id: int | None = None, *, wait: bool = True
+) -> int | None:
     with transaction.atomic():
+        # The account first: the debits below take it anyway, holding it from the start
+        # settles the numbers ``usage_rated`` receivers read, and a worker that does not
+        # wait learns here, before claiming anything, that another is rating the
+        # customer. The claim after it skips locked rows and never waits, so taking the
+        # account before the queue rows cannot deadlock with anything that takes the
+        # queue rows first (a cancellation does).
+        customers = (
+            Customer.objects.select_related("account")
+            .select_for_update(of=("account",), skip_locked=not wait)
+            .filter(pk=customer_id)
+        )
+        customer = customers.first()
+        if customer is None:
+            if wait:
+                raise Customer.DoesNotExist(f"no customer {customer_id}")
+            return None
         rows = execute_binary(
             _CLAIM_SQL,
             {"customer": customer_id, "now": timezone.now(), "event": event_id, "limit": limit},
@@ -155,13 +194,6 @@ def _rate_claimed(customer_id: int, limit: int, event_id: int | None = None) -> 
         if not rows:
             return 0
         events = sorted(map(_Event._make, rows))
-        # The ledger's lock order starts here: the debits below take it anyway, and
-        # holding it from the start settles the numbers ``usage_rated`` receivers read.
-        customer = (
-            Customer.objects.select_related("account")
-            .select_for_update(of=("account",))
-            .get(pk=customer_id)
-        )
         rater = _Rater(customer, events)
         rater.run()
     if rater.deferred:
@@ -188,7 +220,7 @@ def _rate_each(customer_id: int, limit: int) -> int:
     rated = 0
     for event_id in list(due):
         try:
-            rated += _rate_claimed(customer_id, 1, event_id)
+            rated += _rate_claimed(customer_id, 1, event_id) or 0
         except Exception as exc:
             if not _blames_an_event(exc):
                 raise

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 import time_machine
 from django.core.cache import cache
@@ -24,8 +27,9 @@ from metering.ingest import events_ingest
 from metering.models import EventRating, PeriodUsage, RatingQueue, UsageRollup
 from metering.rating import _CLAIM_SQL, events_rate_for_customer, events_rate_pending
 from plans import catalog
-from plans.models import Meter, PeriodStatus, SubscriptionPeriod
+from plans.models import Customer, Meter, PeriodStatus, SubscriptionPeriod
 from plans.services import subscription_start, subscriptions_renew_due
+from tests.dburl import database_url_for_subprocess
 from tests.plans.factories import (
     DEMO_CATALOG,
     customer,
@@ -402,3 +406,66 @@ def test_a_claim_reads_the_customers_queue_not_the_events_of_every_row_in_it() -
     # The queue's 30,000 rows fill about 220 pages; an events probe per row is 4 pages
     # each, 120,000 in all.
     assert statement["Shared Hit Blocks"] + statement["Shared Read Blocks"] < 1_000, plan
+
+
+def _queued_for(*names: str) -> dict[str, int]:
+    """Three events queued for each named customer; their customers' account ids."""
+    now = datetime.now(UTC)
+    accounts = {}
+    for name in names:
+        accounts[name] = subscription_recent(name).customer.account_id
+        events = [_event(f"{name}-{i}", now, customer=name) for i in range(3)]
+        assert events_ingest(events=events).count("accepted") == 3
+    return accounts
+
+
+def _queued(name: str) -> int:
+    return RatingQueue.objects.filter(customer_id=Customer.objects.get(external_id=name).pk).count()
+
+
+def _account_locked(account_id: int) -> psycopg.Connection[Any]:
+    """Another connection holding the account's row lock, as a worker rating the
+    customer (or an authorization) does; close it to release."""
+    holder = psycopg.connect(database_url_for_subprocess())
+    holder.execute("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [account_id])
+    return holder
+
+
+@pytest.mark.django_db(transaction=True)  # the lock is another connection's
+def test_a_worker_rates_other_customers_while_one_is_being_rated_elsewhere() -> None:
+    # Workers walk the queued customers in the same order. One that meets a customer whose
+    # account another holds used to claim the rest of that queue and wait behind the
+    # other's batch; now it moves on, and the customer is rated in a later round.
+    load_demo_catalog()
+    accounts = _queued_for("acme", "globex")
+    holder = _account_locked(accounts["acme"])
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '5s'")  # a wait fails the test, not hangs it
+    try:
+        assert events_rate_pending(rounds=1) == 3
+        assert (_queued("acme"), _queued("globex")) == (3, 0)
+    finally:
+        holder.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert events_rate_pending() == 3
+    assert RatingQueue.objects.count() == 0
+    _clean()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_with_nothing_else_to_rate_waits_for_the_busy_customer() -> None:
+    load_demo_catalog()
+    accounts = _queued_for("acme")
+    holder = _account_locked(accounts["acme"])
+    release = threading.Timer(0.5, holder.close)
+    release.start()
+    try:
+        started = time.monotonic()
+        assert events_rate_pending(rounds=1) == 3
+        assert time.monotonic() - started >= 0.4  # it waited for the lock, then rated
+    finally:
+        release.join()
+        holder.close()
+    assert RatingQueue.objects.count() == 0
+    _clean()

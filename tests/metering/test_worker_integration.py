@@ -46,6 +46,7 @@ from tests.metering.worker_support import (
     Backend,
     RowLock,
     StartWorker,
+    TableLock,
     Worker,
     WorkerError,
     wait_until,
@@ -297,7 +298,6 @@ def test_a_worker_killed_mid_batch_leaves_no_event_unrated_or_charged_twice(
     load_demo_catalog()
     bulk = _usage("bulk", 5 * BATCH, subscribe="pro", seed=5)
     _ingest(bulk)
-    account_id = bulk.customer.account_id
     period_id = SubscriptionPeriod.objects.get(subscription__customer=bulk.customer).pk
 
     first = start_worker()
@@ -326,16 +326,17 @@ def test_a_worker_killed_mid_batch_leaves_no_event_unrated_or_charged_twice(
     first.wait_disconnected()
     _assert_nothing_left_by_killed_batch(before, claimed)
 
-    # 2. Killed with its batch claimed, before the ledger was touched.
+    # 2. Killed with its batch claimed, before the ledger was touched. Rating locks the
+    # account, claims its batch, then writes the ledger's operation first: held here.
     second = start_worker()
-    lock = RowLock("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [account_id])
+    lock = TableLock("ledger_ledgeroperation", "SHARE")
     try:
         claimed = _next_batch()
         second.broker.send_rate_pending()
         backend = _rating_backend(
             second,
             lambda b: _claimed(b) and lock.pid in b.blocked_by,
-            "the rating transaction to wait for the account row",
+            "the rating transaction to wait to write the ledger's operation",
         )
         assert not backend.writes("ledger_ledgerentry"), backend
         assert not backend.writes("metering_eventrating"), backend

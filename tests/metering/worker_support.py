@@ -280,6 +280,21 @@ class RowLock:
             self._conn.close()
 
 
+class TableLock(RowLock):
+    """A table locked in ``mode`` from a session of its own, until :meth:`release`: in
+    SHARE mode, a rating transaction waits at its first write to the table, having done
+    everything before it."""
+
+    def __init__(self, table: str, mode: str) -> None:
+        import psycopg
+
+        self.application_name = f"worker-it-lock-{uuid.uuid4().hex[:8]}"
+        url = database_url_for(connection.settings_dict, self.application_name)
+        self._conn = psycopg.connect(url, autocommit=False)
+        self._conn.execute(f"LOCK TABLE {table} IN {mode} MODE")
+        self.pid = self._conn.info.backend_pid
+
+
 # --- the worker -----------------------------------------------------------------------
 
 

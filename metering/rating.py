@@ -108,14 +108,17 @@ class _Event(NamedTuple):
 
 
 # The queue rows are locked, deleted and returned with their events in one round trip.
-# MATERIALIZED: the locking scan runs exactly once, however the DELETE joins it. It reads
-# the customer's queue in (customer, event) index order and stops at the limit; nothing in
-# it looks beyond the queue, so however stale the planner's estimates (the queue fills and
-# drains within seconds), the worst plan sorts the customer's queue rows, never probes the
-# events of each. A claimed row whose event is missing (the queue's reference is not a
-# foreign key: see RatingQueue) is parked with that error, not deleted: it stays for the
+# MATERIALIZED: the locking scan runs exactly once, however the statement joins it. It
+# reads the customer's queue in (customer, event) index order and stops at the limit;
+# nothing in it looks beyond the queue, so however stale the planner's estimates (the
+# queue fills and drains within seconds), the worst plan sorts the customer's queue rows,
+# never probes the events of each. A claimed row whose event is missing (the queue's
+# reference is not a foreign key: see RatingQueue) is not deleted; then one more row,
+# with no event, carries every claimed id, and rating parks the ones that came back
+# without an event with that error (``_PARK_MISSING_SQL``): they stay for the
 # ``rating_queue_rows_have_events`` check to report, and the customer's other events are
-# claimed past it.
+# claimed past them. Finding them so costs no second probe of the events per claimed row,
+# nor a join that the planner, estimating one row a side, would run as nested loops.
 # Events that failed to rate wait for their next attempt; parked ones wait for staff.
 # With an event id, only that event is claimed (see _rate_each).
 _CLAIM_SQL = """
@@ -128,19 +131,23 @@ WITH claimed AS MATERIALIZED (
     ORDER BY c.event_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), missing AS (
-    UPDATE metering_ratingqueue q
-    SET parked_at = %(now)s, attempts = greatest(q.attempts, 1),
-        last_error = 'its event is missing: the queue row names no stored event'
-    FROM claimed
-    WHERE q.event_id = claimed.event_id
-      AND NOT EXISTS (SELECT 1 FROM metering_meterevent x WHERE x.id = claimed.event_id)
+), taken AS (
+    DELETE FROM metering_ratingqueue q
+    USING claimed, metering_meterevent e
+    WHERE q.event_id = claimed.event_id AND e.id = q.event_id
+    RETURNING e.id, e.meter_id, e.timestamp, e.value, e.dimensions::text AS dimensions,
+              e.workspace, e.authorization_id
 )
-DELETE FROM metering_ratingqueue q
-USING claimed, metering_meterevent e
-WHERE q.event_id = claimed.event_id AND e.id = q.event_id
-RETURNING e.id, e.meter_id, e.timestamp, e.value, e.dimensions::text, e.workspace,
-          e.authorization_id
+SELECT *, NULL::bigint[] FROM taken
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, array_agg(event_id) FROM claimed
+HAVING count(*) > (SELECT count(*) FROM taken)
+"""
+_PARK_MISSING_SQL = """
+UPDATE metering_ratingqueue
+SET parked_at = %s, attempts = greatest(attempts, 1),
+    last_error = 'its event is missing: the queue row names no stored event'
+WHERE event_id = ANY(%s::bigint[])
 """
 
 
@@ -193,13 +200,19 @@ def _rate_claimed(
         )
         if not rows:
             return 0
-        events = sorted(map(_Event._make, rows))
+        events = sorted(_Event._make(row[:-1]) for row in rows if row[0] is not None)
+        if len(events) < len(rows):  # some claimed rows name no stored event
+            (claimed,) = [row[-1] for row in rows if row[0] is None]
+            missing = sorted(set(claimed) - {event.id for event in events})
+            pipelined([(_PARK_MISSING_SQL, [timezone.now(), numbers_array(missing)])])
+            if not events:
+                return 0
         rater = _Rater(customer, events)
         rater.run()
     if rater.deferred:
         # In its own transactions, after ours: renewal locks the subscription first.
         subscriptions_renew_due()
-    return len(rows) - len(rater.deferred)
+    return len(events) - len(rater.deferred)
 
 
 def _blames_an_event(exc: Exception) -> bool:

@@ -226,6 +226,27 @@ def test_a_queue_row_without_its_event_is_reported_and_left_queued(
     }
 
 
+def test_a_batch_of_only_missing_events_parks_them_and_rates_nothing() -> None:
+    load_demo_catalog()
+    acme = subscription_recent("acme").customer
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO metering_ratingqueue (event_id, customer_id, enqueued_at) "
+            "VALUES (987654321, %s, now()), (987654322, %s, now())",
+            [acme.pk, acme.pk],
+        )
+
+    assert events_rate_for_customer(customer_id=acme.pk) == 0
+
+    parked = RatingQueue.objects.order_by("event_id")
+    assert [(q.event_id, q.attempts, q.parked_at is not None) for q in parked] == [
+        (987654321, 1, True),
+        (987654322, 1, True),
+    ]
+    assert events_rate_for_customer(customer_id=acme.pk) == 0  # not claimed again
+    assert LedgerEntry.objects.filter(kind="consume").count() == 0
+
+
 @pytest.fixture
 def shared_flag(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
     """The scheduled flag as with a cache every process shares (this process's cache

@@ -33,15 +33,18 @@ def execute_binary(sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[
         return cursor.fetchall() if cursor.description else []
 
 
-def pipelined(statements: Sequence[Statement]) -> list[list[tuple[Any, ...]]]:
-    """Run the statements in one round trip, in order; each one's rows."""
+def pipelined(
+    statements: Sequence[Statement], *, binary: bool = False
+) -> list[list[tuple[Any, ...]]]:
+    """Run the statements in one round trip, in order; each one's rows (with ``binary``,
+    parameters and results in binary, as ``execute_binary``)."""
     connection.ensure_connection()
     pg = connection.connection
     cursors = [psycopg.Cursor(pg) for _ in statements]
     try:
         with connection.wrap_database_errors, pg.pipeline():
             for cursor, (sql, params) in zip(cursors, statements, strict=True):
-                cursor.execute(sql, params)
+                cursor.execute(sql, params, binary=binary)
         return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
     finally:
         for cursor in cursors:

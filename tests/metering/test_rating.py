@@ -490,3 +490,59 @@ def test_a_worker_with_nothing_else_to_rate_waits_for_the_busy_customer() -> Non
         holder.close()
     assert RatingQueue.objects.count() == 0
     _clean()
+
+
+@pytest.mark.django_db(transaction=True)  # dead queue rows are dead only once committed
+def test_the_claim_walks_the_queue_index_in_order_past_dead_rows() -> None:
+    # The queue is deleted from as fast as it is written. A bitmap scan (what the planner
+    # picks with statistics from a shorter queue) visits every index entry of the
+    # customer, dead ones included, and every heap page they name, claim after claim; an
+    # index scan in (customer, event) order stops at the limit and marks the dead
+    # entries it passes. Seen in the plan of the claim rating actually runs.
+    load_demo_catalog()
+    acme = subscription_recent("acme").customer
+    meter = Meter.objects.get(code="llm_tokens")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE metering_ratingqueue")  # while empty
+        cursor.execute(_QUEUE_MANY, {"count": 20_000, "customer": acme.pk, "meter": meter.pk})
+        cursor.execute("DELETE FROM metering_ratingqueue")  # as rating would, committed
+    now = datetime.now(UTC)
+    events_ingest(events=[_event(f"live-{i}", now) for i in range(5)])
+
+    plans = _plans_of(
+        lambda: events_rate_for_customer(customer_id=acme.pk), "metering_ratingqueue c"
+    )
+
+    (plan,) = plans
+    assert "Bitmap" not in plan, plan
+    assert "Index Scan using metering_queue_customer" in plan, plan
+    assert RatingQueue.objects.count() == 0
+
+
+def _plans_of(run: Any, marker: str) -> list[str]:
+    """The plans (auto_explain's, sent back as notices) of the statements ``run`` makes
+    whose text names ``marker``."""
+    connection.ensure_connection()
+    notices: list[str] = []
+    pg = connection.connection
+
+    def handler(diagnostic: psycopg.errors.Diagnostic) -> None:
+        notices.append(diagnostic.message_primary or "")
+
+    pg.add_notice_handler(handler)
+    with connection.cursor() as cursor:
+        cursor.execute("LOAD 'auto_explain'")
+        for setting, value in (
+            ("auto_explain.log_min_duration", "0"),
+            ("auto_explain.log_level", "notice"),
+            ("client_min_messages", "notice"),
+        ):
+            cursor.execute("SELECT set_config(%s, %s, false)", [setting, value])
+    try:
+        run()
+    finally:
+        pg.remove_notice_handler(handler)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET auto_explain.log_min_duration")
+            cursor.execute("RESET client_min_messages")
+    return [n for n in notices if marker in n]

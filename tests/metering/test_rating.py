@@ -25,7 +25,12 @@ from ledger.sql import execute_binary
 from metering import tasks
 from metering.ingest import events_ingest
 from metering.models import EventRating, PeriodUsage, RatingQueue, UsageRollup
-from metering.rating import _CLAIM_SQL, events_rate_for_customer, events_rate_pending
+from metering.rating import (
+    _CLAIM_SQL,
+    _QUEUED_CUSTOMERS_SQL,
+    events_rate_for_customer,
+    events_rate_pending,
+)
 from plans import catalog
 from plans.models import Customer, Meter, PeriodStatus, SubscriptionPeriod
 from plans.services import subscription_start, subscriptions_renew_due
@@ -224,6 +229,29 @@ def test_a_queue_row_without_its_event_is_reported_and_left_queued(
             f"queued event 987654321 (customer {acme.pk}): no such event"
         ]
     }
+
+
+def test_a_round_finds_every_customer_with_queued_events() -> None:
+    # One index probe per customer (a recursive walk of the queue's customer index), not
+    # a DISTINCT over the whole queue: it must still find each customer exactly once.
+    load_demo_catalog()
+    now = datetime.now(UTC)
+    names = ["acme", "globex", "initech"]
+    for name in names:
+        subscription_recent(name)
+    events_ingest(
+        events=[_event(f"{n}-{i}", now, customer=n) for n in names[::2] for i in range(3)]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(_QUEUED_CUSTOMERS_SQL)
+        found = [row[0] for row in cursor.fetchall()]
+    assert found == sorted(
+        Customer.objects.filter(external_id__in=names[::2]).values_list("pk", flat=True)
+    )
+    assert events_rate_pending() == 6
+    with connection.cursor() as cursor:
+        cursor.execute(_QUEUED_CUSTOMERS_SQL)
+        assert cursor.fetchall() == []
 
 
 def test_a_batch_of_only_missing_events_parks_them_and_rates_nothing() -> None:

@@ -40,6 +40,21 @@ def _block_network() -> Iterator[None]:
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
 
 
+@pytest.fixture(scope="session")
+def live_server(live_server: Any) -> Any:
+    """pytest-django's live server, whose request threads close their database session
+    after every request. Its server keeps HTTP connections alive, one thread each, and
+    with CONN_MAX_AGE a thread keeps its database session open between requests: one
+    whose client never closed its connection (a ``requests`` session left to the garbage
+    collector) kept it open past the tests, and the test database could not be dropped
+    ("is being accessed by other users"). The threads share the test connection's
+    settings, so this reaches them."""
+    from django.db import connections
+
+    connections["default"].settings_dict["CONN_MAX_AGE"] = 0
+    return live_server
+
+
 # --- a real Celery worker (tests/metering/worker_support.py) ---------------------------
 
 

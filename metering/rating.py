@@ -72,7 +72,7 @@ def events_rate_pending(*, rounds: int | None = None, budget_seconds: float = 10
     while rounds is None or done < rounds:
         customers = [row[0] for row in pipelined([(_QUEUED_CUSTOMERS_SQL, ())], binary=True)[0]]
         # Workers walk the customers in the same order. One that finds a customer being
-        # rated by another (its account locked) moves on, instead of claiming the rest of
+        # rated by another (its rater lock taken) moves on, instead of claiming the rest of
         # that queue and waiting behind the other's batch with nothing to do; it waits
         # only when there is nothing else to rate.
         busy = []
@@ -181,7 +181,7 @@ def events_rate_for_customer(*, customer_id: int, limit: int = BATCH) -> int:
 
 def _rate_customer(customer_id: int, limit: int, *, wait: bool) -> int | None:
     """``events_rate_for_customer``; None, having done nothing, when ``wait`` is off and
-    the customer's account is locked (another worker is rating it)."""
+    another worker is rating the customer."""
     try:
         return _rate_claimed(customer_id, limit, wait=wait)
     except Exception as exc:
@@ -198,22 +198,21 @@ def _rate_claimed(
     customer_id: int, limit: int, event_id: int | None = None, *, wait: bool = True
 ) -> int | None:
     with transaction.atomic():
-        # The account first: the debits below take it anyway, holding it from the start
-        # settles the numbers ``usage_rated`` receivers read, and a worker that does not
-        # wait learns here, before claiming anything, that another is rating the
-        # customer. The claim after it skips locked rows and never waits, so taking the
-        # account before the queue rows cannot deadlock with anything that takes the
-        # queue rows first (a cancellation does).
-        customers = (
-            Customer.objects.select_related("account")
-            .select_for_update(of=("account",), skip_locked=not wait)
-            .filter(pk=customer_id)
-        )
-        customer = customers.first()
-        if customer is None:
-            if wait:
-                raise Customer.DoesNotExist(f"no customer {customer_id}")
+        # Raters of a customer take its rater lock first; one that does not wait learns
+        # here, before claiming anything, that another worker is rating the customer.
+        if not _rater_lock(customer_id, wait=wait):
             return None
+        # Then the account: the debits below take it anyway, and holding it from the
+        # start settles the numbers ``usage_rated`` receivers read. An authorization
+        # holds it for a moment; rating waits for that, not skips the customer. The
+        # claim after it skips locked rows and never waits, so taking the account before
+        # the queue rows cannot deadlock with anything that takes the queue rows first
+        # (a cancellation does).
+        customer = (
+            Customer.objects.select_related("account")
+            .select_for_update(of=("account",))
+            .get(pk=customer_id)
+        )
         rows = _claim(customer_id, limit, event_id)
         if not rows:
             return 0
@@ -230,6 +229,25 @@ def _rate_claimed(
         # In its own transactions, after ours: renewal locks the subscription first.
         subscriptions_renew_due()
     return len(events) - len(rater.deferred)
+
+
+# A transaction-scoped advisory lock per customer that only rating takes, so that what
+# it tells a worker is "another worker is rating this customer", not "something holds
+# the account". Keyed (namespace, customer id folded into 31 bits): two customers that
+# shared a key would only make a worker move on from one of them for a round.
+_RATER_LOCK_SPACE = 0x52415445  # "RATE"
+
+
+def _rater_lock(customer_id: int, *, wait: bool) -> bool:
+    """Take the customer's rater lock, waiting for it or not; whether it was taken."""
+    key = [_RATER_LOCK_SPACE, customer_id & 0x7FFFFFFF]
+    with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", key)
+            return True
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", key)
+        (taken,) = cursor.fetchone()
+    return bool(taken)
 
 
 def _claim(customer_id: int, limit: int, event_id: int | None) -> list[tuple[Any, ...]]:

@@ -28,6 +28,7 @@ from metering.models import EventRating, PeriodUsage, RatingQueue, UsageRollup
 from metering.rating import (
     _CLAIM_SQL,
     _QUEUED_CUSTOMERS_SQL,
+    _RATER_LOCK_SPACE,
     events_rate_for_customer,
     events_rate_pending,
 )
@@ -457,46 +458,64 @@ def test_a_claim_reads_the_customers_queue_not_the_events_of_every_row_in_it() -
     assert statement["Shared Hit Blocks"] + statement["Shared Read Blocks"] < 1_000, plan
 
 
-def _queued_for(*names: str) -> dict[str, int]:
-    """Three events queued for each named customer; their customers' account ids."""
+def _queued_for(*names: str) -> dict[str, Customer]:
+    """Three events queued for each named customer; the customers."""
     now = datetime.now(UTC)
-    accounts = {}
+    customers = {}
     for name in names:
-        accounts[name] = subscription_recent(name).customer.account_id
+        customers[name] = subscription_recent(name).customer
         events = [_event(f"{name}-{i}", now, customer=name) for i in range(3)]
         assert events_ingest(events=events).count("accepted") == 3
-    return accounts
+    return customers
 
 
 def _queued(name: str) -> int:
     return RatingQueue.objects.filter(customer_id=Customer.objects.get(external_id=name).pk).count()
 
 
-def _account_locked(account_id: int) -> psycopg.Connection[Any]:
-    """Another connection holding the account's row lock, as a worker rating the
-    customer (or an authorization) does; close it to release."""
+def _held(sql: str, params: list[Any]) -> psycopg.Connection[Any]:
+    """Another connection holding what ``sql`` locks, until it is closed."""
     holder = psycopg.connect(database_url_for_subprocess())
-    holder.execute("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [account_id])
+    holder.execute(sql, params)
     return holder
 
 
-@pytest.mark.django_db(transaction=True)  # the lock is another connection's
-def test_a_worker_rates_other_customers_while_one_is_being_rated_elsewhere() -> None:
-    # Workers walk the queued customers in the same order. One that meets a customer whose
-    # account another holds used to claim the rest of that queue and wait behind the
-    # other's batch; now it moves on, and the customer is rated in a later round.
-    load_demo_catalog()
-    accounts = _queued_for("acme", "globex")
-    holder = _account_locked(accounts["acme"])
+def _rated_elsewhere(customer: Customer) -> psycopg.Connection[Any]:
+    """Another worker rating the customer: its rater lock held."""
+    key = [_RATER_LOCK_SPACE, customer.pk]
+    return _held("SELECT pg_advisory_xact_lock(%s, %s)", key)
+
+
+def _account_locked(customer: Customer) -> psycopg.Connection[Any]:
+    """The customer's account row lock held, as an authorization holds it a moment."""
+    return _held("SELECT 1 FROM ledger_account WHERE id = %s FOR UPDATE", [customer.account_id])
+
+
+@pytest.fixture
+def lock_timeout() -> Iterator[None]:
+    """A lock wait fails the test within 5 s instead of hanging it."""
     with connection.cursor() as cursor:
-        cursor.execute("SET lock_timeout = '5s'")  # a wait fails the test, not hangs it
+        cursor.execute("SET lock_timeout = '5s'")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("RESET lock_timeout")
+
+
+@pytest.mark.django_db(transaction=True)  # the lock is another connection's
+def test_a_worker_rates_other_customers_while_one_is_being_rated_elsewhere(
+    lock_timeout: None,
+) -> None:
+    # Workers walk the queued customers in the same order. One that met a customer another
+    # worker was rating used to claim the rest of that queue and wait behind the other's
+    # batch; now it moves on, and the customer is rated in a later round.
+    load_demo_catalog()
+    customers = _queued_for("acme", "globex")
+    holder = _rated_elsewhere(customers["acme"])
     try:
         assert events_rate_pending(rounds=1) == 3
         assert (_queued("acme"), _queued("globex")) == (3, 0)
     finally:
         holder.close()
-        with connection.cursor() as cursor:
-            cursor.execute("RESET lock_timeout")
     assert events_rate_pending() == 3
     assert RatingQueue.objects.count() == 0
     _clean()
@@ -505,14 +524,33 @@ def test_a_worker_rates_other_customers_while_one_is_being_rated_elsewhere() -> 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_with_nothing_else_to_rate_waits_for_the_busy_customer() -> None:
     load_demo_catalog()
-    accounts = _queued_for("acme")
-    holder = _account_locked(accounts["acme"])
+    customers = _queued_for("acme")
+    holder = _rated_elsewhere(customers["acme"])
     release = threading.Timer(0.5, holder.close)
     release.start()
     try:
         started = time.monotonic()
         assert events_rate_pending(rounds=1) == 3
         assert time.monotonic() - started >= 0.4  # it waited for the lock, then rated
+    finally:
+        release.join()
+        holder.close()
+    assert RatingQueue.objects.count() == 0
+    _clean()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_waits_for_an_account_held_by_something_else_than_rating() -> None:
+    # An authorization holds the account for a moment, often, on a busy customer. Moving
+    # on whenever it did would leave that customer's events for later rounds, again and
+    # again; rating waits for the account and rates the customer in this round.
+    load_demo_catalog()
+    customers = _queued_for("acme", "globex")
+    holder = _account_locked(customers["acme"])
+    release = threading.Timer(0.5, holder.close)
+    release.start()
+    try:
+        assert events_rate_pending(rounds=1) == 6
     finally:
         release.join()
         holder.close()

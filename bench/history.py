@@ -345,11 +345,13 @@ def _verdict(levels: list[Level]) -> tuple[str, list[str]]:
     if not levels:
         return "history: nothing measured", ["no level measured"]
     base, last = levels[0], levels[-1]
+    # Every level, not only the last: a figure that grows and comes back is not flat.
     problems = [
-        f"{name} at {last.events:,} events is {_ratio(last, base, which):.2f}x worse than at "
-        f"{base.events:,} (limit {FLAT:.2f}x)"
+        f"{name} at {level.events:,} events is {_ratio(level, base, which):.2f}x worse than "
+        f"at {base.events:,} (limit {FLAT:.2f}x)"
+        for level in levels[1:]
         for name, which in (("ingest", "ingest"), ("rating", "rating"), ("page p95", "page_p95"))
-        if _ratio(last, base, which) > FLAT
+        if _ratio(level, base, which) > FLAT
     ]
     verdict = "flat within 15%" if not problems else "not flat within 15%"
     return f"history: {verdict} from {base.events:,} to {last.events:,} events", problems

@@ -175,7 +175,7 @@ def _ingest_analysis(res: Results, args: argparse.Namespace) -> list[str]:
 
 def _lag_summary(res: Results, args: argparse.Namespace) -> str:
     p99 = res.lag_p99
-    cpus, units = paced_units(res)
+    cpus, units = paced_units(res.lags)
     server = server_ms(cpus, units)
     need = args.lag_rate * server / 1_000_000
     backlog = max(r.backlog for r in res.lags)
@@ -247,7 +247,7 @@ def _lag_fixes(res: Results, args: argparse.Namespace) -> list[str]:
     ]
     if res.levels:
         web_1000 = group_ms(*res.levels[0].cpu_units(), "web")
-        web_100 = group_ms(*paced_units(res), "web")
+        web_100 = group_ms(*paced_units(res.lags), "web")
         lines.append(
             f"4. Clients that can should send bigger batches: at {args.lag_batch} events "
             f"per request the web spent {web_100:.0f} ms of CPU per 1000 events, at "

@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1000, help="events per ingest request")
     parser.add_argument("--customers", type=int, default=20, help="ingest customers (20)")
     parser.add_argument("--lag-rate", type=float, default=5000.0, help="paced events/s (5000)")
+    parser.add_argument(
+        "--lag-high-rate",
+        type=float,
+        default=10000.0,
+        help="paced events/s of a second set of runs (10000; 0: none)",
+    )
     parser.add_argument("--lag-batch", type=int, default=100, help="events per paced request")
     parser.add_argument("--lag-clients", type=int, default=4, help="paced client processes (4)")
     parser.add_argument("--lag-duration", type=float, help="paced seconds per run (15)")

@@ -31,6 +31,7 @@ class Results:
     compat: Compat | None = None
     drain: Drain | None = None
     lags: list[LagRun] = field(default_factory=list)
+    lags_high: list[LagRun] = field(default_factory=list)  # at --lag-high-rate
     balance: BalanceCost | None = None
     balance_latencies: list[float] = field(default_factory=list)
     rounds: list[AuthRound] = field(default_factory=list)
@@ -45,6 +46,10 @@ class Results:
     @property
     def lag_p99(self) -> float:
         return median([r.p(99) for r in self.lags])
+
+    @property
+    def lag_high_p99(self) -> float:
+        return median([r.p(99) for r in self.lags_high])
 
     @property
     def auth_ratio(self) -> float:
@@ -65,6 +70,8 @@ def verdict_line(res: Results) -> str:
         parts.append(compat.verdict(res))
     if res.lags:
         parts.append(lag.verdict(res))
+    if res.lags_high:
+        parts.append(lag.verdict_high(res))
     if res.rounds:
         parts.append(auth.verdict(res))
     if backlog := memory.backlog(res.memory):

@@ -41,6 +41,33 @@ def _block_network() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's test database; before it is dropped, a warning names any other
+    session still on it, with this process's threads, so that the cause of "is being
+    accessed by other users" can be read from the run that shows it."""
+    yield
+    import threading
+    import warnings
+
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, application_name, state, backend_start, state_change, "
+            "left(query, 160) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        others = cursor.fetchall()
+    if others:
+        threads = sorted(t.name for t in threading.enumerate())
+        warnings.warn(
+            f"other sessions on the test database before it is dropped: {others}; "
+            f"threads of this process: {threads}",
+            stacklevel=1,
+        )
+
+
+@pytest.fixture(scope="session")
 def live_server(live_server: Any) -> Any:
     """pytest-django's live server, whose request threads close their database session
     after every request. Its server keeps HTTP connections alive, one thread each, and

@@ -33,6 +33,7 @@ from ledger.models import ZERO, Hold, HoldStatus
 from ledger.sql import (
     Statement,
     bools_array,
+    execute_binary,
     numbers_array,
     pipelined,
     texts_array,
@@ -70,7 +71,7 @@ def events_rate_pending(*, rounds: int | None = None, budget_seconds: float = 10
     deadline = time.monotonic() + budget_seconds
     rated = done = 0
     while rounds is None or done < rounds:
-        customers = [row[0] for row in pipelined([(_QUEUED_CUSTOMERS_SQL, ())], binary=True)[0]]
+        customers = [row[0] for row in execute_binary(_QUEUED_CUSTOMERS_SQL, ())]
         # Workers walk the customers in the same order. One that finds a customer being
         # rated by another (its rater lock taken) moves on, instead of claiming the rest of
         # that queue and waiting behind the other's batch with nothing to do; it waits
@@ -220,7 +221,7 @@ def _rate_claimed(
         if len(events) < len(rows):  # some claimed rows name no stored event
             (claimed,) = [row[-1] for row in rows if row[0] is None]
             missing = sorted(set(claimed) - {event.id for event in events})
-            pipelined([(_PARK_MISSING_SQL, [timezone.now(), numbers_array(missing)])])
+            execute_binary(_PARK_MISSING_SQL, [timezone.now(), numbers_array(missing)])
             if not events:
                 return 0
         rater = _Rater(customer, events)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,26 +44,39 @@ def _block_network() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """pytest-django's test database; before it is dropped, a warning names any other
-    session still on it, with this process's threads, so that the cause of "is being
-    accessed by other users" can be read from the run that shows it."""
+    session still on it, with this process's threads and the machine's other Python
+    processes, so that the cause of "is being accessed by other users" can be read from
+    the run that shows it. A connection only garbage in a reference cycle is collected
+    first: that closes it, and it is no one's to report."""
     yield
+    import gc
+    import subprocess
     import threading
     import warnings
 
     from django.db import connection
 
+    gc.collect()
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pid, application_name, state, backend_start, state_change, "
-            "left(query, 160) FROM pg_stat_activity "
+            "SELECT pid, application_name, client_addr, client_port, state, backend_start, "
+            "state_change, left(query, 160) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         others = cursor.fetchall()
     if others:
         threads = sorted(t.name for t in threading.enumerate())
+        processes = subprocess.run(
+            ["ps", "-eo", "pid,ppid,etimes,args", "--sort=pid"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.splitlines()
+        python = [line[:160] for line in processes if "python" in line]
         warnings.warn(
             f"other sessions on the test database before it is dropped: {others}; "
-            f"threads of this process: {threads}",
+            f"threads of this process (pid {os.getpid()}): {threads}; "
+            f"Python processes: {python}",
             stacklevel=1,
         )
 

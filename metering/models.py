@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection, models, transaction
 from django.db.models import Q
 
 from ledger.models import CreditField
+
+if TYPE_CHECKING:
+    from djmoney.money import Money
 
 
 class MeterEvent(models.Model):
@@ -379,6 +383,10 @@ class Authorization(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not stored: what the credits would be billed if used now, set by the decision that
+    # made this answer from the plan it read (None on an answer read back).
+    estimate_money: Money | None = None
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
@@ -392,3 +400,9 @@ class Authorization(models.Model):
 
     def __str__(self) -> str:
         return f"{self.identifier}: {self.decision}"
+
+    @property
+    def available_before(self) -> Decimal:
+        """Credits available when it was decided: ``available`` is after its hold, when
+        it placed one."""
+        return self.available + self.credits if self.hold_id is not None else self.available

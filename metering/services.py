@@ -45,6 +45,7 @@ from plans.models import (
     PeriodStatus,
     features_from,
 )
+from plans.money import overage_estimate
 from plans.rating import RateTable, RatingError
 from plans.selectors import PERIOD_IN_FORCE_SQL
 
@@ -110,6 +111,8 @@ class _Context:
     features: dict[str, Any] | None = None
     past_due_since: datetime | None = None  # the active subscription's first unpaid failure
     past_due_deny_after_days: int | None = None  # the plan's grace; None: allow while past due
+    overage_price: Decimal | None = None  # the plan's price per credit beyond those available
+    currency: str = "USD"  # the plan's (the customer's without a plan in force)
 
     @property
     def allowance(self) -> Decimal | None:
@@ -153,7 +156,8 @@ _CONTEXT = (
            p.id, p.included_credits, v.rate_card_id, v.overage_policy, v.soft_limit_percent,
            p.start, p."end", v.features::text, v.past_due_deny_after_days,
            (SELECT s.past_due_since FROM plans_subscription s
-            WHERE s.customer_id = c.id AND s.status = 'active')
+            WHERE s.customer_id = c.id AND s.status = 'active'),
+           v.overage_price_per_credit, COALESCE(v.base_fee_currency, c.currency)
     FROM plans_customer c
     LEFT JOIN LATERAL ({period_in_force}) p ON true
     LEFT JOIN plans_planversion v ON v.id = p.plan_version_id
@@ -176,8 +180,8 @@ def _context(external_id: str, identifier: str, at: datetime) -> _Context | None
     if row is None:
         return None
     customer_id, account_id, spend_limit, existing_id, period_id, included, *plan = row
-    rate_card_id, overage_policy, soft_limit_percent, start, end, features, *past_due = plan
-    deny_after_days, past_due_since = past_due
+    rate_card_id, overage_policy, soft_limit_percent, start, end, features, *rest = plan
+    deny_after_days, past_due_since, overage_price, currency = rest
     return _Context(
         customer_id=customer_id,
         account_id=account_id,
@@ -193,6 +197,8 @@ def _context(external_id: str, identifier: str, at: datetime) -> _Context | None
         features=json.loads(features) if features else None,
         past_due_since=past_due_since,
         past_due_deny_after_days=deny_after_days,
+        overage_price=overage_price,
+        currency=currency,
     )
 
 
@@ -481,7 +487,7 @@ def _authorization(
     hold: Hold | None = None,
     expires_at: datetime | None = None,
 ) -> Authorization:
-    return Authorization(
+    authorization = Authorization(
         customer_id=context.customer_id,
         identifier=request.identifier,
         request_hash=request.fingerprint(),
@@ -496,6 +502,13 @@ def _authorization(
         expires_at=expires_at,
         created_at=timezone.now(),
     )
+    authorization.estimate_money = overage_estimate(
+        credits=credits,
+        available=authorization.available_before,
+        price_per_credit=context.overage_price,
+        currency=context.currency,
+    )
+    return authorization
 
 
 def _insert_params(a: Authorization) -> list[Any]:

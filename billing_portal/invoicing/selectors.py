@@ -16,7 +16,7 @@ from ledger.models import LedgerEntry
 from ledger.units import to_cents
 from metering.models import Authorization, MeterEvent, RawEventsRemoval
 from plans.models import Customer
-from plans.money import as_money
+from plans.money import as_money, overage_estimate
 from plans.selectors import period_in_force
 
 
@@ -25,20 +25,22 @@ def invoices_for(*, customer: Customer) -> QuerySet[Invoice]:
 
 
 def authorization_estimate_money(*, authorization: Authorization) -> Money:
-    """What the customer would be billed for an authorization's credits if used now: the
-    credits beyond those available, at the plan's overage price per credit, in cents.
-    Zero while credits cover it, and on plans without an overage price (hard stop, or a
-    soft limit without a price)."""
+    """What the customer would be billed for an authorization's credits if used now
+    (:func:`plans.money.overage_estimate` at the plan in force). An authorization just
+    decided carries it from the decision, which read the plan in force already."""
+    if authorization.estimate_money is not None:
+        return authorization.estimate_money
     period = period_in_force(customer=authorization.customer)
     if period is None:
         return Money(to_cents(Decimal(0)), authorization.customer.currency)
     version = period.plan_version
-    beyond = max(authorization.credits - authorization.available, Decimal(0))
     price = version.overage_price_per_credit
-    currency = as_money(version.base_fee).currency
-    if price is None or beyond == 0:
-        return Money(to_cents(Decimal(0)), currency)
-    return Money(to_cents(beyond * as_money(price).amount), currency)
+    return overage_estimate(
+        credits=authorization.credits,
+        available=authorization.available_before,
+        price_per_credit=None if price is None else as_money(price).amount,
+        currency=as_money(version.base_fee).currency.code,
+    )
 
 
 def upcoming_invoice(*, customer: Customer, at: datetime | None = None) -> InvoiceDraft:

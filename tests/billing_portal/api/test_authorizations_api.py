@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import requests
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from ledger import services as ledger
@@ -273,6 +275,55 @@ def test_a_dry_run_says_what_the_usage_would_be_billed(api: Api) -> None:
     assert beyond["estimate_money"] == {"amount": "20.00", "currency": "USD"}
     # Half a cent rounds up: 1 credit beyond is 0.004, shown as 0.00; 2 are 0.008 -> 0.01.
     assert api.authorize("two", credits="20002", hold=False)["estimate_money"]["amount"] == "0.01"
+
+
+def test_the_estimate_is_the_same_when_the_answer_is_read_back(api: Api) -> None:
+    subscribed()  # pro: 20,000 included, postpaid overage at 0.004 USD per credit
+    # Held, not a dry run: postpaid overage allows it, 5,000 credits beyond: 20.00. The
+    # answer's available is after the hold (-5,000); the 5,000 are not counted twice.
+    first = api.authorize("held-beyond", credits="25000")
+    assert (first["decision"], first["status"], first["available"]) == (
+        "allow",
+        "open",
+        "-5000.000000",
+    )
+    assert first["estimate_money"] == {"amount": "20.00", "currency": "USD"}
+    # A second hold, wholly beyond what is left: all of its 1,000 credits, 4.00.
+    second = api.authorize("held-beyond-2", credits="1000")
+    assert second["estimate_money"] == {"amount": "4.00", "currency": "USD"}
+    # The same identifier again is read back, and priced from the plan in force.
+    again = api.authorize("held-beyond", credits="25000")
+    assert (again["id"], again["estimate_money"]) == (first["id"], first["estimate_money"])
+
+
+def test_without_a_plan_the_estimate_is_zero_in_the_customers_currency(api: Api) -> None:
+    Customer.objects.filter(pk=customer("acme").pk).update(currency="EUR")
+    denied = api.authorize("no-plan", credits="10")
+    assert (denied["decision"], denied["reason"]) == ("deny", "no_active_subscription")
+    assert denied["estimate_money"] == {"amount": "0.00", "currency": "EUR"}
+    assert api.authorize("no-plan", credits="10")["estimate_money"] == denied["estimate_money"]
+
+
+def test_a_new_answer_is_rendered_without_reading_the_plan_again() -> None:
+    """The decision read the plan in force already: its answer carries the estimate, so
+    the response runs no query of its own (it read the period and the customer again,
+    a third of an authorization's time)."""
+    from billing_portal.api.authorizations import AuthorizationOutSerializer
+    from metering.services import AuthorizationRequest, authorization_create_for
+
+    subscribed()
+    for hold in (False, True):  # a dry run holds nothing: both see 20,000 available
+        answer = authorization_create_for(
+            external_id="acme",
+            request=AuthorizationRequest(
+                identifier=f"fresh-{hold}", credits=Decimal("25000"), hold=hold
+            ),
+            actor="test",
+        )
+        with CaptureQueriesContext(connection) as queries:
+            body = AuthorizationOutSerializer(answer).data
+        assert [q["sql"] for q in queries.captured_queries] == []
+        assert body["estimate_money"] == {"amount": "20.00", "currency": "USD"}
 
 
 def test_plans_without_an_overage_price_estimate_nothing(api: Api) -> None:

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from django.db import connection
+from django.db.models import Model
+
+M = TypeVar("M", bound=Model)
 
 # SQL with %s (a sequence) or %(name)s (a mapping) parameters.
 Statement = tuple[str, Sequence[Any] | Mapping[str, Any]]
@@ -76,3 +79,45 @@ def texts_array(values: Iterable[str | None]) -> str:
 def bools_array(values: Iterable[bool | None]) -> str:
     """``[True, False, None]`` -> ``{t,f,NULL}``, for a ``boolean[]`` parameter."""
     return "{" + ",".join(["NULL" if v is None else "t" if v else "f" for v in values]) + "}"
+
+
+# --- model instances from hand-written SELECTs ------------------------------------------
+#
+# Compiling a queryset costs more Python than running it when it is small and runs once
+# per batch (a select_related of four models: about 1.5 ms, where PostgreSQL takes 0.1).
+# A statement written once with :func:`model_columns` and read back with
+# :func:`model_instance` gives the instances the queryset would: the same fields, their
+# converters applied (a JSONField's text decoded), related instances set as
+# ``select_related`` sets them.
+
+_Converter = tuple[int, Any, Any]
+_LOADERS: dict[type[Model], tuple[list[str], list[_Converter]]] = {}
+
+
+def model_columns(model: type[Model], alias: str) -> str:
+    """The model's concrete columns, in field order, as ``alias."column", ...``."""
+    return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
+
+
+def _loader(model: type[M]) -> tuple[list[str], list[_Converter]]:
+    loader = _LOADERS.get(model)
+    if loader is None:
+        fields = model._meta.concrete_fields
+        converters = [
+            (i, convert, field.cached_col)
+            for i, field in enumerate(fields)
+            for convert in field.get_db_converters(connection)
+        ]
+        loader = _LOADERS[model] = ([f.attname for f in fields], converters)
+    return loader
+
+
+def model_instance(model: type[M], row: Sequence[Any], start: int = 0) -> tuple[M, int]:
+    """An instance from ``row[start:]``, read from a SELECT of :func:`model_columns`;
+    and where the next model's columns start."""
+    names, converters = _loader(model)
+    end = start + len(names)
+    values = list(row[start:end])
+    for i, convert, column in converters:
+        values[i] = convert(values[i], column, connection)
+    return model.from_db(connection.alias, names, values), end

@@ -29,11 +29,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ledger import services as ledger
-from ledger.models import ZERO, Hold, HoldStatus
+from ledger.models import ZERO, Account, Hold, HoldStatus
 from ledger.sql import (
     Statement,
     bools_array,
     execute_binary,
+    model_columns,
+    model_instance,
     numbers_array,
     pipelined,
     texts_array,
@@ -45,6 +47,8 @@ from plans.models import (
     Aggregation,
     Customer,
     PeriodStatus,
+    Plan,
+    PlanVersion,
     Subscription,
     SubscriptionPeriod,
     SubscriptionStatus,
@@ -209,11 +213,7 @@ def _rate_claimed(
         # claim after it skips locked rows and never waits, so taking the account before
         # the queue rows cannot deadlock with anything that takes the queue rows first
         # (a cancellation does).
-        customer = (
-            Customer.objects.select_related("account")
-            .select_for_update(of=("account",))
-            .get(pk=customer_id)
-        )
+        customer = _customer_locked(customer_id)
         rows = _claim(customer_id, limit, event_id)
         if not rows:
             return 0
@@ -249,6 +249,55 @@ def _rater_lock(customer_id: int, *, wait: bool) -> bool:
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", key)
         (taken,) = cursor.fetchone()
     return bool(taken)
+
+
+# What ``Customer.objects.select_related("account").select_for_update(of=("account",))``
+# reads, written once: compiling that queryset cost more than running it, every batch.
+_CUSTOMER_LOCKED_SQL = f"""
+SELECT {model_columns(Customer, "c")}, {model_columns(Account, "a")}
+FROM {Customer._meta.db_table} c JOIN {Account._meta.db_table} a ON a.id = c.account_id
+WHERE c.id = %s
+FOR UPDATE OF a
+"""
+
+
+def _customer_locked(customer_id: int) -> Customer:
+    """The customer with its account, the account locked."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CUSTOMER_LOCKED_SQL, [customer_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise Customer.DoesNotExist(f"no customer {customer_id}")
+    customer, start = model_instance(Customer, row)
+    customer.account, _ = model_instance(Account, row, start)
+    return customer
+
+
+# Every period of a customer with its plan version, plan and subscription, oldest first:
+# ``SubscriptionPeriod.objects.filter(subscription__customer=...).select_related(
+# "plan_version__plan", "subscription").order_by("start")``, written once.
+_PERIODS_SQL = f"""
+SELECT {model_columns(SubscriptionPeriod, "p")}, {model_columns(PlanVersion, "v")},
+       {model_columns(Plan, "pl")}, {model_columns(Subscription, "s")}
+FROM {SubscriptionPeriod._meta.db_table} p
+JOIN {Subscription._meta.db_table} s ON s.id = p.subscription_id
+JOIN {PlanVersion._meta.db_table} v ON v.id = p.plan_version_id
+JOIN {Plan._meta.db_table} pl ON pl.id = v.plan_id
+WHERE s.customer_id = %s
+ORDER BY p.start
+"""
+
+
+def _periods(rows: list[tuple[Any, ...]]) -> list[SubscriptionPeriod]:
+    periods = []
+    for row in rows:
+        period, start = model_instance(SubscriptionPeriod, row)
+        version, start = model_instance(PlanVersion, row, start)
+        version.plan, start = model_instance(Plan, row, start)
+        period.plan_version = version
+        period.subscription, _ = model_instance(Subscription, row, start)
+        periods.append(period)
+    return periods
 
 
 def _claim(customer_id: int, limit: int, event_id: int | None) -> list[tuple[Any, ...]]:
@@ -373,15 +422,14 @@ class _Rater:
         self.customer = customer
         self.events = events
         self.now = timezone.now()
-        self.periods = list(
-            SubscriptionPeriod.objects.filter(subscription__customer=customer)
-            .select_related("plan_version__plan", "subscription")
-            .order_by("start")
+        # With the periods, when the active subscription's current period ends: an event
+        # at or after it belongs to a period the renewal job has not opened yet. And the
+        # catalog's generation, which says whether the rate table this process holds is
+        # current. One round trip.
+        periods, generation, renewal = pipelined(
+            [(_PERIODS_SQL, [customer.pk]), CATALOG_GENERATION_STATEMENT, _renewal_due(customer.pk)]
         )
-        # When the active subscription's current period ends: an event at or after it
-        # belongs to a period the renewal job has not opened yet. Read with the catalog's
-        # generation, which says whether the rate table this process holds is current.
-        generation, renewal = pipelined([CATALOG_GENERATION_STATEMENT, _renewal_due(customer.pk)])
+        self.periods = _periods(periods)
         self.renewal_due_at: datetime | None = renewal[0][0] if renewal else None
         self.table = RateTable.current(
             {p.plan_version.rate_card_id for p in self.periods},

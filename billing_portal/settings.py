@@ -134,6 +134,19 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# Statements run through ledger.sql (rating's and ingest's, bound on the server) are
+# prepared on a connection after this many runs, so PostgreSQL stops planning them again
+# every batch. Django's own queries bind on the client and are never prepared. "off"
+# for a pooler in transaction mode that does not keep prepared statements (PgBouncer
+# before 1.21, or without max_prepared_statements).
+_prepare = env("DATABASE_PREPARE_THRESHOLD", "5").strip().lower()
+if _prepare not in {"off", "none"} and not _prepare.isdigit():
+    raise ImproperlyConfigured(
+        f"DATABASE_PREPARE_THRESHOLD must be a number of runs or off, not {_prepare!r}"
+    )
+DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+    int(_prepare) if _prepare.isdigit() else None
+)
 if DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured(
         "DATABASE_URL must point at PostgreSQL (postgres://...): the ledger relies on its "

@@ -91,7 +91,10 @@ def database_url(settings: dict[str, Any]) -> str:
     host = quote(str(settings.get("HOST") or ""), safe="")
     if settings.get("PORT"):
         host += f":{settings['PORT']}"
-    options = {k: str(v) for k, v in (settings.get("OPTIONS") or {}).items()}
+    # prepare_threshold is not a libpq parameter: the services' settings set it.
+    options = {
+        k: str(v) for k, v in (settings.get("OPTIONS") or {}).items() if k != "prepare_threshold"
+    }
     query = f"?{urlencode(options)}" if options else ""
     return f"postgres://{user}@{host}/{quote(str(settings['NAME']), safe='')}{query}"
 

@@ -90,3 +90,36 @@ def test_it_refuses_a_boolean_it_cannot_read(raw: str) -> None:
     result = _run(["manage.py", "check"], DEBUG=raw)
     assert result.returncode != 0
     assert "DEBUG must be true or false" in result.stderr
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", "5"), ("off", "None"), ("20", "20")])
+def test_prepared_statements_are_on_unless_turned_off(raw: str, expected: str) -> None:
+    """Behind a pooler that keeps no prepared statements, DATABASE_PREPARE_THRESHOLD=off
+    turns them off; the connection itself then prepares nothing."""
+    environ = {"DATABASE_PREPARE_THRESHOLD": raw} if raw else {}
+    result = _run(
+        [
+            "-c",
+            "import django; django.setup(); from django.db import connection; "
+            "connection.ensure_connection(); print(connection.connection.prepare_threshold)",
+        ],
+        DJANGO_SETTINGS_MODULE="billing_portal.settings",
+        DEBUG="true",
+        DATABASE_URL=database_url_for_subprocess(),
+        **environ,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_a_prepare_threshold_that_is_not_a_number_is_refused() -> None:
+    result = _run(
+        ["manage.py", "check"],
+        DEBUG="true",
+        DATABASE_URL=database_url_for_subprocess(),
+        DATABASE_PREPARE_THRESHOLD="sometimes",
+    )
+    assert result.returncode != 0
+    assert "DATABASE_PREPARE_THRESHOLD must be a number of runs or off, not 'sometimes'" in (
+        result.stderr
+    )

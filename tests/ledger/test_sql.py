@@ -120,3 +120,23 @@ def test_array_literals_read_back_as_the_values_they_were_made_of(binary: bool) 
 def test_an_empty_column_is_an_empty_array() -> None:
     ((row,),) = pipelined([("SELECT cardinality(%s::text[])", [texts_array([])])])
     assert row == (0,)
+
+
+def test_statements_run_often_are_prepared_on_the_connection() -> None:
+    """DATABASE_PREPARE_THRESHOLD (5 by default): after that many runs PostgreSQL keeps
+    the statement prepared, and stops parsing and planning it for every batch."""
+    statement = "SELECT %s::bigint + 41 AS prepared_probe"
+
+    def prepared() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                ["%prepared_probe%"],
+            )
+            return int(cursor.fetchone()[0])
+
+    assert connection.connection.prepare_threshold == 5
+    for run in range(1, 7):
+        assert execute_binary(statement, [run]) == [(run + 41,)]
+        pipelined([(statement, [run])])
+    assert prepared() == 1

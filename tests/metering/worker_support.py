@@ -182,10 +182,14 @@ def database_url_for(settings_dict: Mapping[str, Any], application_name: str) ->
     A Unix-socket host (a directory, in HOST or in OPTIONS) goes in the query string,
     which dj_database_url hands to psycopg as-is.
     """
+    # prepare_threshold is psycopg's, not libpq's: psycopg.connect refuses it in a URL,
+    # and the settings of the process the URL is for set it anyway.
     options = {
         str(key): str(value)
         for key, value in (settings_dict.get("OPTIONS") or {}).items()
-        if isinstance(value, (str, int)) and not isinstance(value, bool)
+        if isinstance(value, (str, int))
+        and not isinstance(value, bool)
+        and key != "prepare_threshold"
     }
     host = str(settings_dict.get("HOST") or "")
     port = str(settings_dict.get("PORT") or "")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,27 @@ def _block_network() -> Iterator[None]:
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
 
 
+# Every test this process ran, with when (time.monotonic, which time_machine leaves
+# alone): a session left on the test database is named with the test it was opened in.
+_TESTS_RUN: list[tuple[float, float, str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _test_times(request: pytest.FixtureRequest) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    _TESTS_RUN.append((started, time.monotonic(), request.node.nodeid))
+
+
+def _test_at(moment: float) -> str:
+    """The test running at ``moment`` (time.monotonic), or the last one started before."""
+    before = [run for run in _TESTS_RUN if run[0] <= moment]
+    if not before:
+        return "before the first test"
+    _, ended, nodeid = max(before)
+    return nodeid if moment <= ended else f"after {nodeid}"
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """pytest-django's test database; before it is dropped, a warning names any other
@@ -60,10 +82,13 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pid, application_name, client_addr, client_port, state, backend_start, "
-            "state_change, left(query, 160) FROM pg_stat_activity "
+            "state_change, left(query, 160), "
+            "extract(epoch FROM clock_timestamp() - backend_start)::float8 "
+            "FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-        others = cursor.fetchall()
+        now = time.monotonic()
+        others = [(*row[:-1], _test_at(now - row[-1])) for row in cursor.fetchall()]
     if others:
         threads = sorted(t.name for t in threading.enumerate())
         processes = subprocess.run(
@@ -74,7 +99,8 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
         ).stdout.splitlines()
         python = [line[:160] for line in processes if "python" in line]
         warnings.warn(
-            f"other sessions on the test database before it is dropped: {others}; "
+            "other sessions on the test database before it is dropped (each with the test "
+            f"it was opened in): {others}; "
             f"threads of this process (pid {os.getpid()}): {threads}; "
             f"Python processes: {python}",
             stacklevel=1,

@@ -213,3 +213,16 @@ def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield context.new_page()
         context.close()
         browser.close()
+        _close_this_contexts_connections()
+
+
+def _close_this_contexts_connections() -> None:
+    """Django keeps a connection per context (asgiref's Local), and a test run beside
+    Playwright's sync API (an event loop in this thread) opens one of its own, which
+    outlived the test and kept the test database from being dropped ("is being
+    accessed by other users"). Closed here, unless a test transaction still holds it."""
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
